@@ -1,0 +1,186 @@
+"""The ``icdistill`` command line: demo | train | distill | eval | stats | export.
+
+User mistakes (bad config key, missing file, mismatched teacher) print one clear line and exit
+with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from icdistill import __version__
+from icdistill.errors import ICDistillError
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *, out_default: str | None = None) -> None:
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("--out", default=out_default, help="run directory (default: runs/<config name>)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set solver.max_iter=100 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"icdistill {__version__}")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate shapes data; train teacher, student and ICD student; compare")
+    demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run of the same path (< 2 minutes)")
+
+    train = sub.add_parser("train", help="train a detector without distillation")
+    _add_config_args(train)
+    train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+
+    distill = sub.add_parser("distill", help="train a student distilled from the teacher (ICD)")
+    _add_config_args(distill)
+    distill.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+
+    ev = sub.add_parser("eval", help="evaluate a detector checkpoint on the config's test set")
+    _add_config_args(ev)
+    ev.add_argument("--weights", required=True, help="student.pt or checkpoints/last.pt")
+
+    stats = sub.add_parser("stats", help="write the training set's prior (class frequencies, box sizes)")
+    _add_config_args(stats)
+
+    export = sub.add_parser("export", help="extract a student-only checkpoint from a training checkpoint")
+    export.add_argument("checkpoint", help="checkpoints/last.pt of a run")
+    export.add_argument("--out", required=True, help="where to write the student-only file")
+    return parser
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+
+
+def _load(args: argparse.Namespace):
+    from icdistill.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace, *, distill: bool) -> int:
+    from icdistill.engine.trainer import train
+
+    cfg = _load(args)
+    method = cfg.distill.method
+    if distill and method == "none":
+        method = "icd"
+    if not distill and method != "none":
+        print(f"note: 'train' ignores distill.method={method}; use 'icdistill distill' to distil")
+        method = "none"
+    cfg = cfg.replace(distill=dataclasses.replace(cfg.distill, method=method))
+    result = train(cfg, _run_dir(args), resume=args.resume, progress=not args.no_progress)
+    _print_metrics(result.metrics)
+    print(f"run directory: {result.out_dir}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    keys = [k for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl") if k in metrics]
+    print("  ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in keys))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from icdistill.data import build_test_loader
+    from icdistill.engine.build import build_datasets, build_model, resolve_device
+    from icdistill.engine.evaluate import evaluate_detector
+
+    cfg = _load(args)
+    if not Path(args.weights).is_file():
+        raise ICDistillError(f"--weights: file not found: {args.weights}")
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, weights=str(args.weights)))
+    _, test_set = build_datasets(cfg, progress=not args.no_progress)
+    device = resolve_device(cfg.solver.device)
+    detector = build_model(cfg.model, test_set.num_classes, "model").to(device)
+    loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
+    with torch.no_grad():
+        metrics = evaluate_detector(detector, loader, test_set, device, progress=not args.no_progress)
+    out = _run_dir(args)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _print_metrics(metrics)
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from icdistill.data import compute_prior
+    from icdistill.engine.build import build_datasets
+
+    cfg = _load(args)
+    train_set, _ = build_datasets(cfg, progress=not args.no_progress)
+    prior = compute_prior(train_set)
+    out = Path(args.out) if args.out else Path("prior.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prior.save(out)
+    print(f"{prior.num_images} training images")
+    for i, name in enumerate(prior.names):
+        print(
+            f"  {name:>16}: {prior.freq[i]:.3f} per image, w {prior.w_mean[i]:.3f}±{prior.w_std[i]:.3f}, "
+            f"h {prior.h_mean[i]:.3f}±{prior.h_std[i]:.3f}"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from icdistill.engine.build import STUDENT_CHECKPOINT_FORMAT, detector_state_from_checkpoint
+    from icdistill.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    state = detector_state_from_checkpoint(ckpt, args.checkpoint)
+    model_cfg = ckpt.get("model_config") or (ckpt.get("config") or {}).get("model", {})
+    class_names = ckpt.get("class_names", [])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, {
+        "format": STUDENT_CHECKPOINT_FORMAT,
+        "model": state,
+        "model_config": model_cfg,
+        "num_classes": len(class_names),
+        "torchvision_num_classes": len(class_names) + 1,
+        "class_names": class_names,
+    })
+    print(f"wrote {out} ({len(state)} tensors)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from icdistill.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command in ("train", "distill"):
+            return cmd_train(args, distill=args.command == "distill")
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "stats":
+            return cmd_stats(args)
+        return cmd_export(args)
+    except ICDistillError as exc:
+        print(f"icdistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icdistill: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""The config tree: frozen dataclasses loaded from YAML and overridden with ``--set a.b=c``.
+
+Sections: ``data``, ``model`` (the detector being trained: the student), ``teacher``, ``distill``,
+``solver``, ``eval``. An unknown key, a wrong type or a value outside its choices is a
+:class:`~icdistill.errors.ConfigError` that names the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from icdistill.errors import ConfigError
+
+FAMILIES = ("retinanet", "fcos", "faster_rcnn")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
+DATA_FORMATS = ("coco", "shapes")
+DISTILL_METHODS = ("icd", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Keys whose value must be one of a fixed set: dotted key -> choices.
+CHOICES = {
+    "data.format": DATA_FORMATS,
+    "model.family": FAMILIES,
+    "model.backbone": BACKBONES,
+    "teacher.family": FAMILIES,
+    "teacher.backbone": BACKBONES,
+    "distill.method": DISTILL_METHODS,
+    "solver.device": DEVICES,
+}
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """The procedurally generated shapes dataset (``data.format: shapes``)."""
+
+    root: str = "data/shapes"
+    num_train: int = 400
+    num_test: int = 100
+    image_height: int = 160
+    image_width: int = 224
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how they are resized.
+
+    ``coco``: ``train_images``/``train_ann`` and ``test_images``/``test_ann`` (COCO json).
+    Relative paths are resolved against the directory of the config file.
+    """
+
+    format: str = "coco"
+    train_images: str = ""
+    train_ann: str = ""
+    test_images: str = ""
+    test_ann: str = ""
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    max_size: int = 1333
+    test_size: int = 800
+    flip_prob: float = 0.5
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A torchvision detector. ``num_classes`` null means: take it from the training data.
+
+    ``weights``: null (from scratch), a torchvision COCO weights name (``COCO_V1``, ``DEFAULT``
+    or the full enum name), or a checkpoint path (a training ``checkpoints/last.pt`` or a
+    ``student.pt``). ``backbone_weights``: null or ``imagenet``.
+    """
+
+    family: str = "retinanet"
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    num_classes: Optional[int] = None
+    weights: Optional[str] = None
+    backbone_weights: Optional[str] = None
+    trainable_backbone_layers: Optional[int] = None
+    anchor_sizes: Optional[tuple[int, ...]] = None
+    detections_per_image: int = 100
+    score_thresh: float = 0.05
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """ICD settings (ICD_SPEC §2–§8). Nulls take the family's defaults: λ 6 RetinaNet, 8 FCOS,
+    3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage."""
+
+    method: str = "none"
+    loss_weight: Optional[float] = None
+    levels: Optional[tuple[str, ...]] = None
+    hidden_dim: int = 256
+    num_heads: int = 8
+    num_layers: int = 1
+    fake_ratio: int = 5
+    max_instances: Optional[int] = None
+    jitter: float = 0.3
+    warmup_iters: int = 1000
+    decoder_warmup_iters: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip_norm: float = 0.01
+    student_grad_clip_value: Optional[float] = 1.0
+    inherit: bool = False
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """The student's SGD schedule (detectron2 1x recipe, §7). ``base_lr`` null means the
+    family's reference LR (0.01 one-stage, 0.02 two-stage at 16 images) scaled linearly to
+    ``ims_per_batch``. ``steps`` are fractions of ``max_iter``."""
+
+    max_iter: int = 90000
+    ims_per_batch: int = 16
+    base_lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: tuple[float, ...] = (2 / 3, 8 / 9)
+    gamma: float = 0.1
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``period`` 0 evaluates only at the end; ``viz_images`` attention overlays are drawn."""
+
+    period: int = 0
+    batch_size: int = 4
+    viz_images: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="resnet101"))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert one YAML value against a dataclass field type; ConfigError names the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if isinstance(value, (int, float, str)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item_type, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value))
+    if value is None:
+        raise ConfigError(f"config key '{key}' must not be null (expected {_type_name(tp)})")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        value = str(value)
+        choices = CHOICES.get(key)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"config key '{key}' is {value!r}; valid choices: {', '.join(choices)}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys in '{prefix.rstrip('.') or 'the top level'}': "
+            + ", ".join(names)
+        )
+    return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()})
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"a.b.c=value"`` -> ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    return _build(Config, values or {})
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config, apply ``key=value`` overrides and validate.
+
+    Relative data paths are resolved against the config file's directory. ``_base_: FILE``
+    at the top of a config merges it over another file (paths relative to the including one).
+    """
+    values = _read_yaml(Path(path)) if path is not None else {}
+    for text in overrides:
+        values = _deep_update(values, parse_override(text))
+    return config_from_dict(values)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(values).__name__}")
+    base = values.pop("_base_", None)
+    _resolve_paths(values, path.parent)
+    if base is not None:
+        values = _deep_update(_read_yaml(path.parent / base), values)
+    return values
+
+
+# Config keys that name files; relative values are taken relative to the config file.
+PATH_KEYS = {
+    "data": ("train_images", "train_ann", "test_images", "test_ann"),
+}
+
+
+def _resolve_paths(values: dict[str, Any], base_dir: Path) -> None:
+    for section, keys in PATH_KEYS.items():
+        sec = values.get(section)
+        if not isinstance(sec, dict):
+            continue
+        for key in keys:
+            if isinstance(sec.get(key), str) and sec[key] and not Path(sec[key]).is_absolute():
+                sec[key] = str((base_dir / sec[key]).resolve())
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

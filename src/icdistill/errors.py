@@ -1,0 +1,28 @@
+"""Errors a user can cause. The CLI prints their message without a traceback.
+
+Each message names the file, key or value at fault and, where it can, what to do instead.
+"""
+
+
+class ICDistillError(Exception):
+    """Base class of every user-facing error."""
+
+
+class ConfigError(ICDistillError):
+    """A config key, type or value is wrong."""
+
+
+class DataError(ICDistillError):
+    """A dataset file is missing, unreadable or malformed."""
+
+
+class ModelMismatchError(ICDistillError):
+    """Teacher, student and data disagree (classes, feature levels, checkpoint contents)."""
+
+
+class WeightsUnavailableError(ICDistillError):
+    """Pretrained weights were asked for but cannot be loaded (no download possible, bad file)."""
+
+
+class TrainingDivergedError(ICDistillError):
+    """A loss became NaN or infinite; the last good checkpoint is left intact."""
