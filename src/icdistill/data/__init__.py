@@ -1,0 +1,29 @@
+"""Data: COCO-format data sets, the synthetic shapes set, transforms, the dataset prior and
+deterministic loaders.
+
+A dataset item is ``(image float Tensor[3, h, w] in [0, 1], target)`` with target keys
+``boxes`` (float Tensor[N, 4] xyxy pixels of the transformed image), ``labels`` (int64
+Tensor[N], contiguous ids 0..C-1), ``image_id`` (int) and ``orig_size`` ((h, w) on disk).
+"""
+
+from .coco import CocoDetection
+from .loader import ShardSampler, TrainSampler, aug_seed_for, build_test_loader, build_train_loader
+from .prior import DatasetPrior, compute_prior
+from .synthetic import SHAPE_CLASSES, ShapesPaths, generate_shapes
+from .transforms import DetectionTransforms, build_transforms
+
+__all__ = [
+    "CocoDetection",
+    "DatasetPrior",
+    "DetectionTransforms",
+    "SHAPE_CLASSES",
+    "ShapesPaths",
+    "ShardSampler",
+    "TrainSampler",
+    "aug_seed_for",
+    "build_test_loader",
+    "build_train_loader",
+    "build_transforms",
+    "compute_prior",
+    "generate_shapes",
+]
