@@ -1,0 +1,199 @@
+"""``build_detector``: one explicit builder per family, picked from a plain dict.
+
+Each builder assembles a torchvision detector (backbone + FPN from :mod:`.backbones`, anchors,
+heads) exactly as torchvision's ``*_resnet50_fpn`` builders do, but with any backbone, FPN width and
+class count, then wraps it in its adapter. Pretrained weights are fetched *before* the model is built
+so a missing download fails fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from torch import Tensor
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection._utils import overwrite_eps
+
+from ..errors import ConfigError
+from .backbones import P2_P6, P3_P7, LevelSpec, build_backbone_fpn, validate_backbone_name
+from .base import DetectorAdapter, model_num_classes
+from .faster_rcnn import FasterRCNNAdapter
+from .fcos import FCOSAdapter
+from .retinanet import RetinaNetAdapter
+from .weights import (
+    ZERO_EPS_WEIGHTS,
+    fetch_state_dict,
+    is_checkpoint_path,
+    load_checkpoint_file,
+    load_pretrained_detector,
+    resolve_backbone_weights,
+    resolve_detection_weights,
+)
+
+logger = logging.getLogger(__name__)
+
+NUM_LEVELS = 5
+
+
+def _retinanet(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float,
+) -> RetinaNetAdapter:
+    # torchvision's _default_anchorgen: 3 octave scales x 3 aspect ratios per level.
+    sizes = anchor_sizes or (32, 64, 128, 256, 512)
+    anchors = AnchorGenerator(
+        tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in sizes),
+        ((0.5, 1.0, 2.0),) * len(sizes),
+    )
+    model = RetinaNet(
+        backbone,
+        model_num_classes(num_classes),
+        anchor_generator=anchors,
+        score_thresh=score_thresh,
+        detections_per_img=detections_per_image,
+    )
+    return RetinaNetAdapter(model, num_classes)
+
+
+def _fcos(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float,
+) -> FCOSAdapter:
+    # One point "anchor" per location whose size sets the level's regression range (4x..8x size);
+    # torchvision's default equals the strides.
+    if backbone.out_channels % 32:
+        # torchvision's FCOS head normalises with GroupNorm(32, C).
+        raise ConfigError(f"fcos needs fpn_channels divisible by 32 (GroupNorm with 32 groups), got {backbone.out_channels}")
+    sizes = anchor_sizes or P3_P7.strides
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * len(sizes))
+    model = FCOS(
+        backbone,
+        model_num_classes(num_classes),
+        anchor_generator=anchors,
+        score_thresh=score_thresh,
+        detections_per_img=detections_per_image,
+    )
+    return FCOSAdapter(model, num_classes)
+
+
+def _faster_rcnn(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float,
+) -> FasterRCNNAdapter:
+    sizes = anchor_sizes or (32, 64, 128, 256, 512)
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    model = FasterRCNN(
+        backbone,
+        model_num_classes(num_classes),
+        rpn_anchor_generator=anchors,
+        box_score_thresh=score_thresh,
+        box_detections_per_img=detections_per_image,
+    )
+    return FasterRCNNAdapter(model, num_classes)
+
+
+Builder = Callable[[BackboneWithFPN, int, "tuple[int, ...] | None", int, float], DetectorAdapter]
+
+# family -> (pyramid layout, builder). A plain dict; add a family by adding a line.
+FAMILIES: dict[str, tuple[LevelSpec, Builder]] = {
+    "retinanet": (P3_P7, _retinanet),
+    "fcos": (P3_P7, _fcos),
+    "faster_rcnn": (P2_P6, _faster_rcnn),
+}
+
+
+def build_detector(
+    family: str,
+    *,
+    backbone: str,
+    num_classes: int,
+    fpn_channels: int = 256,
+    weights: str | None = None,
+    backbone_weights: str | None = None,
+    trainable_backbone_layers: int | None = None,
+    anchor_sizes: tuple[int, ...] | None = None,
+    detections_per_image: int = 100,
+    score_thresh: float = 0.05,
+) -> DetectorAdapter:
+    """Build a torchvision detector wrapped in its adapter.
+
+    Args:
+        family: "retinanet" | "fcos" | "faster_rcnn".
+        backbone: resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v2 | mobilenet_v3_large.
+        num_classes: C data classes, without background (the model gets C + 1).
+        fpn_channels: FPN width = channels of every feature level.
+        weights: full-detector weights: None (scratch), a torchvision COCO weights name
+            ("COCO_V1", "DEFAULT", "RetinaNet_ResNet50_FPN_Weights.COCO_V1"; ResNet-50 with
+            fpn_channels=256 only), or a local checkpoint path (a ``model.state_dict()``). When the
+            class count differs, the classification layers stay fresh and are listed in
+            ``adapter.weights_skipped``.
+        backbone_weights: None | "imagenet" (IMAGENET1K_V1) | a weights enum name of ``backbone`` |
+            a local file. Ignored when ``weights`` is given (it covers the backbone).
+        trainable_backbone_layers: trainable body stages counted from the last (default 3 when
+            pretrained; all when from scratch).
+        anchor_sizes: base anchor size per level, 5 values (finest level first). RetinaNet adds
+            the 2^(1/3), 2^(2/3) octave scales; FCOS uses the size to set the regression ranges;
+            Faster R-CNN uses one size x 3 ratios per level.
+        detections_per_image: detections kept per image after NMS.
+        score_thresh: minimum score of a returned detection.
+
+    Returns:
+        The adapter, in train mode. BatchNorm2d in the body when nothing is pretrained,
+        FrozenBatchNorm2d otherwise (torchvision's rule).
+
+    Raises:
+        ConfigError: unknown family/backbone/weights name, bad sizes.
+        WeightsUnavailableError: weights could not be read or downloaded.
+        ModelMismatchError: a checkpoint does not fit the configured model.
+    """
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown detector family {family!r}; valid families: {', '.join(FAMILIES)}")
+    validate_backbone_name(backbone)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if anchor_sizes is not None:
+        anchor_sizes = tuple(int(s) for s in anchor_sizes)
+        if len(anchor_sizes) != NUM_LEVELS or min(anchor_sizes) <= 0:
+            raise ConfigError(f"anchor_sizes needs {NUM_LEVELS} positive sizes (one per level), got {anchor_sizes}")
+    if detections_per_image < 1:
+        raise ConfigError(f"detections_per_image must be >= 1, got {detections_per_image}")
+    spec, builder = FAMILIES[family]
+
+    # Fetch first: a missing download should fail before minutes of model construction.
+    det_state: dict[str, Tensor] | None = None
+    det_source = ""
+    zero_eps = False
+    if weights is not None:
+        if is_checkpoint_path(weights):
+            det_state, det_source = load_checkpoint_file(weights), weights
+        else:
+            enum = resolve_detection_weights(family, backbone, weights, fpn_channels=fpn_channels)
+            det_state, det_source, zero_eps = fetch_state_dict(enum), repr(enum), enum in ZERO_EPS_WEIGHTS
+        if backbone_weights is not None:
+            logger.info("backbone_weights=%s ignored: weights=%s already cover the backbone", backbone_weights, weights)
+    body_state: dict[str, Tensor] | None = None
+    if det_state is None and backbone_weights is not None:
+        if is_checkpoint_path(backbone_weights):
+            body_state = load_checkpoint_file(backbone_weights)
+        else:
+            body_state = fetch_state_dict(resolve_backbone_weights(backbone, backbone_weights))
+
+    body_fpn = build_backbone_fpn(
+        backbone,
+        spec,
+        fpn_channels=fpn_channels,
+        body_state_dict=body_state,
+        is_pretrained=det_state is not None or body_state is not None,
+        trainable_layers=trainable_backbone_layers,
+    )
+    adapter = builder(body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh)
+    adapter.weights_skipped = []
+    if det_state is not None:
+        adapter.weights_skipped = load_pretrained_detector(adapter, det_state, source=det_source)
+        if zero_eps:
+            # These checkpoints were trained with FrozenBatchNorm2d eps=0, as torchvision restores.
+            overwrite_eps(adapter.model, 0.0)
+    return adapter

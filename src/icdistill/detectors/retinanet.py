@@ -1,0 +1,167 @@
+"""RetinaNet adapter, plus the pieces shared by all adapters (mode checks, target conversion) and
+the dense one-stage base class that FCOS reuses.
+
+Mode rules (all adapters): ``losses`` requires train mode and ``detect`` requires eval mode; the
+wrong mode raises ``RuntimeError`` instead of silently computing something else (Faster R-CNN's RPN
+and RoI heads switch behaviour on ``self.training``, and BatchNorm would update statistics).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.image_list import ImageList
+
+from .backbones import P3_P7, LevelSpec, fpn_levels, rename_levels
+from .base import DetectorAdapter, from_model_labels, to_model_labels
+
+
+def require_mode(adapter: DetectorAdapter, *, training: bool, call: str) -> None:
+    """Raise a clear RuntimeError when ``adapter`` is not in the mode ``call`` needs."""
+    if adapter.training != training:
+        want, have = ("train", "eval") if training else ("eval", "train")
+        fix = "adapter.train()" if training else "adapter.eval()"
+        raise RuntimeError(
+            f"{type(adapter).__name__}.{call}() needs {want} mode but the adapter is in {have} mode; "
+            f"call {fix} first"
+        )
+
+
+def model_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Data targets (contiguous labels) -> torchvision targets (background-shifted labels).
+
+    Images without boxes get ``boxes`` of shape [0, 4], which every torchvision loss supports.
+    """
+    out = []
+    for t in targets:
+        boxes = t["boxes"].reshape(-1, 4).float()
+        labels = to_model_labels(t["labels"].reshape(-1).long())
+        out.append({"boxes": boxes, "labels": labels})
+    return out
+
+
+def model_detections(detections: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """torchvision detections -> ``boxes``/``scores``/``labels`` with contiguous labels."""
+    return [
+        {"boxes": d["boxes"], "scores": d["scores"], "labels": from_model_labels(d["labels"]).long()}
+        for d in detections
+    ]
+
+
+def image_list(images: Tensor, image_sizes: list[tuple[int, int]]) -> ImageList:
+    """Wrap an already normalised, padded batch; no GeneralizedRCNNTransform involved."""
+    if images.dim() != 4 or len(image_sizes) != images.shape[0]:
+        raise ValueError(
+            f"images must be Tensor[B, 3, Hp, Wp] with one (h, w) per image; got {tuple(images.shape)} "
+            f"and {len(image_sizes)} sizes"
+        )
+    return ImageList(images, [(int(h), int(w)) for h, w in image_sizes])
+
+
+class DenseAdapter(DetectorAdapter):
+    """Shared logic of dense one-stage detectors (RetinaNet, FCOS) over the P3..P7 pyramid.
+
+    The model's ``head`` maps a list of level tensors to ``{"cls_logits": Tensor[B, HWA, K+1],
+    "bbox_regression": Tensor[B, HWA, 4], ...}`` and ``anchor_generator`` gives per image
+    ``Tensor[HWA, 4]`` xyxy anchors; subclasses supply how the loss is called.
+    """
+
+    spec: LevelSpec = P3_P7
+
+    def __init__(self, model: torch.nn.Module, num_classes: int, family: str) -> None:
+        super().__init__()
+        self.model = model
+        self.family = family
+        self.num_classes = int(num_classes)
+        self.level_names = self.spec.names
+        self.strides = self.spec.strides
+        self.out_channels = int(model.backbone.out_channels)
+
+    def features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        """images: Tensor[B, 3, Hp, Wp] -> p3..p7, each Tensor[B, out_channels, ceil(Hp/s), ceil(Wp/s)]."""
+        return rename_levels(self.model.backbone(images), self.spec)
+
+    def _head_and_anchors(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], features: "OrderedDict[str, Tensor]"
+    ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor], list[int]]:
+        levels = list(fpn_levels(features, self.spec).values())
+        head_outputs = self.model.head(levels)
+        anchors = self.model.anchor_generator(image_list(images, image_sizes), levels)
+        return head_outputs, anchors, levels, [x.size(2) * x.size(3) for x in levels]
+
+    @abstractmethod
+    def _compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_locations_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        """The model's own loss on model-label targets and unsplit head outputs."""
+
+    def losses(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Scalar losses keyed as torchvision names them. targets: ``boxes`` float[N, 4] xyxy pixels
+        (N may be 0), ``labels`` int64[N] contiguous. Train mode only."""
+        require_mode(self, training=True, call="losses")
+        head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
+        return self._compute_loss(model_targets(targets), head_outputs, anchors, per_level)
+
+    @torch.no_grad()
+    def detect(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+    ) -> list[dict[str, Tensor]]:
+        """Per image ``boxes`` float[K, 4] xyxy in resized-image pixels (clipped to (h, w)),
+        ``scores`` float[K], ``labels`` int64[K] in 0..C-1. Eval mode only."""
+        require_mode(self, training=False, call="detect")
+        head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
+        # The background slot (model label 0) is never a target, but mask it anyway so it can never
+        # surface as data label -1 nor take a top-k / detections_per_img slot.
+        logits = head_outputs["cls_logits"]
+        head_outputs = dict(head_outputs)
+        head_outputs["cls_logits"] = logits.index_fill(-1, torch.tensor([0], device=logits.device), float("-inf"))
+        # Split per level exactly like RetinaNet.forward / FCOS.forward do.
+        num_anchors_per_level = self._anchors_per_level(per_level, logits)
+        split_outputs = {k: list(v.split(num_anchors_per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(num_anchors_per_level)) for a in anchors]
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        return model_detections(self.model.postprocess_detections(split_outputs, split_anchors, sizes))
+
+    def _anchors_per_level(self, locations_per_level: list[int], cls_logits: Tensor) -> list[int]:
+        return locations_per_level
+
+
+class RetinaNetAdapter(DenseAdapter):
+    """torchvision :class:`~torchvision.models.detection.RetinaNet` without its transform.
+
+    Losses: ``classification`` (sigmoid focal loss), ``bbox_regression`` (L1 on box deltas).
+    """
+
+    def __init__(self, model: RetinaNet, num_classes: int) -> None:
+        super().__init__(model, num_classes, family="retinanet")
+
+    def _compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        num_locations_per_level: list[int],
+    ) -> dict[str, Tensor]:
+        return self.model.compute_loss(targets, head_outputs, anchors)
+
+    def _anchors_per_level(self, locations_per_level: list[int], cls_logits: Tensor) -> list[int]:
+        # A anchors per location: recovered from the head output as RetinaNet.forward does.
+        anchors_per_location = cls_logits.size(1) // sum(locations_per_level)
+        return [hw * anchors_per_location for hw in locations_per_level]
