@@ -29,6 +29,8 @@ CHOICES = {
     "data.format": DATA_FORMATS,
     "model.family": FAMILIES,
     "model.backbone": BACKBONES,
+    "model.head_norm": ("gn",),
+    "teacher.head_norm": ("gn",),
     "teacher.family": FAMILIES,
     "teacher.backbone": BACKBONES,
     "distill.method": DISTILL_METHODS,
@@ -75,7 +77,8 @@ class ModelConfig:
 
     ``weights``: null (from scratch), a torchvision COCO weights name (``COCO_V1``, ``DEFAULT``
     or the full enum name), or a checkpoint path (a training ``checkpoints/last.pt`` or a
-    ``student.pt``). ``backbone_weights``: null or ``imagenet``.
+    ``student.pt``). ``backbone_weights``: null or ``imagenet``. ``head_norm``: null (torchvision's
+    RetinaNet head) or ``gn`` (GroupNorm head towers, for training from scratch).
     """
 
     family: str = "retinanet"
@@ -88,6 +91,7 @@ class ModelConfig:
     anchor_sizes: Optional[tuple[int, ...]] = None
     detections_per_image: int = 100
     score_thresh: float = 0.05
+    head_norm: Optional[str] = None
 
 
 @dataclass(frozen=True)

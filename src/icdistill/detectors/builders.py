@@ -12,7 +12,11 @@ import logging
 from typing import Callable
 
 from torch import Tensor
+from functools import partial
+
+from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection._utils import overwrite_eps
@@ -40,7 +44,7 @@ NUM_LEVELS = 5
 
 def _retinanet(
     backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
 ) -> RetinaNetAdapter:
     # torchvision's _default_anchorgen: 3 octave scales x 3 aspect ratios per level.
     sizes = anchor_sizes or (32, 64, 128, 256, 512)
@@ -48,10 +52,20 @@ def _retinanet(
         tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in sizes),
         ((0.5, 1.0, 2.0),) * len(sizes),
     )
+    head = None
+    if head_norm == "gn":
+        # torchvision's v2 head: GroupNorm after every tower conv. Without it the std-0.01 init
+        # of a narrow tower (FPN width 64) shrinks the signal ~5x per conv and the classifier
+        # starts out, and tends to stay, input-independent when trained from scratch.
+        head = RetinaNetHead(
+            backbone.out_channels, anchors.num_anchors_per_location()[0], model_num_classes(num_classes),
+            norm_layer=partial(nn.GroupNorm, 32),
+        )
     model = RetinaNet(
         backbone,
         model_num_classes(num_classes),
         anchor_generator=anchors,
+        head=head,
         score_thresh=score_thresh,
         detections_per_img=detections_per_image,
     )
@@ -60,7 +74,7 @@ def _retinanet(
 
 def _fcos(
     backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
 ) -> FCOSAdapter:
     # One point "anchor" per location whose size sets the level's regression range (4x..8x size);
     # torchvision's default equals the strides.
@@ -81,7 +95,7 @@ def _fcos(
 
 def _faster_rcnn(
     backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
 ) -> FasterRCNNAdapter:
     sizes = anchor_sizes or (32, 64, 128, 256, 512)
     anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
@@ -95,7 +109,8 @@ def _faster_rcnn(
     return FasterRCNNAdapter(model, num_classes)
 
 
-Builder = Callable[[BackboneWithFPN, int, "tuple[int, ...] | None", int, float], DetectorAdapter]
+Builder = Callable[..., DetectorAdapter]
+HEAD_NORMS = (None, "gn")
 
 # family -> (pyramid layout, builder). A plain dict; add a family by adding a line.
 FAMILIES: dict[str, tuple[LevelSpec, Builder]] = {
@@ -117,6 +132,7 @@ def build_detector(
     anchor_sizes: tuple[int, ...] | None = None,
     detections_per_image: int = 100,
     score_thresh: float = 0.05,
+    head_norm: str | None = None,
 ) -> DetectorAdapter:
     """Build a torchvision detector wrapped in its adapter.
 
@@ -139,6 +155,9 @@ def build_detector(
             Faster R-CNN uses one size x 3 ratios per level.
         detections_per_image: detections kept per image after NMS.
         score_thresh: minimum score of a returned detection.
+        head_norm: RetinaNet only: None for torchvision's v1 head (what COCO_V1 weights fit),
+            "gn" for GroupNorm in the head towers (torchvision's v2 head; trains from scratch and
+            with narrow FPNs). FCOS's head always has GroupNorm.
 
     Returns:
         The adapter, in train mode. BatchNorm2d in the body when nothing is pretrained,
@@ -160,6 +179,10 @@ def build_detector(
             raise ConfigError(f"anchor_sizes needs {NUM_LEVELS} positive sizes (one per level), got {anchor_sizes}")
     if detections_per_image < 1:
         raise ConfigError(f"detections_per_image must be >= 1, got {detections_per_image}")
+    if head_norm not in HEAD_NORMS:
+        raise ConfigError(f"head_norm must be null or 'gn', got {head_norm!r}")
+    if head_norm is not None and family != "retinanet":
+        raise ConfigError(f"head_norm applies to retinanet only ({family} keeps torchvision's head)")
     spec, builder = FAMILIES[family]
 
     # Fetch first: a missing download should fail before minutes of model construction.
@@ -189,7 +212,7 @@ def build_detector(
         is_pretrained=det_state is not None or body_state is not None,
         trainable_layers=trainable_backbone_layers,
     )
-    adapter = builder(body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh)
+    adapter = builder(body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh, head_norm=head_norm)
     adapter.weights_skipped = []
     if det_state is not None:
         adapter.weights_skipped = load_pretrained_detector(adapter, det_state, source=det_source)

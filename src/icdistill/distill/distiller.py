@@ -1,8 +1,9 @@
 """Student + ICD module as ONE trainable module that returns a dict of named losses.
 
 The trainer only sums and logs what this returns, so plain training is the same loop with
-``distill.method: none``. The frozen teacher lives outside (see :class:`FrozenTeacher`); its
-features are passed in, which keeps it out of DDP and out of the optimisers.
+``distill.method: none``. The frozen teacher lives outside (see
+:func:`icdistill.detectors.freeze_as_teacher`); its features are passed in, which keeps it out of
+DDP and out of the optimisers.
 """
 
 from __future__ import annotations
@@ -16,33 +17,6 @@ from torch import Tensor, nn
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.distill.icd import ICDModule
 from icdistill.errors import ModelMismatchError
-
-
-class FrozenTeacher:
-    """A detector used only for its backbone + FPN features: eval mode, no gradients.
-
-    Deliberately not an ``nn.Module`` attribute of anything trainable, so neither DDP, the
-    optimisers nor ``student.pt`` ever see its parameters.
-    """
-
-    def __init__(self, adapter: DetectorAdapter) -> None:
-        self.adapter = adapter.eval()
-        for p in adapter.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
-        """images: float Tensor[B, 3, Hp, Wp] -> level name -> Tensor[B, C_t, H_l, W_l].
-
-        ``no_grad`` rather than ``inference_mode``: the ICD module's projections save these
-        tensors for backward, which inference tensors do not allow.
-        """
-        self.adapter.eval()
-        return self.adapter.features(images)
-
-    def to(self, device: torch.device | str) -> "FrozenTeacher":
-        self.adapter.to(device)
-        return self
 
 
 def check_alignment(teacher: DetectorAdapter, student: DetectorAdapter, levels: Sequence[str]) -> list[int]:

@@ -14,8 +14,9 @@ import torch
 
 from icdistill.config import Config, ModelConfig
 from icdistill.data import CocoDetection, DatasetPrior, build_transforms, compute_prior, generate_shapes
-from icdistill.detectors import DetectorAdapter, build_detector, load_detector_state
-from icdistill.distill.distiller import Distiller, FrozenTeacher, check_alignment
+from icdistill.detectors import DetectorAdapter, build_detector, freeze_as_teacher, load_detector_state
+from icdistill.detectors.weights import FrozenTeacher, is_checkpoint_path
+from icdistill.distill.distiller import Distiller, check_alignment
 from icdistill.distill.icd import ICDModule
 from icdistill.distill.inherit import InheritReport, inherit_weights
 from icdistill.distill.sampling import PriorTensors
@@ -73,10 +74,6 @@ def num_classes_for(model_cfg: ModelConfig, data_classes: int, role: str) -> int
     return data_classes
 
 
-def is_checkpoint_path(weights: str | None) -> bool:
-    return weights is not None and (weights.endswith((".pt", ".pth")) or "/" in weights or Path(weights).exists())
-
-
 def detector_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
     """The detector's state dict from a ``student.pt`` or a training checkpoint."""
     if ckpt.get("format") == STUDENT_CHECKPOINT_FORMAT or ("model" in ckpt and "trainable" not in ckpt):
@@ -89,7 +86,7 @@ def detector_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[st
 
 def build_model(model_cfg: ModelConfig, num_classes: int, role: str) -> DetectorAdapter:
     """A detector adapter with its weights: scratch, torchvision names, or a checkpoint file."""
-    checkpoint = model_cfg.weights if is_checkpoint_path(model_cfg.weights) else None
+    checkpoint = model_cfg.weights if model_cfg.weights and is_checkpoint_path(model_cfg.weights) else None
     adapter = build_detector(
         model_cfg.family,
         backbone=model_cfg.backbone,
@@ -101,11 +98,12 @@ def build_model(model_cfg: ModelConfig, num_classes: int, role: str) -> Detector
         anchor_sizes=model_cfg.anchor_sizes,
         detections_per_image=model_cfg.detections_per_image,
         score_thresh=model_cfg.score_thresh,
+        head_norm=model_cfg.head_norm,
     )
     if checkpoint:
         ckpt = load_checkpoint(checkpoint)
         saved = ckpt.get("model_config") or (ckpt.get("config") or {}).get("model") or {}
-        for key in ("family", "backbone", "fpn_channels"):
+        for key in ("family", "backbone", "fpn_channels", "head_norm"):
             if key in saved and saved[key] != getattr(model_cfg, key):
                 raise ModelMismatchError(
                     f"{checkpoint} holds a {saved.get('family')}/{saved.get('backbone')} detector with "
@@ -162,7 +160,7 @@ def build_run_models(cfg: Config, train_set: CocoDetection, *, fresh_start: bool
         loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else DEFAULT_LOSS_WEIGHT[cfg.model.family],
     )
     distiller = Distiller(student, icd, levels=levels, strides=strides, warmup_iters=dcfg.warmup_iters)
-    return RunModels(distiller, FrozenTeacher(teacher_adapter), prior, report)
+    return RunModels(distiller, freeze_as_teacher(teacher_adapter), prior, report)
 
 
 def student_lr(cfg: Config) -> float:

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from icdistill.data import CocoDetection
 from icdistill.detectors.base import DetectorAdapter
-from icdistill.distill.distiller import Distiller, FrozenTeacher
+from icdistill.detectors.weights import FrozenTeacher
+from icdistill.distill.distiller import Distiller
 from icdistill.evaluation import COCOEvaluator
 from icdistill.structures import collate_batch
 from icdistill.viz import save_attention_overlays

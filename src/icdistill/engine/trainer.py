@@ -182,7 +182,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         done = it + 1
         bar.update(1)
         if done % solver.log_period == 0 or done == total_iters:
-            record = {"iter": done, "loss/total": float(total), **{k: float(v) for k, v in losses.items()}}
+            record = {"iter": done, "loss/total": total.item(), **{k: v.item() for k, v in losses.items()}}
             record["lr/student"] = student_opt.param_groups[0]["lr"]
             if icd_opt is not None:
                 record["lr/icd"] = icd_opt.param_groups[0]["lr"]
@@ -193,10 +193,10 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith(("loss/", "distill/", "aux/"))})
         is_last = done == total_iters
         if is_last or done % solver.checkpoint_period == 0:
-            seconds = elapsed_before + time.perf_counter() - started
-            save_checkpoint(last_path, checkpoint_state(done, seconds))
-            if not is_last:
-                save_checkpoint(ckpt_dir / f"model_{done:07d}.pt", checkpoint_state(done, seconds))
+            state = checkpoint_state(done, elapsed_before + time.perf_counter() - started)
+            save_checkpoint(last_path, state)
+            if not is_last:  # periodic snapshots stay; last.pt is what --resume reads
+                save_checkpoint(ckpt_dir / f"model_{done:07d}.pt", state)
         if cfg.eval.period and not decoder_stage and done % cfg.eval.period == 0 and not is_last:
             periodic = evaluate_detector(distiller.student, test_loader, test_set, device, progress=False)
             _append_jsonl(metrics_log, {"iter": done, **periodic})

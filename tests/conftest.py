@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny shapes dataset and tiny configs, so end-to-end tests run in seconds."""
+
+from pathlib import Path
+
+import pytest
+
+from icdistill.config import load_config
+
+
+TINY_MODEL = [
+    "model.family=retinanet",
+    "model.backbone=resnet18",
+    "model.fpn_channels=32",
+    "model.anchor_sizes=[16, 32, 64, 128, 256]",
+]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(shapes_root) -> list[str]:
+    """--set values for a few-iteration run on 12 tiny images."""
+    return [
+        "data.format=shapes",
+        f"data.shapes.root={shapes_root}",
+        "data.shapes.num_train=12",
+        "data.shapes.num_test=6",
+        "data.shapes.image_height=64",
+        "data.shapes.image_width=96",
+        "data.min_sizes=[64]",
+        "data.max_size=128",
+        "data.test_size=64",
+        *TINY_MODEL,
+        "solver.max_iter=4",
+        "solver.ims_per_batch=2",
+        "solver.base_lr=0.01",
+        "solver.warmup_iters=2",
+        "solver.checkpoint_period=2",
+        "solver.log_period=1",
+        "eval.batch_size=3",
+        "eval.viz_images=2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_overrides):
+    def make(*extra: str):
+        return load_config(None, [*tiny_overrides, *extra])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def empty_config(tmp_path_factory) -> Path:
+    """A config file with no keys: tests give everything with --set."""
+    path = tmp_path_factory.mktemp("cfg") / "empty.yaml"
+    path.write_text("{}\n")
+    return path

@@ -1,0 +1,144 @@
+"""End to end through the CLI: train a teacher, distil a student, resume, evaluate, export."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from icdistill.cli import main
+from icdistill.engine.checkpoint import load_checkpoint
+
+TEACHER_SET = ["model.fpn_channels=48"]  # a wider teacher: ICD must project its tokens
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, tiny_overrides, empty_config):
+    out = tmp_path_factory.mktemp("teacher")
+    sets = [f"--set={s}" for s in [*tiny_overrides, *TEACHER_SET]]
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(out), *sets]) == 0
+    return out
+
+
+def distill_sets(tiny_overrides, teacher_dir, *extra):
+    return [
+        f"--set={s}"
+        for s in [
+            *tiny_overrides,
+            "distill.method=icd",
+            "distill.warmup_iters=1",
+            "distill.decoder_warmup_iters=2",
+            "teacher.family=retinanet",
+            "teacher.backbone=resnet18",
+            "teacher.fpn_channels=48",
+            "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
+            f"teacher.weights={teacher_dir / 'student.pt'}",
+            *extra,
+        ]
+    ]
+
+
+def test_teacher_run_writes_the_run_directory(teacher_run):
+    for name in ("config.yaml", "prior.json", "metrics.jsonl", "metrics.json", "student.pt", "checkpoints/last.pt"):
+        assert (teacher_run / name).is_file(), name
+    metrics = json.loads((teacher_run / "metrics.json").read_text())
+    for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/train_s"):
+        assert key in metrics
+    assert (teacher_run / "tb").is_dir()
+    student = load_checkpoint(teacher_run / "student.pt")
+    assert student["format"] == "icdistill-student"
+    assert not any(k.startswith(("icd.", "student.")) for k in student["model"])
+
+
+def test_student_pt_loads_into_plain_torchvision(teacher_run):
+    """student.pt needs nothing of icdistill: torchvision's own classes rebuild the detector."""
+    import torchvision
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    ckpt = load_checkpoint(teacher_run / "student.pt")
+    width = ckpt["model_config"]["fpn_channels"]
+    body = torchvision.models.resnet18()
+    backbone = BackboneWithFPN(
+        body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [128, 256, 512], width,
+        extra_blocks=LastLevelP6P7(width, width),
+    )
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (16, 32, 64, 128, 256))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
+    model = torchvision.models.detection.RetinaNet(backbone, ckpt["torchvision_num_classes"], anchor_generator=anchors)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 96)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+def test_distill_end_to_end_and_resume_is_exact(teacher_run, tmp_path, tiny_overrides, empty_config):
+    full = tmp_path / "full"
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(full), *distill_sets(tiny_overrides, teacher_run)]) == 0
+    log = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*log)
+    assert {"aux/idf", "aux/reg", "distill/icd", "det/classification"} <= keys
+    # decoder warm-up stage: the first 2 logged steps have aux losses only
+    assert "det/classification" not in log[0] and "distill/icd" not in log[0]
+    assert len(list((full / "viz").glob("*.png"))) >= 1
+    assert json.loads((full / "metrics.json").read_text())["bbox/AP"] >= 0
+
+    # interrupted at iteration 2 (the periodic snapshot), then resumed: identical final weights
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "checkpoints" / "model_0000002.pt", resumed / "checkpoints" / "last.pt")
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(resumed), "--resume",
+                 *distill_sets(tiny_overrides, teacher_run)]) == 0
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for key, value in a["trainable"].items():
+        torch.testing.assert_close(b["trainable"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_eval_and_export_from_cli(teacher_run, tmp_path, tiny_overrides, empty_config):
+    sets = [f"--set={s}" for s in [*tiny_overrides, *TEACHER_SET]]
+    out = tmp_path / "eval"
+    assert main(["--no-progress", "eval", str(empty_config), "--weights", str(teacher_run / "checkpoints" / "last.pt"), "--out", str(out), *sets]) == 0
+    from_last = json.loads((out / "metrics.json").read_text())
+    assert from_last["bbox/AP"] == json.loads((teacher_run / "metrics.json").read_text())["bbox/AP"]
+    exported = tmp_path / "exported.pt"
+    assert main(["export", str(teacher_run / "checkpoints" / "last.pt"), "--out", str(exported)]) == 0
+    a, b = load_checkpoint(exported)["model"], load_checkpoint(teacher_run / "student.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stats_writes_the_prior(tmp_path, tiny_overrides, empty_config):
+    out = tmp_path / "prior.json"
+    assert main(["--no-progress", "stats", str(empty_config), "--out", str(out), *[f"--set={s}" for s in tiny_overrides]]) == 0
+    prior = json.loads(out.read_text())
+    assert prior["num_images"] == 12
+    assert [c["name"] for c in prior["classes"]] == ["circle", "square", "triangle", "cross"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["teacher.backbone=resnet34"], "resnet"),
+        (["teacher.fpn_channels=32"], "fpn_channels"),
+        (["model.num_classes=7"], "7"),
+        (["teacher.family=faster_rcnn"], "teacher"),
+        (["solver.max_itr=3"], "solver.max_itr"),
+    ],
+)
+def test_mismatches_are_reported_before_training(teacher_run, tmp_path, tiny_overrides, empty_config, capsys, extra, message):
+    out = tmp_path / "bad"
+    code = main(["--no-progress", "distill", str(empty_config), "--out", str(out), *distill_sets(tiny_overrides, teacher_run, *extra)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and message in err
+    assert not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_missing_teacher_file_is_named(tmp_path, tiny_overrides, empty_config, capsys):
+    missing = tmp_path / "nope" / "student.pt"
+    sets = distill_sets(tiny_overrides, tmp_path / "nope")
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(tmp_path / "x"), *sets]) == 2
+    assert str(missing) in capsys.readouterr().err
