@@ -55,6 +55,15 @@ class DetectorAdapter(nn.Module, ABC):
     out_channels: int
     num_classes: int
 
+    def _init_adapter(self, model: nn.Module, num_classes: int, family: str, level_names, strides) -> None:
+        """Set the contract's attributes; the FPN width is read off ``model.backbone``."""
+        self.model = model
+        self.family = family
+        self.num_classes = int(num_classes)
+        self.level_names = tuple(level_names)
+        self.strides = tuple(strides)
+        self.out_channels = int(model.backbone.out_channels)
+
     @abstractmethod
     def features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
         """Backbone + FPN. images: Tensor[B, 3, Hp, Wp] (normalised, padded).

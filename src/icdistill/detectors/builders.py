@@ -183,6 +183,10 @@ def build_detector(
         raise ConfigError(f"head_norm must be null or 'gn', got {head_norm!r}")
     if head_norm is not None and family != "retinanet":
         raise ConfigError(f"head_norm applies to retinanet only ({family} keeps torchvision's head)")
+    if head_norm == "gn" and (fpn_channels % 32 or fpn_channels < 64):
+        # GroupNorm(32, C) needs C divisible by 32, and two channels per group so that a 1x1
+        # P7 map of a single image still has more than one value per group.
+        raise ConfigError(f"head_norm 'gn' needs fpn_channels a multiple of 32 and at least 64, got {fpn_channels}")
     spec, builder = FAMILIES[family]
 
     # Fetch first: a missing download should fail before minutes of model construction.

@@ -30,12 +30,7 @@ class FasterRCNNAdapter(DetectorAdapter):
 
     def __init__(self, model: FasterRCNN, num_classes: int) -> None:
         super().__init__()
-        self.model = model
-        self.family = "faster_rcnn"
-        self.num_classes = int(num_classes)
-        self.level_names = self.spec.names
-        self.strides = self.spec.strides
-        self.out_channels = int(model.backbone.out_channels)
+        self._init_adapter(model, num_classes, "faster_rcnn", self.spec.names, self.spec.strides)
 
     def features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
         """images: Tensor[B, 3, Hp, Wp] -> p2..p6, each Tensor[B, out_channels, ceil(Hp/s), ceil(Wp/s)]."""

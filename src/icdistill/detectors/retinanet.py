@@ -74,12 +74,7 @@ class DenseAdapter(DetectorAdapter):
 
     def __init__(self, model: torch.nn.Module, num_classes: int, family: str) -> None:
         super().__init__()
-        self.model = model
-        self.family = family
-        self.num_classes = int(num_classes)
-        self.level_names = self.spec.names
-        self.strides = self.spec.strides
-        self.out_channels = int(model.backbone.out_channels)
+        self._init_adapter(model, num_classes, family, self.spec.names, self.spec.strides)
 
     def features(self, images: Tensor) -> "OrderedDict[str, Tensor]":
         """images: Tensor[B, 3, Hp, Wp] -> p3..p7, each Tensor[B, out_channels, ceil(Hp/s), ceil(Wp/s)]."""
