@@ -142,3 +142,27 @@ def test_missing_teacher_file_is_named(tmp_path, tiny_overrides, empty_config, c
     sets = distill_sets(tiny_overrides, tmp_path / "nope")
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(tmp_path / "x"), *sets]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_step_and_names_and_keeps_last_checkpoint(tmp_path, tiny_config, monkeypatch):
+    from icdistill.distill.distiller import Distiller
+    from icdistill.engine.trainer import train
+    from icdistill.errors import TrainingDivergedError
+
+    original = Distiller.forward
+    calls = {"n": 0}
+
+    def exploding(self, *args, **kwargs):
+        losses = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third iteration (index 2) diverges
+            losses["det/classification"] = losses["det/classification"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Distiller, "forward", exploding)
+    cfg = tiny_config("solver.max_iter=4", "solver.checkpoint_period=2")
+    with pytest.raises(TrainingDivergedError, match=r"iteration 2: det/classification"):
+        train(cfg, tmp_path / "run", progress=False)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in last["trainable"].values() if v.is_floating_point())

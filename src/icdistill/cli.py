@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from icdistill.data import build_test_loader
     from icdistill.engine.build import build_datasets, build_model, resolve_device
-    from icdistill.engine.evaluate import evaluate_detector
+    from icdistill.engine.evaluate import evaluate_detector, write_metrics_json
 
     cfg = _load(args)
     if not Path(args.weights).is_file():
@@ -107,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate_detector(detector, loader, test_set, device, progress=not args.no_progress)
     out = _run_dir(args)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics_json(out / "metrics.json", metrics)
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'}")
     return 0
@@ -134,23 +133,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from icdistill.engine.build import STUDENT_CHECKPOINT_FORMAT, detector_state_from_checkpoint
+    from icdistill.engine.build import detector_state_from_checkpoint, student_checkpoint
     from icdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     state = detector_state_from_checkpoint(ckpt, args.checkpoint)
     model_cfg = ckpt.get("model_config") or (ckpt.get("config") or {}).get("model", {})
-    class_names = ckpt.get("class_names", [])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, {
-        "format": STUDENT_CHECKPOINT_FORMAT,
-        "model": state,
-        "model_config": model_cfg,
-        "num_classes": len(class_names),
-        "torchvision_num_classes": len(class_names) + 1,
-        "class_names": class_names,
-    })
+    save_checkpoint(out, student_checkpoint(state, model_cfg, ckpt.get("class_names", [])))
     print(f"wrote {out} ({len(state)} tensors)")
     return 0
 

@@ -114,6 +114,19 @@ def build_model(model_cfg: ModelConfig, num_classes: int, role: str) -> Detector
     return adapter
 
 
+def student_checkpoint(model_state: dict[str, torch.Tensor], model_config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """The content of ``student.pt``: the torchvision detector's state dict plus what is needed to
+    rebuild it (``torchvision_num_classes`` counts the background class)."""
+    return {
+        "format": STUDENT_CHECKPOINT_FORMAT,
+        "model": model_state,
+        "model_config": model_config,
+        "num_classes": len(class_names),
+        "torchvision_num_classes": len(class_names) + 1,
+        "class_names": list(class_names),
+    }
+
+
 def prior_tensors(prior: DatasetPrior) -> PriorTensors:
     t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
     return PriorTensors(t(prior.freq), t(prior.w_mean), t(prior.w_std), t(prior.h_mean), t(prior.h_std))

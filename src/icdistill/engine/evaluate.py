@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,6 +19,13 @@ from icdistill.distill.distiller import Distiller
 from icdistill.evaluation import COCOEvaluator
 from icdistill.structures import collate_batch
 from icdistill.viz import save_attention_overlays
+
+
+def write_metrics_json(path: Path, metrics: dict[str, float]) -> None:
+    """``metrics.json``: flat keys, percent; a metric COCO cannot compute (NaN, e.g. APl with no
+    large objects in the test set) is written as null so the file stays strict JSON."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    path.write_text(json.dumps(clean, indent=2))
 
 
 @torch.no_grad()

@@ -22,15 +22,15 @@ from tqdm import tqdm
 from icdistill.config import Config, save_config
 from icdistill.data import build_test_loader, build_train_loader
 from icdistill.engine.build import (
-    STUDENT_CHECKPOINT_FORMAT,
     TRAIN_CHECKPOINT_FORMAT,
     build_datasets,
     build_run_models,
     resolve_device,
+    student_checkpoint,
     student_lr,
 )
 from icdistill.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from icdistill.engine.evaluate import evaluate_detector, save_attention_examples
+from icdistill.engine.evaluate import evaluate_detector, save_attention_examples, write_metrics_json
 from icdistill.engine.optim import (
     build_icd_optimizer,
     build_icd_scheduler,
@@ -210,7 +210,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     metrics = evaluate_detector(distiller.student, test_loader, test_set, device, progress=progress)
     metrics["time/train_s"] = round(train_seconds, 2)
     metrics["time/iter_s"] = round(train_seconds / max(total_iters, 1), 4)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics_json(out / "metrics.json", metrics)
     for key, value in metrics.items():
         if not math.isnan(value):
             writer.add_scalar(f"final/{key}", value, total_iters)
@@ -222,16 +222,5 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
 
 
 def save_student(distiller: torch.nn.Module, cfg: Config, class_names: list[str], path: Path) -> None:
-    """``student.pt``: the torchvision detector's state dict and what is needed to rebuild it."""
-    student = distiller.student
-    save_checkpoint(
-        path,
-        {
-            "format": STUDENT_CHECKPOINT_FORMAT,
-            "model": student.model.state_dict(),
-            "model_config": cfg.to_dict()["model"],
-            "num_classes": student.num_classes,
-            "torchvision_num_classes": student.num_classes + 1,
-            "class_names": class_names,
-        },
-    )
+    """``student.pt``: the student detector only, loadable with torchvision alone."""
+    save_checkpoint(path, student_checkpoint(distiller.student.model.state_dict(), cfg.to_dict()["model"], class_names))
