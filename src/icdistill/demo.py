@@ -47,12 +47,18 @@ def demo_configs(out: Path, *, quick: bool = False) -> dict[str, Config]:
     return configs
 
 
+def _title(name: str, cfg: Config) -> str:
+    """A table row name such as ``student + ICD (fcos mobilenet_v2, 250 it)``."""
+    label = {"teacher": "teacher", "student": "student", "icd": "student + ICD"}[name]
+    return f"{label} ({cfg.model.family} {cfg.model.backbone}, {cfg.solver.max_iter} it)"
+
+
 def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> dict[str, RunResult]:
     """Train the three detectors, write ``results.md`` and print the comparison table."""
     out.mkdir(parents=True, exist_ok=True)
     configs = demo_configs(out, quick=quick)
     results: dict[str, RunResult] = {}
-    titles = {"teacher": "teacher (R-50, longer)", "student": "student (R-18)", "icd": "student + ICD (R-18)"}
+    titles = {name: _title(name, cfg) for name, cfg in configs.items()}
     for name, cfg in configs.items():
         print(f"\n== {titles[name]}: {out / name}")
         results[name] = train(cfg, out / name, progress=progress)
