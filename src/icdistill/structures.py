@@ -28,7 +28,9 @@ class Batch:
             bottom and right so Hp and Wp are multiples of ``SIZE_DIVISIBILITY``.
         image_sizes: (h, w) of each resized, unpadded image, in pixels.
         targets: per image ``{"boxes": float Tensor[N, 4] xyxy in pixels of the resized image,
-            "labels": int64 Tensor[N] contiguous class ids 0..C-1}``.
+            "labels": int64 Tensor[N] contiguous class ids 0..C-1}``, plus ``"masks": uint8
+            Tensor[N, h, w]`` (0/1 instance masks, one per box) when the dataset items have
+            them; masks are not padded: (h, w) is that image's entry of ``image_sizes``.
         image_ids: dataset image id of each image (the evaluator's key).
         orig_sizes: (h, w) of each image as stored on disk, to map detections back for evaluation.
     """
@@ -67,7 +69,8 @@ def collate_batch(items: Sequence[tuple[Tensor, dict[str, Any]]]) -> Batch:
     Args:
         items: ``(image, target)`` pairs; image is float Tensor[3, h, w] in [0, 1]; target has
             ``boxes`` (xyxy pixels), ``labels`` (int64, contiguous), ``image_id`` (int) and
-            ``orig_size`` ((h, w) on disk).
+            ``orig_size`` ((h, w) on disk), optionally ``masks`` (uint8 Tensor[N, h, w], kept
+            as is in the batch's target, unpadded).
     """
     if not items:
         raise ValueError("collate_batch got an empty list of items")
@@ -85,6 +88,9 @@ def collate_batch(items: Sequence[tuple[Tensor, dict[str, Any]]]) -> Batch:
         {"boxes": t["boxes"].reshape(-1, 4).float(), "labels": t["labels"].reshape(-1).long()}
         for _, t in items
     ]
+    for (_, t), tgt, (h, w) in zip(items, targets, sizes):
+        if "masks" in t:
+            tgt["masks"] = torch.as_tensor(t["masks"]).to(torch.uint8).reshape(-1, h, w)
     image_ids = [int(t["image_id"]) for _, t in items]
     orig_sizes = [tuple(int(v) for v in t.get("orig_size", s)) for (_, t), s in zip(items, sizes)]
     return Batch(images, sizes, targets, image_ids, orig_sizes)

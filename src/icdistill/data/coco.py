@@ -5,22 +5,32 @@ Items are ``(image, target)``:
 * ``image``: float Tensor[3, h, w] in [0, 1], RGB, after the transforms (resize, flip);
 * ``target``: ``{"boxes": float32 Tensor[N, 4] xyxy in pixels of the transformed image,
   "labels": int64 Tensor[N] contiguous class ids 0..C-1, "image_id": int (the json image id),
-  "orig_size": (h, w) of the image on disk}``.
+  "orig_size": (h, w) of the image on disk}``; with ``with_masks=True`` also ``"masks": uint8
+  Tensor[N, h, w]`` (0/1), one instance mask per box, in pixels of the transformed image.
 
 Annotations are checked once at construction, without reading any image: crowd annotations are
 excluded from the targets, boxes leaving the image are clipped (counted as repaired), boxes with
 zero width or height after clipping are dropped, and annotations of an unknown category are
 dropped. :attr:`CocoDetection.report` holds the counts and the file names involved.
+
+Instance masks (``with_masks=True``) are decoded per item from each kept annotation's
+``segmentation``: polygons ``[[x1, y1, x2, y2, ...], ...]`` (0-based continuous pixels; parts
+with fewer than 3 points are ignored), uncompressed RLE ``{"size": [h, w], "counts": [int, ...]}``
+or compressed RLE ``{"size": [h, w], "counts": str}``, through ``pycocotools.mask``. An
+annotation without a segmentation (key missing, ``None``, ``[]``, or only polygons of fewer
+than 3 points) gets its (clipped) box filled instead. A repaired (clipped) box keeps its mask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -54,18 +64,23 @@ def _load_coco_json(ann_file: Path) -> dict:
         raise DataError(f"annotation file {ann_file} is not valid json: {e}") from e
     except OSError as e:
         raise DataError(f"cannot read annotation file {ann_file}: {e}") from e
+    return _check_coco_dict(data, f"annotation file {ann_file}")
+
+
+def _check_coco_dict(data: Any, label: str) -> dict:
+    """Check the top-level structure of a COCO dict; ``label`` starts each error message."""
     if not isinstance(data, dict):
-        raise DataError(f"annotation file {ann_file}: expected a json object with 'images', "
+        raise DataError(f"{label}: expected a json object with 'images', "
                         f"'annotations' and 'categories', got {type(data).__name__}")
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
-            raise DataError(f"annotation file {ann_file}: missing or non-list key '{key}' "
+            raise DataError(f"{label}: missing or non-list key '{key}' "
                             f"(COCO detection format expected)")
     if not isinstance(data.get("annotations", []), list):
-        raise DataError(f"annotation file {ann_file}: 'annotations' must be a list")
+        raise DataError(f"{label}: 'annotations' must be a list")
     data.setdefault("annotations", [])
     if not data["categories"]:
-        raise DataError(f"annotation file {ann_file}: 'categories' is empty")
+        raise DataError(f"{label}: 'categories' is empty")
     return data
 
 
@@ -82,16 +97,25 @@ class CocoDetection(Dataset):
             data set (counted in :attr:`report`); an image that still fails to decode later is
             replaced by the next readable one, with a warning. If False (default) a bad image
             raises :class:`DataError` naming the file when it is loaded.
+        with_masks: if True, each target also has ``masks``: uint8 Tensor[N, h, w] (0/1), mask
+            i belonging to box i, in pixels of the transformed image, decoded from the kept
+            annotations' ``segmentation`` (see the module docstring; box-filled when there is
+            none). A malformed segmentation raises :class:`DataError` at construction, naming
+            the image and annotation id. ``transforms`` must then accept ``target["masks"]``
+            (as :class:`icdistill.data.transforms.DetectionTransforms` does) and keep it
+            aligned with the boxes.
 
     Attributes:
         coco: the ``pycocotools.coco.COCO`` object (ground truth for the evaluator). Missing
             ``area`` / ``iscrowd`` / ``id`` fields are filled in (w·h, 0, running number).
-        ann_file: path of the json.
+        ann_file: path of the json (``None`` when built with :meth:`from_dict`).
+        source: what error messages name: the json path, or ``from_dict``'s ``source``.
         image_dir: path of the image folder.
         class_names: category names ordered by contiguous id (categories sorted by COCO id).
         contiguous_to_cat_id: COCO category id of each contiguous id.
         cat_id_to_contiguous: the inverse mapping.
         image_ids: json image id of each item, in item order.
+        with_masks: whether targets carry ``masks``.
         report: ``{"num_images", "num_annotations", "kept_annotations", "counts": {problem: n},
             "files": {problem: sorted file names}}``, problems being ``crowd``,
             ``repaired_boxes``, ``degenerate_boxes``, ``unknown_category``, ``unknown_image``
@@ -109,14 +133,71 @@ class CocoDetection(Dataset):
         transforms: Transform | None = None,
         *,
         skip_unreadable: bool = False,
+        with_masks: bool = False,
     ) -> None:
+        self.ann_file: Path | None = Path(ann_file)
+        if not Path(image_dir).is_dir():
+            raise DataError(f"image folder not found: {image_dir}")
+        data = _load_coco_json(self.ann_file)
+        self._build(data, image_dir, transforms, skip_unreadable,
+                    source=str(self.ann_file), label=f"annotation file {self.ann_file}",
+                    with_masks=with_masks)
+
+    @classmethod
+    def from_dict(
+        cls,
+        coco_dict: dict,
+        image_root: str | os.PathLike,
+        transforms: Transform | None = None,
+        *,
+        skip_unreadable: bool = False,
+        source: str = "<in-memory>",
+        with_masks: bool = False,
+    ) -> "CocoDetection":
+        """Build the data set from an in-memory COCO dict instead of a json file.
+
+        Behaves exactly like the file constructor (same checks, repairs, report and ``coco``
+        ground truth). Used by the VOC and YOLO readers (:mod:`icdistill.data.voc`,
+        :mod:`icdistill.data.yolo`), which convert their formats to a COCO dict.
+
+        Args:
+            coco_dict: ``{"images": [{"id", "file_name", "width", "height"}], "annotations":
+                [{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "iscrowd"?, ...}],
+                "categories": [{"id", "name"}]}``. It is deep-copied, never modified.
+            image_root: folder the images' ``file_name`` are relative to (an absolute
+                ``file_name`` is used as is).
+            transforms, skip_unreadable, with_masks: as for the file constructor.
+            source: names the data in error and warning messages (e.g. the folder it was read
+                from) in place of the annotation file.
+
+        The returned data set's ``ann_file`` is ``None``; ``source`` is kept in ``source``.
+        """
+        self = cls.__new__(cls)
+        self.ann_file = None
+        if not Path(image_root).is_dir():
+            raise DataError(f"{source}: image folder not found: {image_root}")
+        data = _check_coco_dict(copy.deepcopy(coco_dict), str(source))
+        self._build(data, image_root, transforms, skip_unreadable,
+                    source=str(source), label=str(source), with_masks=with_masks)
+        return self
+
+    def _build(
+        self,
+        data: dict,
+        image_dir: str | os.PathLike,
+        transforms: Transform | None,
+        skip_unreadable: bool,
+        *,
+        source: str,
+        label: str,
+        with_masks: bool = False,
+    ) -> None:
+        """Shared construction from a structurally checked COCO dict (taken over, mutated)."""
+        self.with_masks = bool(with_masks)
         self.image_dir = Path(image_dir)
-        self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.skip_unreadable = bool(skip_unreadable)
-        if not self.image_dir.is_dir():
-            raise DataError(f"image folder not found: {self.image_dir}")
-        data = _load_coco_json(self.ann_file)
+        self.source = source
 
         # --- categories -> contiguous ids
         try:
@@ -124,10 +205,10 @@ class CocoDetection(Dataset):
             self.contiguous_to_cat_id: list[int] = [int(c["id"]) for c in cats]
             self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"annotation file {self.ann_file}: malformed 'categories' entry "
+            raise DataError(f"{label}: malformed 'categories' entry "
                             f"({e!r}); each needs an integer 'id' and a 'name'") from e
         if len(set(self.contiguous_to_cat_id)) != len(self.contiguous_to_cat_id):
-            raise DataError(f"annotation file {self.ann_file}: duplicate category ids")
+            raise DataError(f"{label}: duplicate category ids")
         self.cat_id_to_contiguous: dict[int, int] = {
             c: i for i, c in enumerate(self.contiguous_to_cat_id)}
 
@@ -139,16 +220,18 @@ class CocoDetection(Dataset):
                 rec = {"id": int(img["id"]), "file_name": str(img["file_name"]),
                        "width": int(img["width"]), "height": int(img["height"])}
             except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"annotation file {self.ann_file}: malformed 'images' entry "
+                raise DataError(f"{label}: malformed 'images' entry "
                                 f"{str(img)[:200]} ({e!r}); each needs 'id', 'file_name', "
                                 f"'width' and 'height'") from e
             if rec["width"] <= 0 or rec["height"] <= 0:
-                raise DataError(f"annotation file {self.ann_file}: image {rec['file_name']} has "
+                raise DataError(f"{label}: image {rec['file_name']} has "
                                 f"non-positive size {rec['width']}x{rec['height']}")
             if rec["id"] in by_id:
-                raise DataError(f"annotation file {self.ann_file}: duplicate image id {rec['id']}")
+                raise DataError(f"{label}: duplicate image id {rec['id']}")
             by_id[rec["id"]] = len(self._images)
             rec["boxes"], rec["labels"] = [], []
+            if self.with_masks:
+                rec["segs"] = []
             self._images.append(rec)
 
         # --- annotations: check, repair, drop
@@ -157,7 +240,7 @@ class CocoDetection(Dataset):
         kept = 0
         for n, ann in enumerate(data["annotations"]):
             if not isinstance(ann, dict):
-                raise DataError(f"annotation file {self.ann_file}: annotation #{n} is not an object")
+                raise DataError(f"{label}: annotation #{n} is not an object")
             ann.setdefault("id", n + 1)
             ann.setdefault("iscrowd", 0)
             pos = by_id.get(_as_int(ann.get("image_id")))
@@ -195,6 +278,13 @@ class CocoDetection(Dataset):
             if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
                 counts["repaired_boxes"] += 1
                 files["repaired_boxes"].add(name)
+            if self.with_masks:
+                try:
+                    seg = _check_segmentation(ann.get("segmentation"), H, W)
+                except ValueError as e:
+                    raise DataError(f"{label}: annotation id {ann.get('id')} of image {name} "
+                                    f"has a malformed 'segmentation': {e}") from e
+                rec["segs"].append(seg)
             rec["boxes"].append((cx0, cy0, cx1, cy1))
             rec["labels"].append(cat)
             kept += 1
@@ -221,7 +311,7 @@ class CocoDetection(Dataset):
             "files": {p: sorted(v) for p, v in files.items()},
         }
         if any(n for p, n in counts.items() if p != "crowd"):  # crowd boxes are normal in COCO
-            log.warning("%s: %s", self.ann_file, self.report_summary())
+            log.warning("%s: %s", self.source, self.report_summary())
 
         from pycocotools.coco import COCO
 
@@ -231,11 +321,32 @@ class CocoDetection(Dataset):
             try:
                 coco.createIndex()
             except (KeyError, TypeError) as e:
-                raise DataError(f"annotation file {self.ann_file}: pycocotools cannot index it "
+                raise DataError(f"{label}: pycocotools cannot index it "
                                 f"({e!r})") from e
         self.coco = coco
 
     # ------------------------------------------------------------------------------------------
+
+    def check_images(self, *, progress: bool = False) -> None:
+        """Open every image's header; raise DataError naming the missing or unreadable files.
+
+        With ``skip_unreadable`` such images were already dropped (and counted) at load time, so
+        this passes.
+        """
+        from tqdm import tqdm
+
+        bad = [
+            rec["file_name"]
+            for rec in tqdm(self._images, desc=f"checking images of {self.source}", disable=not progress, leave=False)
+            if not _header_ok(self.image_dir / rec["file_name"])
+        ]
+        if bad:
+            shown = ", ".join(str(self.image_dir / name) for name in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise DataError(
+                f"{len(bad)} image(s) of {self.source} are missing or unreadable: {shown}{more}; "
+                "fix them or set data.skip_unreadable: true to skip and count them"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -282,9 +393,25 @@ class CocoDetection(Dataset):
             raise DataError(f"cannot decode image {path}: {e}") from e
         if arr.shape[0] != rec["height"] or arr.shape[1] != rec["width"]:
             raise DataError(
-                f"image {path} is {arr.shape[1]}x{arr.shape[0]} (w x h) but {self.ann_file} says "
-                f"{rec['width']}x{rec['height']}; fix the json's width/height")
+                f"image {path} is {arr.shape[1]}x{arr.shape[0]} (w x h) but {self.source} says "
+                f"{rec['width']}x{rec['height']}; fix the annotations' width/height")
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+    def load_masks(self, index: int) -> np.ndarray:
+        """Instance masks of item ``index`` on the image as stored on disk.
+
+        Returns:
+            uint8 ndarray[N, H, W] (0/1), mask i belonging to box i of
+            :meth:`annotation_records` (the kept annotations, in json order).
+
+        Raises:
+            DataError: the data set was built without ``with_masks``.
+        """
+        if not self.with_masks:
+            raise DataError(f"{self.source}: instance masks were not loaded; build the data "
+                            f"set with with_masks=True")
+        rec = self._images[index]
+        return _decode_masks(rec["segs"], rec["boxes"], rec["height"], rec["width"])
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
         aug_seed: int | None = None
@@ -313,6 +440,8 @@ class CocoDetection(Dataset):
             "image_id": rec["id"],
             "orig_size": (rec["height"], rec["width"]),
         }
+        if self.with_masks:
+            target["masks"] = torch.from_numpy(self.load_masks(index))
         if self.transforms is not None:
             if aug_seed is None:
                 image, target = self.transforms(image, target)
@@ -325,6 +454,9 @@ class CocoDetection(Dataset):
         image = image.as_subclass(Tensor) if type(image) is not Tensor else image
         target["boxes"] = target["boxes"].as_subclass(Tensor).float().reshape(-1, 4)
         target["labels"] = target["labels"].as_subclass(Tensor).long().reshape(-1)
+        if "masks" in target:
+            target["masks"] = target["masks"].as_subclass(Tensor).to(torch.uint8).reshape(
+                -1, int(image.shape[-2]), int(image.shape[-1]))
         return image, target
 
 
@@ -346,6 +478,89 @@ def _as_box(v: Any) -> tuple[float, float, float, float] | None:
     if not all(math.isfinite(x) for x in box):
         return None
     return box  # type: ignore[return-value]
+
+
+def _check_segmentation(seg: Any, h: int, w: int) -> list[list[float]] | dict | None:
+    """Normalise a COCO ``segmentation`` of an image of ``h`` x ``w`` pixels.
+
+    Returns:
+        A list of polygons (each a flat list of at least 6 floats; parts of fewer than 3
+        points are left out), an RLE dict (``size`` checked against ``(h, w)``), or ``None``
+        when there is no usable segmentation (missing, ``None``, ``[]``, or only parts of fewer
+        than 3 points).
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    if seg is None or (isinstance(seg, (list, tuple)) and len(seg) == 0):
+        return None
+    if isinstance(seg, dict):
+        if "counts" not in seg or "size" not in seg:
+            raise ValueError("an RLE needs 'counts' and 'size'")
+        size = seg["size"]
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or [_as_int(v) for v in size] != [h, w]):
+            raise ValueError(f"RLE size {size} differs from the image size [{h}, {w}] (h, w)")
+        counts = seg["counts"]
+        if isinstance(counts, (str, bytes)):
+            return {"size": [h, w], "counts": counts}
+        if isinstance(counts, (list, tuple)) and all(
+                isinstance(c, (int, np.integer)) and c >= 0 for c in counts):
+            if sum(int(c) for c in counts) != h * w:
+                raise ValueError(f"uncompressed RLE counts sum to {sum(int(c) for c in counts)}, "
+                                 f"not h*w = {h * w}")
+            return {"size": [h, w], "counts": [int(c) for c in counts]}
+        raise ValueError("RLE 'counts' must be a string or a list of non-negative ints")
+    if isinstance(seg, (list, tuple)):
+        polys: list[list[float]] = []
+        for k, part in enumerate(seg):
+            if not isinstance(part, (list, tuple)):
+                raise ValueError(f"polygon #{k} is not a list of coordinates")
+            try:
+                coords = [float(v) for v in part]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"polygon #{k} has a non-numeric coordinate") from e
+            if len(coords) % 2 or not all(math.isfinite(v) for v in coords):
+                raise ValueError(f"polygon #{k} needs an even number of finite coordinates, "
+                                 f"got {len(coords)}")
+            if len(coords) >= 6:
+                polys.append(coords)
+        return polys or None
+    raise ValueError(f"expected a list of polygons or an RLE dict, got {type(seg).__name__}")
+
+
+def _decode_masks(
+    segs: list[list[list[float]] | dict | None], boxes: np.ndarray, h: int, w: int
+) -> np.ndarray:
+    """uint8 ndarray[N, h, w] (0/1) from checked segmentations (see :func:`_check_segmentation`);
+    a ``None`` segmentation is filled from its xyxy box ``boxes[i]`` (every pixel the box
+    touches)."""
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((len(segs), h, w), dtype=np.uint8)
+    rles, rows = [], []
+    for i, seg in enumerate(segs):
+        if seg is None:
+            x0, y0, x1, y1 = (float(v) for v in boxes[i])
+            c0, r0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
+            c1, r1 = min(int(math.ceil(x1)), w), min(int(math.ceil(y1)), h)
+            out[i, r0:r1, c0:c1] = 1
+            continue
+        if isinstance(seg, list):
+            rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
+        elif isinstance(seg["counts"], list):
+            rles.append(mask_utils.frPyObjects(seg, h, w))
+        else:
+            rles.append(seg)
+        rows.append(i)
+    if rles:
+        with warnings.catch_warnings():
+            # pycocotools' decode trips numpy 2's __array__(copy=...) deprecation; harmless
+            warnings.filterwarnings("ignore", category=DeprecationWarning,
+                                    message=".*copy keyword.*")
+            decoded = mask_utils.decode(rles)  # uint8 [h, w, len(rles)], Fortran order
+        out[rows] = np.moveaxis(decoded, -1, 0)
+    return out
 
 
 def _header_ok(path: Path) -> bool:

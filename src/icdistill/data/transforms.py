@@ -1,9 +1,11 @@
 """Detection transforms: resize (random short side when training), horizontal flip, to float.
 
-Built on ``torchvision.transforms.v2`` with ``tv_tensors.Image`` and ``tv_tensors.BoundingBoxes``
-(format XYXY), so boxes follow every geometric change of the image exactly. All randomness comes
-from the global torch RNG (``torch.rand`` / ``torch.randint``); :class:`CocoDetection` seeds it
-per item under ``torch.random.fork_rng`` when given an ``aug_seed``.
+Built on ``torchvision.transforms.v2`` with ``tv_tensors.Image``, ``tv_tensors.BoundingBoxes``
+(format XYXY) and, when the target has instance masks, ``tv_tensors.Mask``, so boxes and masks
+follow every geometric change of the image exactly (masks are resized with nearest-neighbour
+interpolation). All randomness comes from the global torch RNG (``torch.rand`` /
+``torch.randint``); :class:`CocoDetection` seeds it per item under ``torch.random.fork_rng``
+when given an ``aug_seed``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ class DetectionTransforms:
     """Callable ``(image, target) -> (image, target)``.
 
     Input: ``image`` uint8 Tensor[3, H, W] (or float in [0, 1]); ``target`` with ``boxes``
-    float Tensor[N, 4] xyxy pixels of that image and ``labels`` int64 Tensor[N]; other keys are
-    passed through unchanged.
+    float Tensor[N, 4] xyxy pixels of that image and ``labels`` int64 Tensor[N], optionally
+    ``masks`` uint8 Tensor[N, H, W] (0/1 instance masks, one per box); other keys are passed
+    through unchanged.
 
     Output: ``image`` plain float32 Tensor[3, h, w] in [0, 1]; ``target["boxes"]`` plain float32
     Tensor[M, 4] xyxy pixels of the transformed image and ``target["labels"]`` int64 Tensor[M],
     where boxes narrower or lower than ``min_box_size`` pixels (or under 1 px²) after the
-    transform are dropped together with their labels (M <= N).
+    transform are dropped together with their labels (M <= N). When the input has ``masks``,
+    ``target["masks"]`` is a plain uint8 Tensor[M, h, w], moved with the image (resize, flip)
+    and kept aligned with the boxes (a dropped box drops its mask).
     """
 
     def __init__(self, pipeline: v2.Transform, *, train: bool, description: str) -> None:
@@ -50,10 +55,20 @@ class DetectionTransforms:
             canvas_size=(h, w),
         )
         labels = torch.as_tensor(target["labels"], dtype=torch.int64).reshape(-1)
-        out_img, out = self.pipeline(img, {"boxes": boxes, "labels": labels})
+        inputs: dict[str, Any] = {"boxes": boxes, "labels": labels}
+        if "masks" in target:
+            masks = torch.as_tensor(target["masks"], dtype=torch.uint8).reshape(-1, h, w)
+            if masks.shape[0] != boxes.shape[0]:
+                raise ValueError(f"target has {masks.shape[0]} masks but {boxes.shape[0]} boxes; "
+                                 f"they must be aligned one-to-one")
+            inputs["masks"] = tv_tensors.Mask(masks)
+        out_img, out = self.pipeline(img, inputs)
         result = dict(target)
         result["boxes"] = out["boxes"].as_subclass(Tensor).float().reshape(-1, 4)
         result["labels"] = out["labels"].as_subclass(Tensor).long().reshape(-1)
+        if "masks" in out:
+            oh, ow = int(out_img.shape[-2]), int(out_img.shape[-1])
+            result["masks"] = out["masks"].as_subclass(Tensor).to(torch.uint8).reshape(-1, oh, ow)
         return out_img.as_subclass(Tensor), result
 
 
@@ -76,7 +91,8 @@ def build_transforms(
             below the chosen size, keeping the aspect ratio).
         flip_prob: probability of a horizontal flip (train only), in [0, 1].
         min_box_size: boxes with width or height below this many pixels after the transform
-            are dropped (``v2.SanitizeBoundingBoxes``), labels kept aligned.
+            are dropped (``v2.SanitizeBoundingBoxes``), labels (and masks, when the target has
+            them) kept aligned.
 
     Returns:
         A :class:`DetectionTransforms` callable.
