@@ -1,10 +1,11 @@
-"""Detector adapters over torchvision's RetinaNet, FCOS and Faster R-CNN (see :mod:`.base`)."""
+"""Detector adapters over torchvision's RetinaNet, FCOS, Faster R-CNN and Mask R-CNN (see :mod:`.base`)."""
 
 from .backbones import BACKBONES
 from .base import DetectorAdapter, from_model_labels, model_num_classes, to_model_labels
 from .builders import FAMILIES, build_detector
 from .faster_rcnn import FasterRCNNAdapter
 from .fcos import FCOSAdapter
+from .mask_rcnn import MaskRCNNAdapter
 from .retinanet import RetinaNetAdapter
 from .weights import FrozenTeacher, freeze_as_teacher, load_detector_state
 
@@ -15,6 +16,7 @@ __all__ = [
     "FasterRCNNAdapter",
     "FCOSAdapter",
     "FrozenTeacher",
+    "MaskRCNNAdapter",
     "RetinaNetAdapter",
     "build_detector",
     "freeze_as_teacher",

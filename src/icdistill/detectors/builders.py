@@ -15,7 +15,7 @@ from torch import Tensor
 from functools import partial
 
 from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -26,6 +26,7 @@ from .backbones import P2_P6, P3_P7, LevelSpec, build_backbone_fpn, validate_bac
 from .base import DetectorAdapter, model_num_classes
 from .faster_rcnn import FasterRCNNAdapter
 from .fcos import FCOSAdapter
+from .mask_rcnn import MaskRCNNAdapter
 from .retinanet import RetinaNetAdapter
 from .weights import (
     ZERO_EPS_WEIGHTS,
@@ -109,6 +110,24 @@ def _faster_rcnn(
     return FasterRCNNAdapter(model, num_classes)
 
 
+def _mask_rcnn(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
+) -> MaskRCNNAdapter:
+    # Faster R-CNN's anchors and box heads plus torchvision's default mask branch (RoIAlign 14x14
+    # from p2..p5, four 3x3 convs of width 256, 2x deconv, per-class 28x28 mask logits).
+    sizes = anchor_sizes or (32, 64, 128, 256, 512)
+    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    model = MaskRCNN(
+        backbone,
+        model_num_classes(num_classes),
+        rpn_anchor_generator=anchors,
+        box_score_thresh=score_thresh,
+        box_detections_per_img=detections_per_image,
+    )
+    return MaskRCNNAdapter(model, num_classes)
+
+
 Builder = Callable[..., DetectorAdapter]
 HEAD_NORMS = (None, "gn")
 
@@ -117,6 +136,7 @@ FAMILIES: dict[str, tuple[LevelSpec, Builder]] = {
     "retinanet": (P3_P7, _retinanet),
     "fcos": (P3_P7, _fcos),
     "faster_rcnn": (P2_P6, _faster_rcnn),
+    "mask_rcnn": (P2_P6, _mask_rcnn),
 }
 
 
@@ -137,7 +157,8 @@ def build_detector(
     """Build a torchvision detector wrapped in its adapter.
 
     Args:
-        family: "retinanet" | "fcos" | "faster_rcnn".
+        family: "retinanet" | "fcos" | "faster_rcnn" | "mask_rcnn" (Faster R-CNN plus a mask
+            branch; its training targets need ``masks``).
         backbone: resnet18 | resnet34 | resnet50 | resnet101 | mobilenet_v2 | mobilenet_v3_large.
         num_classes: C data classes, without background (the model gets C + 1).
         fpn_channels: FPN width = channels of every feature level.
@@ -152,7 +173,7 @@ def build_detector(
             pretrained; all when from scratch).
         anchor_sizes: base anchor size per level, 5 values (finest level first). RetinaNet adds
             the 2^(1/3), 2^(2/3) octave scales; FCOS uses the size to set the regression ranges;
-            Faster R-CNN uses one size x 3 ratios per level.
+            Faster/Mask R-CNN use one size x 3 ratios per level.
         detections_per_image: detections kept per image after NMS.
         score_thresh: minimum score of a returned detection.
         head_norm: RetinaNet only: None for torchvision's v1 head (what COCO_V1 weights fit),

@@ -23,6 +23,7 @@ from torchvision.models import WeightsEnum
 from torchvision.models.detection import (
     FasterRCNN_ResNet50_FPN_Weights,
     FCOS_ResNet50_FPN_Weights,
+    MaskRCNN_ResNet50_FPN_Weights,
     RetinaNet_ResNet50_FPN_Weights,
 )
 
@@ -37,14 +38,20 @@ DETECTION_WEIGHTS: dict[tuple[str, str], type[WeightsEnum]] = {
     ("retinanet", "resnet50"): RetinaNet_ResNet50_FPN_Weights,
     ("fcos", "resnet50"): FCOS_ResNet50_FPN_Weights,
     ("faster_rcnn", "resnet50"): FasterRCNN_ResNet50_FPN_Weights,
+    ("mask_rcnn", "resnet50"): MaskRCNN_ResNet50_FPN_Weights,
 }
 # These old checkpoints were trained with FrozenBatchNorm2d eps=0 (torchvision's builders do the same).
-ZERO_EPS_WEIGHTS = {RetinaNet_ResNet50_FPN_Weights.COCO_V1, FasterRCNN_ResNet50_FPN_Weights.COCO_V1}
+ZERO_EPS_WEIGHTS = {
+    RetinaNet_ResNet50_FPN_Weights.COCO_V1,
+    FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
+    MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
+}
 # Layers whose shape depends on the number of classes; skipped when the class count differs.
 CLASS_DEPENDENT_PREFIXES = (
     "head.classification_head.cls_logits.",
     "roi_heads.box_predictor.cls_score.",
     "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_predictor.mask_fcn_logits.",
 )
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -180,7 +187,7 @@ def describe_mismatch(
     if any(s.startswith(CLASS_DEPENDENT_PREFIXES) for s in shapes):
         hints.append("`num_classes` (classification layer shapes differ)")
     if any(
-        s.startswith(("backbone.fpn.", "head.", "rpn.", "roi_heads.box_head"))
+        s.startswith(("backbone.fpn.", "head.", "rpn.", "roi_heads.box_head", "roi_heads.mask_head"))
         and not s.startswith(CLASS_DEPENDENT_PREFIXES)
         for s in shapes
     ):
