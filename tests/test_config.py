@@ -57,11 +57,14 @@ def test_override_syntax():
 
 
 def test_base_include_and_relative_paths(tmp_path):
-    write(tmp_path, "data:\n  train_ann: ann/train.json\nsolver:\n  max_iter: 5\n", "base.yaml")
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "train.json").write_text("{}")
+    write(tmp_path, "data:\n  train_ann: ann/train.json\n  test_ann: elsewhere.json\nsolver:\n  max_iter: 5\n", "base.yaml")
     path = write(tmp_path, "_base_: base.yaml\nsolver:\n  ims_per_batch: 2\n")
     cfg = load_config(path)
     assert cfg.solver.max_iter == 5 and cfg.solver.ims_per_batch == 2
     assert cfg.data.train_ann == str((tmp_path / "ann/train.json").resolve())
+    assert cfg.data.test_ann == "elsewhere.json"  # nothing there: relative to the working directory
 
 
 def test_round_trip_through_dict():

@@ -82,7 +82,9 @@ def test_distill_end_to_end_and_resume_is_exact(teacher_run, tmp_path, tiny_over
     assert {"aux/idf", "aux/reg", "distill/icd", "det/classification"} <= keys
     # decoder warm-up stage: the first 2 logged steps have aux losses only
     assert "det/classification" not in log[0] and "distill/icd" not in log[0]
-    assert len(list((full / "viz").glob("*.png"))) >= 1
+    assert len(list((full / "viz").glob("attention_*.png"))) == 2
+    assert len(list((full / "viz").glob("detections_*.png"))) == 2
+    assert (full / "viz" / "training_curves.png").stat().st_size > 1000
     assert json.loads((full / "metrics.json").read_text())["bbox/AP"] >= 0
 
     # interrupted at iteration 2 (the periodic snapshot), then resumed: identical final weights

@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from icdistill.data import build_test_loader
-    from icdistill.engine.build import build_datasets, build_model, resolve_device
+    from icdistill.engine.build import build_datasets, build_evaluator, build_model, resolve_device
     from icdistill.engine.evaluate import evaluate_detector, write_metrics_json
 
     cfg = _load(args)
@@ -103,10 +103,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     detector = build_model(cfg.model, test_set.num_classes, "model").to(device)
     loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
     with torch.no_grad():
-        metrics = evaluate_detector(detector, loader, test_set, device, progress=not args.no_progress)
+        metrics = evaluate_detector(detector, loader, build_evaluator(cfg, test_set), device, progress=not args.no_progress)
     out = _run_dir(args)
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics_json(out / "metrics.json", metrics)
+    write_metrics_json(out / "metrics.json", metrics, test_set.class_names)
     _print_metrics(metrics)
     print(f"wrote {out / 'metrics.json'}")
     return 0

@@ -18,9 +18,10 @@ import yaml
 
 from icdistill.errors import ConfigError
 
-FAMILIES = ("retinanet", "fcos", "faster_rcnn")
+FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
-DATA_FORMATS = ("coco", "shapes")
+DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
+EVALUATORS = ("coco", "voc")
 DISTILL_METHODS = ("icd", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -34,6 +35,7 @@ CHOICES = {
     "teacher.family": FAMILIES,
     "teacher.backbone": BACKBONES,
     "distill.method": DISTILL_METHODS,
+    "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
 }
 
@@ -54,7 +56,21 @@ class ShapesConfig:
 class DataConfig:
     """Where the images are and how they are resized.
 
-    ``coco``: ``train_images``/``train_ann`` and ``test_images``/``test_ann`` (COCO json).
+    - ``coco``: ``train_images``/``train_ann`` and ``test_images``/``test_ann`` (COCO json).
+    - ``voc``: ``root`` (a VOC year folder, or a VOCdevkit with ``train_years``/``test_years``),
+      ``train_splits``/``test_splits`` of ImageSets/Main; difficult objects are excluded from
+      training and ignored by the evaluators unless ``keep_difficult``.
+    - ``voc_folder``: ``root`` with images + VOC XML files, no ImageSets: a split seeded by
+      ``split_seed`` with ``test_fraction`` of the images for testing.
+    - ``yolo``: ``root`` with ``images/<split>``, ``labels/<split>`` and a class names file
+      (``names_file``, default classes.txt / obj.names / data.yaml); ``train_splits[0]`` and
+      ``test_splits[0]`` name the splits.
+    - ``cityscapes``: ``root`` with ``leftImg8bit/`` and ``gtFine/`` (polygons); the eight
+      instance classes; ``train_splits[0]`` / ``test_splits[0]`` name the splits (train / val).
+    - ``shapes``: the generated demo data set (``shapes`` section).
+
+    ``with_masks`` null loads instance masks exactly when the model needs them (Mask R-CNN).
+
     Relative paths are resolved against the directory of the config file.
     """
 
@@ -63,6 +79,19 @@ class DataConfig:
     train_ann: str = ""
     test_images: str = ""
     test_ann: str = ""
+    root: str = ""
+    train_splits: tuple[str, ...] = ("trainval",)
+    test_splits: tuple[str, ...] = ("test",)
+    train_years: Optional[tuple[str, ...]] = None
+    test_years: Optional[tuple[str, ...]] = None
+    class_names: Optional[tuple[str, ...]] = None
+    keep_difficult: bool = False
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    names_file: Optional[str] = None
+    skip_unreadable: bool = False
+    validate_images: bool = True
+    with_masks: Optional[bool] = None
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     max_size: int = 1333
@@ -140,8 +169,12 @@ class SolverConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """``period`` 0 evaluates only at the end; ``viz_images`` attention overlays are drawn."""
+    """``period`` 0 evaluates only at the end; ``viz_images`` test images get detection and
+    attention PNGs. ``evaluator``: ``coco`` (AP, AP50, AP75, APs/m/l) or ``voc`` (detectron2's
+    Pascal VOC metric: AP over IoU 0.50:0.95, AP50, AP75; ``voc_07_metric`` picks 11-point)."""
 
+    evaluator: str = "coco"
+    voc_07_metric: bool = True
     period: int = 0
     batch_size: int = 4
     viz_images: int = 4
@@ -294,18 +327,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 # Config keys that name files; relative values are taken relative to the config file.
 PATH_KEYS = {
-    "data": ("train_images", "train_ann", "test_images", "test_ann"),
+    "data": ("train_images", "train_ann", "test_images", "test_ann", "root"),
 }
 
 
 def _resolve_paths(values: dict[str, Any], base_dir: Path) -> None:
+    """Relative data paths: against the config file's folder when something exists there,
+    else left relative to the working directory (recipes shipped in the package name data
+    beside the checkout, e.g. ``../shared/data/bccd``)."""
     for section, keys in PATH_KEYS.items():
         sec = values.get(section)
         if not isinstance(sec, dict):
             continue
         for key in keys:
-            if isinstance(sec.get(key), str) and sec[key] and not Path(sec[key]).is_absolute():
-                sec[key] = str((base_dir / sec[key]).resolve())
+            value = sec.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                candidate = base_dir / value
+                if candidate.exists():
+                    sec[key] = str(candidate.resolve())
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -13,7 +13,17 @@ from typing import Any
 import torch
 
 from icdistill.config import Config, ModelConfig
-from icdistill.data import CocoDetection, DatasetPrior, build_transforms, compute_prior, generate_shapes
+from icdistill.data import (
+    CocoDetection,
+    DatasetPrior,
+    build_transforms,
+    compute_prior,
+    generate_shapes,
+    load_cityscapes,
+    load_voc,
+    load_voc_folder,
+    load_yolo,
+)
 from icdistill.detectors import DetectorAdapter, build_detector, freeze_as_teacher, load_detector_state
 from icdistill.detectors.weights import FrozenTeacher, is_checkpoint_path
 from icdistill.distill.distiller import Distiller, check_alignment
@@ -21,13 +31,15 @@ from icdistill.distill.icd import ICDModule
 from icdistill.distill.inherit import InheritReport, inherit_weights
 from icdistill.distill.sampling import PriorTensors
 from icdistill.engine.checkpoint import load_checkpoint
-from icdistill.errors import ConfigError, ModelMismatchError
+from icdistill.errors import ConfigError, DataError, ModelMismatchError
+from icdistill.evaluation import COCOEvaluator, VOCEvaluator
 
 ONE_STAGE = ("retinanet", "fcos")
+MASK_FAMILIES = ("mask_rcnn",)
 # λ per family: the paper's adopted settings (Table 12) and the release's FCOS config (§6).
-DEFAULT_LOSS_WEIGHT = {"faster_rcnn": 3.0, "retinanet": 6.0, "fcos": 8.0}
+DEFAULT_LOSS_WEIGHT = {"faster_rcnn": 3.0, "mask_rcnn": 3.0, "retinanet": 6.0, "fcos": 8.0}
 # Reference student LR at 16 images per batch (§7).
-REFERENCE_LR = {"faster_rcnn": 0.02, "retinanet": 0.01, "fcos": 0.01}
+REFERENCE_LR = {"faster_rcnn": 0.02, "mask_rcnn": 0.02, "retinanet": 0.01, "fcos": 0.01}
 STUDENT_CHECKPOINT_FORMAT = "icdistill-student"
 TRAIN_CHECKPOINT_FORMAT = "icdistill-train"
 
@@ -40,30 +52,106 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _coco_dicts(cfg: Config) -> tuple[tuple[dict, Path, str], tuple[dict, Path, str]]:
+    """(coco_dict, image_root, source) of the training and test split of a non-COCO format."""
+    data = cfg.data
+    if not data.root:
+        raise ConfigError(f"config key 'data.root' is required for data.format '{data.format}'")
+    names = list(data.class_names) if data.class_names else None
+    if data.format == "voc":
+        def split(splits, years):
+            return load_voc(data.root, splits, years=years, class_names=names, keep_difficult=data.keep_difficult)
+
+        train = split(data.train_splits, data.train_years)
+        # The test split takes the training classes, so both map ids the same way.
+        train_names = [c["name"] for c in sorted(train[0]["categories"], key=lambda c: c["id"])]
+        test = load_voc(data.root, data.test_splits, years=data.test_years, class_names=train_names,
+                        keep_difficult=data.keep_difficult)
+        tag = lambda splits, years: "+".join(splits) + (f" ({'+'.join(years)})" if years else "")  # noqa: E731
+        return (*train, f"{data.root} {tag(data.train_splits, data.train_years)}"), (
+            *test, f"{data.root} {tag(data.test_splits, data.test_years)}")
+    if data.format == "cityscapes":
+        train_split, test_split = data.train_splits[0], data.test_splits[0]
+        return (
+            (*load_cityscapes(data.root, split=train_split), f"{data.root} ({train_split})"),
+            (*load_cityscapes(data.root, split=test_split), f"{data.root} ({test_split})"),
+        )
+    if data.format == "voc_folder":
+        def split(name):
+            return load_voc_folder(data.root, class_names=names, split=name, test_fraction=data.test_fraction,
+                                   seed=data.split_seed, keep_difficult=data.keep_difficult)
+
+        return (*split("train"), f"{data.root} (train)"), (*split("test"), f"{data.root} (test)")
+    # yolo
+    train_split, test_split = data.train_splits[0], data.test_splits[0]
+    return (
+        (*load_yolo(data.root, split=train_split, names_file=data.names_file), f"{data.root} ({train_split})"),
+        (*load_yolo(data.root, split=test_split, names_file=data.names_file), f"{data.root} ({test_split})"),
+    )
+
+
+def uses_masks(cfg: Config) -> bool:
+    """Whether instance masks are loaded: ``data.with_masks``, or by default for Mask R-CNN."""
+    if cfg.data.with_masks is not None:
+        return cfg.data.with_masks
+    return cfg.model.family in MASK_FAMILIES
+
+
 def build_datasets(cfg: Config, *, progress: bool = True) -> tuple[CocoDetection, CocoDetection]:
-    """Training and test datasets with their transforms (shapes data is generated if needed)."""
+    """Training and test datasets with their transforms (shapes data is generated if needed).
+
+    Every format becomes a :class:`CocoDetection`, so transforms, prior, report and evaluation
+    are the same for all. With ``data.validate_images`` every image header is checked up front.
+    """
     data = cfg.data
     train_tf = build_transforms(train=True, min_sizes=data.min_sizes, max_size=data.max_size, flip_prob=data.flip_prob)
     test_tf = build_transforms(train=False, min_sizes=(data.test_size,), max_size=data.max_size)
+    options = {"skip_unreadable": data.skip_unreadable, "with_masks": uses_masks(cfg)}
     if data.format == "shapes":
         s = data.shapes
         paths = generate_shapes(
             s.root, num_train=s.num_train, num_test=s.num_test,
             image_size=(s.image_height, s.image_width), seed=s.seed, progress=progress,
         )
-        train = CocoDetection(paths.train_images, paths.train_json, train_tf)
-        test = CocoDetection(paths.test_images, paths.test_json, test_tf)
-    else:
+        train = CocoDetection(paths.train_images, paths.train_json, train_tf, **options)
+        test = CocoDetection(paths.test_images, paths.test_json, test_tf, **options)
+    elif data.format == "coco":
         for key in ("train_images", "train_ann", "test_images", "test_ann"):
             if not getattr(data, key):
                 raise ConfigError(f"config key 'data.{key}' is required for data.format 'coco'")
-        train = CocoDetection(data.train_images, data.train_ann, train_tf)
-        test = CocoDetection(data.test_images, data.test_ann, test_tf)
+        train = CocoDetection(data.train_images, data.train_ann, train_tf, **options)
+        test = CocoDetection(data.test_images, data.test_ann, test_tf, **options)
+    else:
+        (train_dict, train_root, train_src), (test_dict, test_root, test_src) = _coco_dicts(cfg)
+        train = CocoDetection.from_dict(train_dict, train_root, train_tf, source=train_src, **options)
+        test = CocoDetection.from_dict(test_dict, test_root, test_tf, source=test_src, **options)
     if train.class_names != test.class_names:
         raise ModelMismatchError(
             f"training classes {train.class_names} differ from test classes {test.class_names}"
         )
+    if len(train) == 0:
+        raise DataError(f"the training set {train.source} has no images")
+    if data.validate_images:
+        train.check_images(progress=progress)
+        test.check_images(progress=progress)
     return train, test
+
+
+def data_report(train: CocoDetection, test: CocoDetection) -> dict[str, Any]:
+    """What the loaders found and repaired, per split (``data_report.json`` of a run)."""
+    return {
+        split: {"source": str(ds.source), "classes": ds.class_names, **ds.report}
+        for split, ds in (("train", train), ("test", test))
+    }
+
+
+def build_evaluator(cfg: Config, dataset: CocoDetection) -> COCOEvaluator:
+    """The configured evaluator (``eval.evaluator``) over ``dataset``'s ground truth."""
+    if cfg.eval.evaluator == "voc":
+        return VOCEvaluator(dataset.coco, dataset.contiguous_to_cat_id, dataset.class_names,
+                            use_07_metric=cfg.eval.voc_07_metric)
+    tasks = ("bbox", "segm") if cfg.model.family in MASK_FAMILIES else ("bbox",)
+    return COCOEvaluator(dataset.coco, dataset.contiguous_to_cat_id, dataset.class_names, tasks=tasks)
 
 
 def num_classes_for(model_cfg: ModelConfig, data_classes: int, role: str) -> int:

@@ -16,24 +16,28 @@ from icdistill.data import CocoDetection
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.distiller import Distiller
-from icdistill.evaluation import COCOEvaluator
+from icdistill.evaluation import COCOEvaluator, format_per_class_table
 from icdistill.structures import collate_batch
-from icdistill.viz import save_attention_overlays
+from icdistill.viz import save_attention_overlays, save_detections
 
 
-def write_metrics_json(path: Path, metrics: dict[str, float]) -> None:
+def write_metrics_json(path: Path, metrics: dict[str, float], class_names: list[str] | None = None) -> None:
     """``metrics.json``: flat keys, percent; a metric COCO cannot compute (NaN, e.g. APl with no
-    large objects in the test set) is written as null so the file stays strict JSON."""
+    large objects in the test set) is written as null so the file stays strict JSON. With
+    ``class_names``, ``per_class.md`` beside it holds the per-class table."""
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     path.write_text(json.dumps(clean, indent=2))
+    if class_names:
+        (path.parent / "per_class.md").write_text(format_per_class_table(metrics, class_names))
 
 
 @torch.no_grad()
 def evaluate_detector(
-    detector: DetectorAdapter, loader: DataLoader, dataset: CocoDetection, device: torch.device, *, progress: bool = True
+    detector: DetectorAdapter, loader: DataLoader, evaluator: COCOEvaluator, device: torch.device, *, progress: bool = True
 ) -> dict[str, float]:
-    """COCO box metrics (percent, flat keys ``bbox/AP`` …) of ``detector`` on ``loader``."""
-    evaluator = COCOEvaluator(dataset.coco, dataset.contiguous_to_cat_id, dataset.class_names)
+    """Box metrics (percent, flat keys ``bbox/AP`` …) of ``detector`` on ``loader``, scored by
+    ``evaluator`` (COCO or VOC; reset here)."""
+    evaluator.reset()
     was_training = detector.training
     detector.eval()
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
@@ -95,4 +99,26 @@ def save_attention_examples(
         )
         written.append(path)
     icd.train(was_training)
+    return written
+
+
+@torch.no_grad()
+def save_detection_examples(
+    detector: DetectorAdapter, dataset: CocoDetection, out_dir: Path, count: int, device: torch.device
+) -> list[Path]:
+    """PNGs of the detector's detections (score ≥ 0.3) on the first ``count`` test images."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = detector.training
+    detector.eval()
+    written = []
+    for index in range(min(count, len(dataset))):
+        batch = collate_batch([dataset[index]]).to(device)
+        det = detector.detect(batch.images, batch.image_sizes, detector.features(batch.images))[0]
+        path = out_dir / f"detections_{batch.image_ids[0]:06d}.png"
+        save_detections(
+            path, batch.unnormalised_images()[0].cpu(), det["boxes"].cpu(), det["labels"].cpu(),
+            det["scores"].cpu(), dataset.class_names,
+        )
+        written.append(path)
+    detector.train(was_training)
     return written

@@ -24,13 +24,21 @@ from icdistill.data import build_test_loader, build_train_loader
 from icdistill.engine.build import (
     TRAIN_CHECKPOINT_FORMAT,
     build_datasets,
+    build_evaluator,
     build_run_models,
+    data_report,
     resolve_device,
     student_checkpoint,
     student_lr,
 )
 from icdistill.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from icdistill.engine.evaluate import evaluate_detector, save_attention_examples, write_metrics_json
+from icdistill.engine.evaluate import (
+    evaluate_detector,
+    save_attention_examples,
+    save_detection_examples,
+    write_metrics_json,
+)
+from icdistill.viz import save_training_curves
 from icdistill.engine.optim import (
     build_icd_optimizer,
     build_icd_scheduler,
@@ -69,7 +77,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     """Train (``distill.method: none``) or distil a student; evaluate it; write the run directory.
 
     Writes ``config.yaml``, ``prior.json``, ``metrics.jsonl``, ``tb/``, ``checkpoints/last.pt``,
-    ``metrics.json``, ``student.pt`` and, for ICD, ``viz/`` attention overlays.
+    ``metrics.json``, ``student.pt`` and ``viz/`` (training curves, detections and, for ICD,
+    attention overlays).
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
@@ -84,6 +93,11 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     _seed_everything(solver.seed)
 
     train_set, test_set = build_datasets(cfg, progress=progress)
+    report = data_report(train_set, test_set)
+    (out / "data_report.json").write_text(json.dumps(report, indent=2))
+    print(f"data: {len(train_set)} training images ({train_set.report_summary()}), "
+          f"{len(test_set)} test images ({test_set.report_summary()}); see {out / 'data_report.json'}")
+    evaluator = build_evaluator(cfg, test_set)
     models = build_run_models(cfg, train_set, fresh_start=not resume)
     models.prior.save(out / "prior.json")
     if models.inherit_report is not None:
@@ -198,7 +212,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             if not is_last:  # periodic snapshots stay; last.pt is what --resume reads
                 save_checkpoint(ckpt_dir / f"model_{done:07d}.pt", state)
         if cfg.eval.period and not decoder_stage and done % cfg.eval.period == 0 and not is_last:
-            periodic = evaluate_detector(distiller.student, test_loader, test_set, device, progress=False)
+            periodic = evaluate_detector(distiller.student, test_loader, evaluator, device, progress=False)
             _append_jsonl(metrics_log, {"iter": done, **periodic})
             for key, value in periodic.items():
                 if not math.isnan(value):
@@ -207,17 +221,20 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     bar.close()
     train_seconds = elapsed_before + time.perf_counter() - started
 
-    metrics = evaluate_detector(distiller.student, test_loader, test_set, device, progress=progress)
+    metrics = evaluate_detector(distiller.student, test_loader, evaluator, device, progress=progress)
     metrics["time/train_s"] = round(train_seconds, 2)
     metrics["time/iter_s"] = round(train_seconds / max(total_iters, 1), 4)
-    write_metrics_json(out / "metrics.json", metrics)
+    write_metrics_json(out / "metrics.json", metrics, train_set.class_names)
     for key, value in metrics.items():
         if not math.isnan(value):
             writer.add_scalar(f"final/{key}", value, total_iters)
     writer.close()
     save_student(distiller, cfg, train_set.class_names, out / "student.pt")
-    if icd is not None and teacher is not None and cfg.eval.viz_images > 0:
-        save_attention_examples(distiller, teacher, test_set, out / "viz", cfg.eval.viz_images, device)
+    save_training_curves(out / "viz" / "training_curves.png", metrics_log)
+    if cfg.eval.viz_images > 0:
+        save_detection_examples(distiller.student, test_set, out / "viz", cfg.eval.viz_images, device)
+        if icd is not None and teacher is not None:
+            save_attention_examples(distiller, teacher, test_set, out / "viz", cfg.eval.viz_images, device)
     return RunResult(out, metrics, train_seconds, total_iters)
 
 

@@ -1,0 +1,33 @@
+"""Every recipe shipped in the package loads and validates."""
+
+from pathlib import Path
+
+import pytest
+
+from icdistill.config import load_config
+from icdistill.demo import demo_config_path
+
+CONFIG_ROOT = demo_config_path("student").parents[1]
+RECIPES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml"))
+
+
+def test_recipes_exist():
+    names = {p.relative_to(CONFIG_ROOT).as_posix() for p in RECIPES}
+    assert {"demo/teacher.yaml", "demo/student.yaml", "demo/icd.yaml", "voc/bccd_icd.yaml"} <= names
+    assert {f"coco/{f}_R50_1x_icd_inherit.yaml" for f in ("faster_rcnn", "retinanet", "fcos")} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(CONFIG_ROOT).as_posix())
+def test_recipe_loads(path: Path):
+    cfg = load_config(path)
+    if cfg.distill.method == "icd":
+        assert cfg.teacher.weights, "a distillation recipe names its teacher"
+        assert cfg.teacher.family == cfg.model.family or cfg.teacher.family in ("retinanet", "fcos")
+
+
+def test_paper_recipes_follow_the_spec():
+    voc = load_config(CONFIG_ROOT / "voc" / "faster_rcnn_R50_icd.yaml")
+    assert voc.solver.max_iter == 18000 and voc.distill.decoder_warmup_iters == 6000
+    assert voc.data.train_years == ("2007", "2012") and voc.data.test_years == ("2007",)
+    coco = load_config(CONFIG_ROOT / "coco" / "retinanet_R50_3x_icd_inherit.yaml")
+    assert coco.solver.max_iter == 270000 and coco.distill.inherit and coco.teacher.backbone == "resnet101"
