@@ -168,3 +168,22 @@ def test_non_finite_loss_stops_with_step_and_names_and_keeps_last_checkpoint(tmp
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in last["trainable"].values() if v.is_floating_point())
+
+
+def test_mask_rcnn_distils_end_to_end(tmp_path, tiny_config):
+    """Mask R-CNN teacher -> Mask R-CNN student through ICD on p2-p6, with mask AP at the end."""
+    from icdistill.engine.trainer import train
+
+    mask = ["model.family=mask_rcnn", "model.anchor_sizes=[8, 16, 32, 64, 128]", "solver.max_iter=2",
+            "eval.viz_images=0"]
+    teacher = train(tiny_config(*mask), tmp_path / "teacher", progress=False)
+    assert {"segm/AP", "segm/AP50", "bbox/AP"} <= set(teacher.metrics)
+    result = train(
+        tiny_config(*mask, "distill.method=icd", "teacher.family=mask_rcnn", "teacher.backbone=resnet18",
+                    "teacher.fpn_channels=32", "teacher.anchor_sizes=[8, 16, 32, 64, 128]",
+                    f"teacher.weights={tmp_path / 'teacher' / 'student.pt'}", "distill.warmup_iters=0"),
+        tmp_path / "icd", progress=False,
+    )
+    log = [json.loads(line) for line in (tmp_path / "icd" / "metrics.jsonl").read_text().splitlines()]
+    assert "det/loss_mask" in log[-1] and "distill/icd" in log[-1]
+    assert "segm/AP" in result.metrics

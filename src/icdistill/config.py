@@ -37,6 +37,7 @@ CHOICES = {
     "distill.method": DISTILL_METHODS,
     "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
+    "solver.amp": ("bf16", "fp16"),
 }
 
 
@@ -150,7 +151,12 @@ class DistillConfig:
 class SolverConfig:
     """The student's SGD schedule (detectron2 1x recipe, §7). ``base_lr`` null means the
     family's reference LR (0.01 one-stage, 0.02 two-stage at 16 images) scaled linearly to
-    ``ims_per_batch``. ``steps`` are fractions of ``max_iter``."""
+    ``ims_per_batch``. ``steps`` are fractions of ``max_iter``. ``ims_per_batch`` is the global
+    batch: with torchrun each process takes ``ims_per_batch / WORLD_SIZE`` images.
+
+    ``amp``: null (fp32), ``bf16`` (autocast; CPU or GPU) or ``fp16`` (autocast with a gradient
+    scaler; GPU only). ``channels_last`` and ``sync_bn`` (SyncBatchNorm for BN students under
+    torchrun) apply on GPUs."""
 
     max_iter: int = 90000
     ims_per_batch: int = 16
@@ -165,6 +171,9 @@ class SolverConfig:
     log_period: int = 20
     seed: int = 0
     device: str = "auto"
+    amp: Optional[str] = None
+    channels_last: bool = False
+    sync_bn: bool = True
 
 
 @dataclass(frozen=True)

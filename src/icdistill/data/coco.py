@@ -313,6 +313,9 @@ class CocoDetection(Dataset):
         if any(n for p, n in counts.items() if p != "crowd"):  # crowd boxes are normal in COCO
             log.warning("%s: %s", self.source, self.report_summary())
 
+        if self.with_masks:
+            _fill_missing_segmentations(data["annotations"])
+
         from pycocotools.coco import COCO
 
         coco = COCO()
@@ -570,3 +573,17 @@ def _header_ok(path: Path) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means unreadable
         return False
+
+
+def _fill_missing_segmentations(annotations: list[dict]) -> None:
+    """Give every annotation without a segmentation its box as a polygon, in place, so that
+    mask AP can be scored on data sets that only have boxes (the targets' masks are box-filled
+    the same way)."""
+    for ann in annotations:
+        if ann.get("segmentation"):
+            continue
+        box = _as_box(ann.get("bbox"))
+        if box is None:
+            continue
+        x, y, w, h = box
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]

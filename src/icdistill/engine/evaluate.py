@@ -16,6 +16,7 @@ from icdistill.data import CocoDetection
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.distiller import Distiller
+from icdistill.engine.distributed import DistContext, gather_to_main
 from icdistill.evaluation import COCOEvaluator, format_per_class_table
 from icdistill.structures import collate_batch
 from icdistill.viz import save_attention_overlays, save_detections
@@ -33,10 +34,20 @@ def write_metrics_json(path: Path, metrics: dict[str, float], class_names: list[
 
 @torch.no_grad()
 def evaluate_detector(
-    detector: DetectorAdapter, loader: DataLoader, evaluator: COCOEvaluator, device: torch.device, *, progress: bool = True
+    detector: DetectorAdapter,
+    loader: DataLoader,
+    evaluator: COCOEvaluator,
+    device: torch.device,
+    *,
+    progress: bool = True,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
-    """Box metrics (percent, flat keys ``bbox/AP`` …) of ``detector`` on ``loader``, scored by
-    ``evaluator`` (COCO or VOC; reset here)."""
+    """Box (and mask) metrics, percent, flat keys ``bbox/AP`` …, of ``detector`` on ``loader``,
+    scored by ``evaluator`` (COCO or VOC; reset here).
+
+    Under torchrun each rank detects on its shard of the test set; the predictions are gathered
+    to rank 0, which scores them once. Other ranks return ``{}``.
+    """
     evaluator.reset()
     was_training = detector.training
     detector.eval()
@@ -47,6 +58,14 @@ def evaluate_detector(
             {k: v.cpu() for k, v in d.items()} for d in detections
         ])
     detector.train(was_training)
+    if ctx is None or not ctx.distributed:
+        return evaluator.evaluate()
+    gathered = gather_to_main(evaluator.predictions(), ctx)
+    if not ctx.is_main:
+        return {}
+    evaluator.reset()
+    for predictions in gathered:
+        evaluator.add_predictions(predictions)
     return evaluator.evaluate()
 
 
