@@ -1,6 +1,7 @@
 """End to end through the CLI: train a teacher, distil a student, resume, evaluate, export."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -187,3 +188,17 @@ def test_mask_rcnn_distils_end_to_end(tmp_path, tiny_config):
     log = [json.loads(line) for line in (tmp_path / "icd" / "metrics.jsonl").read_text().splitlines()]
     assert "det/loss_mask" in log[-1] and "distill/icd" in log[-1]
     assert "segm/AP" in result.metrics
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path, tiny_config):
+    from icdistill.engine.trainer import train
+    from icdistill.errors import ConfigError
+
+    result = train(tiny_config("solver.amp=bf16", "solver.max_iter=2", "eval.viz_images=0"), tmp_path / "bf16",
+                   progress=False)
+    log = [json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss/total"]) for r in log)
+    assert "bbox/AP" in result.metrics
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16"):
+            train(tiny_config("solver.amp=fp16"), tmp_path / "fp16", progress=False)

@@ -22,7 +22,7 @@ FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
-DISTILL_METHODS = ("icd", "none")
+DISTILL_METHODS = ("icd", "fitnet", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keys whose value must be one of a fixed set: dotted key -> choices.
@@ -127,7 +127,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     """ICD settings (ICD_SPEC §2–§8). Nulls take the family's defaults: λ 6 RetinaNet, 8 FCOS,
-    3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage."""
+    3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage.
+    ``method: fitnet`` is the full-map imitation baseline (1x1 adapter, MSE, ``loss_weight``
+    default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping."""
 
     method: str = "none"
     loss_weight: Optional[float] = None

@@ -48,7 +48,7 @@ class FasterRCNNAdapter(DetectorAdapter):
         require_mode(self, training=True, call="losses")
         images_l = image_list(images, image_sizes)
         feats = fpn_levels(features, self.spec)
-        tv_targets = model_targets(targets)
+        tv_targets = self._model_targets(targets, image_sizes)
         proposals, rpn_losses = self.model.rpn(images_l, feats, tv_targets)
         _, roi_losses = self.model.roi_heads(feats, proposals, images_l.image_sizes, tv_targets)
         return {**rpn_losses, **roi_losses}
@@ -68,4 +68,12 @@ class FasterRCNNAdapter(DetectorAdapter):
         feats = fpn_levels(features, self.spec)
         proposals, _ = self.model.rpn(images_l, feats)
         detections, _ = self.model.roi_heads(feats, proposals, images_l.image_sizes)
+        return self._detections(detections, images_l.image_sizes)
+
+    def _model_targets(self, targets: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Data targets -> torchvision targets (Mask R-CNN adds the masks)."""
+        return model_targets(targets)
+
+    def _detections(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """torchvision detections -> contiguous labels (Mask R-CNN also pastes the masks)."""
         return model_detections(detections)

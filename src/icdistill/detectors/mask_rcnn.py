@@ -17,16 +17,15 @@ Losses: ``loss_objectness``, ``loss_rpn_box_reg`` (RPN), ``loss_classifier``, ``
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from .backbones import fpn_levels
+
 from .faster_rcnn import FasterRCNNAdapter
-from .retinanet import image_list, model_detections, model_targets, require_mode
+from .retinanet import model_detections, model_targets
 
 MISSING_MASKS_HINT = (
     "mask_rcnn needs instance masks in every target: load the data with masks "
@@ -80,55 +79,17 @@ class MaskRCNNAdapter(FasterRCNNAdapter):
         super().__init__(model, num_classes)
         self.family = "mask_rcnn"
 
-    def losses(
-        self,
-        images: Tensor,
-        image_sizes: list[tuple[int, int]],
-        features: "OrderedDict[str, Tensor]",
-        targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:
-        """RPN + RoI-head losses including ``loss_mask`` (scalars). Train mode only.
+    def _model_targets(self, targets: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Targets need ``masks`` uint8[N, h, w] aligned with ``boxes`` (see
+        :func:`mask_model_targets`; a missing one is a ValueError). ``losses`` then also returns
+        ``loss_mask``."""
+        return mask_model_targets(targets, image_sizes)
 
-        Args:
-            images: Tensor[B, 3, Hp, Wp], normalised and padded.
-            image_sizes: (h, w) of each unpadded image.
-            features: output of :meth:`features` (p2..p6).
-            targets: per image ``boxes`` float[N, 4] xyxy pixels (N may be 0), ``labels`` int64[N]
-                contiguous, ``masks`` uint8[N, h, w] 0/1 aligned with ``boxes``.
-
-        Raises:
-            ValueError: a target has no ``masks`` (see :func:`mask_model_targets`).
-        """
-        require_mode(self, training=True, call="losses")
-        tv_targets = mask_model_targets(targets, image_sizes)
-        images_l = image_list(images, image_sizes)
-        feats = fpn_levels(features, self.spec)
-        proposals, rpn_losses = self.model.rpn(images_l, feats, tv_targets)
-        _, roi_losses = self.model.roi_heads(feats, proposals, images_l.image_sizes, tv_targets)
-        return {**rpn_losses, **roi_losses}
-
-    @torch.no_grad()
-    def detect(
-        self,
-        images: Tensor,
-        image_sizes: list[tuple[int, int]],
-        features: "OrderedDict[str, Tensor]",
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image. Eval mode only.
-
-        Returns:
-            Per image ``boxes`` float[K, 4] xyxy in resized-image pixels (clipped to (h, w)),
-            ``scores`` float[K], ``labels`` int64[K] in 0..C-1 and ``masks`` float[K, 1, h, w]:
-            per-pixel probabilities in [0, 1] of the detection's predicted class over the unpadded
-            resized image (threshold at 0.5 for a binary mask).
-        """
-        require_mode(self, training=False, call="detect")
-        images_l = image_list(images, image_sizes)
-        feats = fpn_levels(features, self.spec)
-        proposals, _ = self.model.rpn(images_l, feats)
-        detections, _ = self.model.roi_heads(feats, proposals, images_l.image_sizes)
+    def _detections(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Adds ``masks`` float[K, 1, h, w]: per-pixel probabilities in [0, 1] of the detection's
+        class over the unpadded resized image (threshold at 0.5 for a binary mask)."""
         out = model_detections(detections)
-        for det, raw, size in zip(out, detections, images_l.image_sizes):
+        for det, raw, size in zip(out, detections, image_sizes):
             # RoI heads give [K, 1, 28, 28] probabilities in box frames; paste into the image.
             det["masks"] = paste_masks_in_image(raw["masks"], raw["boxes"], size)
         return out

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from icdistill.detectors.base import DetectorAdapter
+from icdistill.distill.fitnet import FitNetModule
 from icdistill.distill.icd import ICDModule
 from icdistill.errors import ModelMismatchError
 
@@ -49,11 +50,13 @@ def check_alignment(teacher: DetectorAdapter, student: DetectorAdapter, levels: 
 
 
 class Distiller(nn.Module):
-    """The trainable whole: ``student`` (a DetectorAdapter) and, for ICD, ``icd``.
+    """The trainable whole: ``student`` (a DetectorAdapter) and, for ICD, ``icd`` (or, for the
+    FitNet baseline, ``fitnet``).
 
     Args:
         student: the detector being trained.
         icd: the ICD module, or None for plain training.
+        fitnet: a FitNet module instead of ``icd`` (full-map imitation baseline).
         levels: names of the distilled feature levels (e.g. p3..p7).
         strides: their strides in pixels.
         warmup_iters: distillation warm-up; before it the student tokens are detached, so the
@@ -65,13 +68,17 @@ class Distiller(nn.Module):
         student: DetectorAdapter,
         icd: ICDModule | None = None,
         *,
+        fitnet: FitNetModule | None = None,
         levels: Sequence[str] = (),
         strides: Sequence[int] = (),
         warmup_iters: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
+        if icd is not None and fitnet is not None:
+            raise ValueError("a distiller has one distillation module: icd or fitnet")
         self.icd = icd
+        self.fitnet = fitnet
         self.levels = tuple(levels)
         self.strides = tuple(strides)
         self.warmup_iters = warmup_iters
@@ -104,9 +111,15 @@ class Distiller(nn.Module):
             student_levels = [features[name] for name in self.levels]
             if iteration < self.warmup_iters:
                 student_levels = [f.detach() for f in student_levels]
-        if self.icd is not None:
+        module = self.distill_module
+        if module is not None:
             if teacher_features is None:
-                raise ValueError("ICD distillation needs the teacher's features")
+                raise ValueError("distillation needs the teacher's features")
             teacher_levels = [teacher_features[name] for name in self.levels]
-            losses.update(self.icd(teacher_levels, student_levels, targets, image_sizes, self.strides))
+            losses.update(module(teacher_levels, student_levels, targets, image_sizes, self.strides))
         return losses
+
+    @property
+    def distill_module(self) -> nn.Module | None:
+        """The trainable distillation module (ICD or FitNet), optimised with AdamW (§7)."""
+        return self.icd if self.icd is not None else self.fitnet

@@ -27,6 +27,7 @@ from icdistill.data import (
 from icdistill.detectors import DetectorAdapter, build_detector, freeze_as_teacher, load_detector_state
 from icdistill.detectors.weights import FrozenTeacher, is_checkpoint_path
 from icdistill.distill.distiller import Distiller, check_alignment
+from icdistill.distill.fitnet import FitNetModule
 from icdistill.distill.icd import ICDModule
 from icdistill.distill.inherit import InheritReport, inherit_weights
 from icdistill.distill.sampling import PriorTensors
@@ -246,6 +247,13 @@ def build_run_models(cfg: Config, train_set: CocoDetection, *, fresh_start: bool
     levels = dcfg.levels or student.level_names
     strides = check_alignment(teacher_adapter, student, levels)
     report = inherit_weights(teacher_adapter, student) if dcfg.inherit and fresh_start else None
+    if dcfg.method == "fitnet":
+        fitnet = FitNetModule(
+            student_channels=student.out_channels, teacher_channels=teacher_adapter.out_channels,
+            loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else 1.0,
+        )
+        distiller = Distiller(student, fitnet=fitnet, levels=levels, strides=strides, warmup_iters=dcfg.warmup_iters)
+        return RunModels(distiller, freeze_as_teacher(teacher_adapter), prior, report)
     two_stage = cfg.model.family not in ONE_STAGE
     icd = ICDModule(
         num_classes=num_classes,

@@ -113,8 +113,8 @@ def build_optimisers(cfg: Config, distiller: Distiller, total_iters: int, device
         warmup_factor=solver.warmup_factor, steps=solver.steps, gamma=solver.gamma,
     )
     opts = Optimisers(student, student_sched)
-    if distiller.icd is not None:
-        opts.icd = build_icd_optimizer(distiller.icd, lr=dcfg.lr, weight_decay=dcfg.weight_decay)
+    if distiller.distill_module is not None:
+        opts.icd = build_icd_optimizer(distiller.distill_module, lr=dcfg.lr, weight_decay=dcfg.weight_decay)
         opts.icd_sched = build_icd_scheduler(opts.icd, max_iter=total_iters)
     if solver.amp == "fp16":
         opts.scaler = torch.amp.GradScaler(device.type)
@@ -218,7 +218,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
 
-    decoder_iters = dcfg.decoder_warmup_iters if icd is not None else 0
+    decoder_iters = dcfg.decoder_warmup_iters if icd is not None else 0  # FitNet has no decoder
     total_iters = decoder_iters + solver.max_iter
     opts = build_optimisers(cfg, distiller, total_iters, device)
     start_iter, elapsed_before = 0, 0.0
@@ -333,8 +333,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
 def _backward_and_step(
     total: torch.Tensor, distiller: Distiller, opts: Optimisers, cfg: Config, ctx: DistContext, decoder_stage: bool
 ) -> None:
-    """Backward, clipping (§7: student by value in ICD runs, ICD module by L2 norm), steps."""
-    icd, dcfg = distiller.icd, cfg.distill
+    """Backward, clipping (§7: student by value in distillation runs, the distillation module
+    by L2 norm), steps."""
+    icd, dcfg = distiller.distill_module, cfg.distill
     opts.student.zero_grad(set_to_none=True)
     if opts.icd is not None:
         opts.icd.zero_grad(set_to_none=True)
