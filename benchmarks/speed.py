@@ -90,12 +90,41 @@ def time_step(step, iters: int, device: torch.device) -> dict[str, float]:
     return out
 
 
+def coco_setup(family: str, size: tuple[int, int], num_classes: int = 80):
+    """R-101 teacher -> R-50 student of ``family`` (FPN 256), ICD and FitNet modules, and a batch
+    of 2 random images of ``size`` with 10 random boxes each (speed does not depend on pixels)."""
+    from icdistill.structures import collate_batch
+    from icdistill.engine.build import DEFAULT_LOSS_WEIGHT
+
+    torch.manual_seed(0)
+    teacher = freeze_as_teacher(build_detector(family, backbone="resnet101", num_classes=num_classes))
+    student = build_detector(family, backbone="resnet50", num_classes=num_classes)
+    prior = prior_tensors(type("P", (), {k: [1.0] * num_classes if k == "freq" else [0.1] * num_classes
+                                         for k in ("freq", "w_mean", "w_std", "h_mean", "h_std")})())
+    two_stage = family == "faster_rcnn"
+    icd = ICDModule(num_classes=num_classes, teacher_channels=256, student_channels=256, prior=prior,
+                    max_instances=100 if two_stage else 300, loss_weight=DEFAULT_LOSS_WEIGHT[family])
+    fitnet = FitNetModule(student_channels=256, teacher_channels=256)
+    h, w = size
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(2):
+        xy = torch.rand(10, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 16 + torch.rand(10, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
+        items.append((torch.rand(3, h, w, generator=g), {"boxes": torch.cat([xy, xy + wh], 1),
+                      "labels": torch.randint(0, num_classes, (10,), generator=g), "image_id": i}))
+    return teacher, student, icd, fitnet, collate_batch(items)
+
+
 def step_functions(teacher, student, icd, fitnet, batch, device):
     """The five steps as closures over one batch."""
     teacher.to(device)
     batch = batch.to(device)
     levels = student.level_names
     strides = student.strides
+    student.to(device)
+    icd.to(device)
+    fitnet.to(device)
     plain = Distiller(student).to(device).train()
     with_icd = Distiller(student, icd, levels=levels, strides=strides).to(device).train()
     with_fitnet = Distiller(student, fitnet=fitnet, levels=levels, strides=strides).to(device).train()
@@ -178,6 +207,19 @@ def weights_memory() -> dict[str, float]:
     return out
 
 
+def coco_table(result: dict) -> str:
+    if "coco_size" not in result:
+        return "\nCOCO-size steps (R-101 -> R-50, 2 x 800x1333): not run, no GPU in this run.\n"
+    lines = ["", "COCO-size steps, R-101 teacher -> R-50 student, 2 images (seconds per iteration; peak "
+             "GPU memory in MB where measured):", "", "| family | step | s / iter | peak MB |", "|---|---|---:|---:|"]
+    for family, timed in result["coco_size"].items():
+        for name, v in timed.items():
+            if isinstance(v, dict):
+                lines.append(f"| {family} | {name} | {v['s_per_iter']:.3f} | {v.get('peak_mem_mb', float('nan')):.0f} |")
+        lines.append(f"| {family} | icd_overhead_ratio | {timed['icd_overhead_ratio']:.3f} | |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(result: dict) -> None:
     steps = result["cpu_demo"]
     rows = "\n".join(f"| {name} | {v['s_per_iter']:.3f} |" for name, v in steps.items())
@@ -199,7 +241,7 @@ queries per image), peak resident-memory growth of a fresh process computing the
 chunked (16 queries at a time) **{mem['chunked']['peak_growth_mb']:.0f} MB** in
 {mem['chunked']['seconds']:.2f} s; all-query (B·H·K·S probabilities) **{mem['all_query']['peak_growth_mb']:.0f} MB**
 in {mem['all_query']['seconds']:.2f} s: **{mem['memory_ratio']:.1f}x** less memory (target ≥ 4x).
-{END}"""
+{coco_table(result)}{END}"""
     page = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
     if BEGIN in page:
         page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END):]
@@ -213,6 +255,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-results", action="store_true", help="do not update docs/RESULTS.md")
+    parser.add_argument("--coco-size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"),
+                        help="image size of the GPU (COCO-size) part")
+    parser.add_argument("--coco-on-cpu", action="store_true",
+                        help="run the COCO-size part on the CPU too (slow; for checking the script)")
     parser.add_argument("--_memprobe", choices=("chunked", "all_query"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memprobe:
@@ -235,6 +281,15 @@ def main() -> None:
         "icd_overhead_ratio": steps["c_icd"]["s_per_iter"] / steps["b_student_teacher"]["s_per_iter"],
         "icd_weights_memory": weights_memory(),
     }
+    coco_device = torch.device("cuda") if torch.cuda.is_available() else (cpu if args.coco_on_cpu else None)
+    if coco_device is not None:
+        result["coco_size"] = {}
+        for family in ("faster_rcnn", "retinanet"):
+            fns = step_functions(*coco_setup(family, tuple(args.coco_size)), coco_device)
+            timed = {name: time_step(fn, args.iters, coco_device) for name, fn in fns.items()}
+            timed["icd_overhead_ratio"] = timed["c_icd"]["s_per_iter"] / timed["b_student_teacher"]["s_per_iter"]
+            result["coco_size"][family] = timed
+            print(family, {k: (round(v["s_per_iter"], 3) if isinstance(v, dict) else round(v, 3)) for k, v in timed.items()})
     print(f"icd_overhead_ratio: {result['icd_overhead_ratio']:.3f}")
     print(f"ICD weights memory, chunked vs all-query: {result['icd_weights_memory']['memory_ratio']:.1f}x")
     if args.json:

@@ -370,3 +370,24 @@ def test_test_loader_shards(shapes):
     assert sum(shards, []) == ds.image_ids  # no duplicates, nothing missing, order kept
     assert [len(s) for s in shards] == [4, 3, 3]
     assert list(ShardSampler(2, rank=2, world_size=3)) == []
+
+
+def test_images_without_annotations_are_kept_unless_filtered(tmp_path):
+    import json as _json
+
+    from PIL import Image as _Image
+
+    from icdistill.data import CocoDetection as _Coco
+
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        _Image.new("RGB", (20, 10)).save(tmp_path / "img" / name)
+    ann = {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10},
+                      {"id": 2, "file_name": "b.png", "width": 20, "height": 10}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+           "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "ann.json").write_text(_json.dumps(ann))
+    ds = _Coco(tmp_path / "img", tmp_path / "ann.json")
+    assert len(ds) == 2 and ds[1][1]["boxes"].shape == (0, 4)
+    assert ds.drop_images_without_annotations() == 1
+    assert len(ds) == 1 and ds.image_ids == [1] and ds.report["counts"]["empty_images_dropped"] == 1

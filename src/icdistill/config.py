@@ -71,6 +71,8 @@ class DataConfig:
     - ``shapes``: the generated demo data set (``shapes`` section).
 
     ``with_masks`` null loads instance masks exactly when the model needs them (Mask R-CNN).
+    ``filter_empty`` leaves training images without any box out (they are kept by default: they
+    still teach the detector what background looks like); test images are always kept.
 
     Relative paths are resolved against the directory of the config file.
     """
@@ -93,6 +95,7 @@ class DataConfig:
     skip_unreadable: bool = False
     validate_images: bool = True
     with_masks: Optional[bool] = None
+    filter_empty: bool = False
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     max_size: int = 1333

@@ -359,6 +359,17 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self._images)
 
+    def drop_images_without_annotations(self) -> int:
+        """Leave out images with no (kept) box, as detectron2's FILTER_EMPTY_ANNOTATIONS does for
+        training sets; returns how many were dropped and records it in :attr:`report`."""
+        kept = [rec for rec in self._images if len(rec["labels"])]
+        dropped = len(self._images) - len(kept)
+        self._images = kept
+        self.image_ids = [rec["id"] for rec in kept]
+        self.report["num_images"] = len(kept)
+        self.report["counts"]["empty_images_dropped"] = dropped
+        return dropped
+
     def report_summary(self) -> str:
         """One line naming each problem found in the annotations, with its count."""
         parts = []

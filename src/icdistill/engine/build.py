@@ -126,6 +126,8 @@ def build_datasets(cfg: Config, *, progress: bool = True) -> tuple[CocoDetection
         (train_dict, train_root, train_src), (test_dict, test_root, test_src) = _coco_dicts(cfg)
         train = CocoDetection.from_dict(train_dict, train_root, train_tf, source=train_src, **options)
         test = CocoDetection.from_dict(test_dict, test_root, test_tf, source=test_src, **options)
+    if data.filter_empty:
+        train.drop_images_without_annotations()
     if train.class_names != test.class_names:
         raise ModelMismatchError(
             f"training classes {train.class_names} differ from test classes {test.class_names}"
