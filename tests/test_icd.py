@@ -101,7 +101,7 @@ def test_distill_weights_sum_to_real_instance_count():
     query = icd.queries(inst)
     key_in = tokens.tokens + icd.pos_proj(tokens.pos)
     layer = icd.layers[0]
-    w = layer.real_instance_weights(query, key_in, tokens.valid, inst.is_real, chunk=2)
+    w = layer.real_instance_weights(query, layer.keys(key_in), tokens.valid, inst.is_real, chunk=2)
     torch.testing.assert_close(w.sum(-1), torch.tensor([[1.0] * 8, [3.0] * 8]))
     assert float(w[~tokens.valid[:, None, :].expand_as(w)].abs().max()) == 0.0
     # the chunked accumulation equals the straightforward all-query computation

@@ -89,40 +89,55 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, query: Tensor, key_in: Tensor, value_in: Tensor, valid: Tensor) -> Tensor:
-        """query: [B, K, d]; key_in, value_in: [B, S, d]; valid: bool [B, S] -> g: [B, K, d]."""
+    def keys(self, key_in: Tensor) -> Tensor:
+        """W_K·key_in split into heads: [B, S, d] -> [B, H, S, d_h]."""
+        return split_heads(self.k_proj(key_in), self.num_heads)
+
+    def forward(
+        self, query: Tensor, key_in: Tensor, value_in: Tensor, valid: Tensor, *, return_kv: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """query: [B, K, d]; key_in, value_in: [B, S, d]; valid: bool [B, S] -> g: [B, K, d].
+
+        With ``return_kv`` also the keys [B, H, S, d_h] and values W_V·value_in [B, S, d], so the
+        distillation weights and loss reuse them instead of projecting the tokens again.
+        """
         q = split_heads(self.q_proj(query), self.num_heads)
-        k = split_heads(self.k_proj(key_in), self.num_heads)
-        v = split_heads(self.v_proj(value_in), self.num_heads)
+        k = self.keys(key_in)
+        values = self.v_proj(value_in)
         # A fused kernel: the decoder output never needs the attention matrix itself.
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+        attended = F.scaled_dot_product_attention(
+            q, k, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :]
+        )
         attended = attended.transpose(1, 2).flatten(2)
         u = self.norm1(query + self.out_proj(attended))
-        return self.norm2(u + self.ffn(u))
+        g = self.norm2(u + self.ffn(u))
+        return (g, k, values) if return_kv else g
 
     def attention_probs(self, query: Tensor, key_in: Tensor, valid: Tensor) -> Tensor:
         """Softmax attention over all tokens: float Tensor[B, H, K, S] (for small K only)."""
         q = split_heads(self.q_proj(query), self.num_heads)
-        k = split_heads(self.k_proj(key_in), self.num_heads)
+        k = self.keys(key_in)
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         return logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
 
     @torch.no_grad()
     def real_instance_weights(
-        self, query: Tensor, key_in: Tensor, valid: Tensor, is_real: Tensor, chunk: int = ATTENTION_CHUNK
+        self, query: Tensor, keys: Tensor, valid: Tensor, is_real: Tensor, chunk: int = ATTENTION_CHUNK
     ) -> Tensor:
         """w[b,h,s] = Σ_{i real in b} softmax_s(a[b,h,i,s]), detached (§6).
 
+        Args:
+            query: [B, K, d], the layer's input queries; keys: [B, H, S, d_h] from :meth:`keys`.
         Real slots are [0, n_b), so only the first max_b n_b queries are visited, ``chunk`` at a
         time. Returns float Tensor[B, H, S] with Σ_s w[b,h,s] = n_b.
         """
-        batch, _, _ = query.shape
-        num_tokens = key_in.shape[1]
+        batch = query.shape[0]
+        num_tokens = keys.shape[2]
         weights = query.new_zeros(batch, self.num_heads, num_tokens)
         max_real = int(is_real.sum(dim=1).max()) if is_real.numel() else 0
         if max_real == 0:
             return weights
-        k = split_heads(self.k_proj(key_in), self.num_heads)
+        k = keys.detach()
         scale = 1.0 / math.sqrt(k.shape[-1])
         invalid = ~valid[:, None, None, :]
         for start in range(0, max_real, chunk):
@@ -259,15 +274,15 @@ class ICDModule(nn.Module):
 
         idf, reg, distill = [], [], []
         for layer, adapter in zip(self.layers, self.adapters):
+            layer_query = query
+            query, keys, values = layer(layer_query, key_in, teacher.tokens, teacher.valid, return_kv=True)
             if student_tokens is not None:
-                weights = layer.real_instance_weights(query.detach(), key_in.detach(), teacher.valid, inst.is_real)
-                teacher_values = layer.v_proj(teacher.tokens).detach()
+                weights = layer.real_instance_weights(layer_query.detach(), keys, teacher.valid, inst.is_real)
                 distill.append(
                     attention_weighted_distill_loss(
-                        adapter(student_tokens), teacher_values, weights, self.num_heads, self.loss_weight
+                        adapter(student_tokens), values.detach(), weights, self.num_heads, self.loss_weight
                     )
                 )
-            query = layer(query, key_in, teacher.tokens, teacher.valid)
             prediction = self.predictor(query)
             idf.append(identification_loss(prediction[..., 0], inst.is_real, inst.valid))
             reg.append(regression_loss(prediction[..., 1:], inst.boxes, inst.centres, inst.is_real))
