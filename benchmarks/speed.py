@@ -248,8 +248,7 @@ student) and one batch of 8 shapes images (~128x176).
 **icd_overhead_ratio** (c)/(b) = **{result['icd_overhead_ratio']:.3f}** (target ≤ 1.10).
 
 ICD distillation weights at COCO size (p2-p6 of 2 x 800x1344, S = 89,523 tokens, 100 real
-queries per image), peak resident-memory growth of a fresh process computing them:
-peak memory held by PyTorch's allocator while computing them (profiler-measured): chunked (16
+queries per image), peak memory held by PyTorch's allocator while computing them (profiler-measured): chunked (16
 queries at a time) **{mem['chunked']['peak_mb']:.0f} MB** in {mem['chunked']['seconds']:.2f} s;
 all-query (B·H·K·S probabilities) **{mem['all_query']['peak_mb']:.0f} MB** in
 {mem['all_query']['seconds']:.2f} s: **{mem['memory_ratio']:.1f}x** less memory (target ≥ 4x); largest
