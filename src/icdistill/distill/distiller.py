@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from icdistill.detectors.base import DetectorAdapter

@@ -32,6 +32,7 @@ from icdistill.distill.icd import ICDModule
 from icdistill.distill.inherit import InheritReport, inherit_weights
 from icdistill.distill.sampling import PriorTensors
 from icdistill.engine.checkpoint import load_checkpoint
+from icdistill.engine.optim import scale_lr
 from icdistill.errors import ConfigError, DataError, ModelMismatchError
 from icdistill.evaluation import COCOEvaluator, VOCEvaluator
 
@@ -275,6 +276,7 @@ def build_run_models(cfg: Config, train_set: CocoDetection, *, fresh_start: bool
 
 
 def student_lr(cfg: Config) -> float:
+    """``solver.base_lr``, or the family's reference LR scaled linearly to the global batch."""
     if cfg.solver.base_lr is not None:
         return cfg.solver.base_lr
-    return REFERENCE_LR[cfg.model.family] * cfg.solver.ims_per_batch / 16
+    return scale_lr(REFERENCE_LR[cfg.model.family], cfg.solver.ims_per_batch)
