@@ -63,7 +63,8 @@ def demo_setup(data_root: Path):
     student = detector(cfg.model)
     prior = prior_tensors(compute_prior(train_set))
     icd = ICDModule(num_classes=train_set.num_classes, teacher_channels=teacher.out_channels,
-                    student_channels=student.out_channels, prior=prior, loss_weight=8.0)
+                    student_channels=student.out_channels, prior=prior, hidden_dim=cfg.distill.hidden_dim,
+                    num_heads=cfg.distill.num_heads, loss_weight=8.0)
     fitnet = FitNetModule(student_channels=student.out_channels, teacher_channels=teacher.out_channels)
     return cfg, teacher, student, icd, fitnet, batch
 
@@ -175,9 +176,9 @@ def _weights_inputs():
         tokens = icd.teacher_tokens(feats, COCO_STRIDES, [(800, 1333)] * 2)
         inst = icd.instances(targets, [(800, 1333)] * 2)
         query = icd.queries(inst)[:, :100]
-        key_in = tokens.tokens + icd.pos_proj(tokens.pos)
+        keys, _ = icd.keys_and_values(icd.layers[0], tokens)
     del feats
-    return icd.layers[0], query, key_in, tokens.valid, inst.is_real[:, :100]
+    return icd.layers[0], query, keys, tokens.valid, inst.is_real[:, :100]
 
 
 def peak_allocated_mb(fn) -> float:
@@ -197,14 +198,14 @@ def peak_allocated_mb(fn) -> float:
 
 def weights_memory() -> dict[str, dict[str, float] | float]:
     """Chunked real-instance weights vs all-query weights on the same COCO-size inputs."""
-    layer, query, key_in, valid, is_real = _weights_inputs()
+    layer, query, keys, valid, is_real = _weights_inputs()
 
     def chunked():
-        return layer.real_instance_weights(query, layer.keys(key_in), valid, is_real)
+        return layer.real_instance_weights(query, keys, valid, is_real)
 
     @torch.no_grad()
     def all_query():  # [B, H, K, S] probabilities materialised
-        return (layer.attention_probs(query, key_in, valid) * is_real[:, None, :, None]).sum(dim=2)
+        return (layer.attention_probs(query, keys, valid) * is_real[:, None, :, None]).sum(dim=2)
 
     out: dict = {}
     for name, fn in (("chunked", chunked), ("all_query", all_query)):

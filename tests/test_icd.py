@@ -11,6 +11,7 @@ from icdistill.distill.losses import (
     instance_descriptor,
     regression_targets,
     scale_bins,
+    level_position_encoding,
     sine_encoding,
 )
 from icdistill.distill.sampling import (
@@ -99,13 +100,13 @@ def test_distill_weights_sum_to_real_instance_count():
     tokens = icd.teacher_tokens(teacher, strides, sizes)
     inst = icd.instances(targets, sizes)
     query = icd.queries(inst)
-    key_in = tokens.tokens + icd.pos_proj(tokens.pos)
     layer = icd.layers[0]
-    w = layer.real_instance_weights(query, layer.keys(key_in), tokens.valid, inst.is_real, chunk=2)
+    keys, _ = icd.keys_and_values(layer, tokens)
+    w = layer.real_instance_weights(query, keys, tokens.valid, inst.is_real, chunk=2)
     torch.testing.assert_close(w.sum(-1), torch.tensor([[1.0] * 8, [3.0] * 8]))
     assert float(w[~tokens.valid[:, None, :].expand_as(w)].abs().max()) == 0.0
     # the chunked accumulation equals the straightforward all-query computation
-    probs = layer.attention_probs(query, key_in, tokens.valid)
+    probs = layer.attention_probs(query, keys, tokens.valid)
     full = (probs * inst.is_real[:, None, :, None]).sum(dim=2)
     torch.testing.assert_close(w, full, rtol=1e-5, atol=1e-6)
 
@@ -203,8 +204,43 @@ def test_position_encoding_is_zero_on_padding():
     icd = make_module()
     teacher, _, _, sizes, strides = make_inputs()
     tokens = icd.teacher_tokens(teacher, strides, sizes)
-    assert tokens.pos.shape == (2, tokens.tokens.shape[1], 256)
-    assert float(tokens.pos[~tokens.valid].abs().max()) == 0.0
+    pos = tokens.position_encoding()
+    assert pos.shape == (2, tokens.tokens.shape[1], 256)
+    assert float(pos[~tokens.valid].abs().max()) == 0.0
+    # the per-axis codes are the 2-D encoding of §4.2 on every valid token
+    masks = valid_token_mask(tokens.level_shapes, strides, sizes, "cpu")
+    full = torch.cat([level_position_encoding(m, 128).flatten(1, 2) for m in masks], dim=1)
+    torch.testing.assert_close(pos[tokens.valid], full[tokens.valid])
+
+
+@pytest.mark.parametrize("teacher_channels", [32, 256])
+def test_folded_keys_and_values_equal_the_spec_composition(teacher_channels):
+    """K = W_K·(input_proj(T) + W_P·PE), V = W_V·input_proj(T) (§4.2), computed the plain way,
+    equal the folded computation on valid tokens, and so do the gradients they pass back."""
+    icd = make_module(teacher_channels=teacher_channels)
+    teacher, _, _, sizes, strides = make_inputs(ct=teacher_channels)
+    tokens = icd.teacher_tokens(teacher, strides, sizes)
+    layer = icd.layers[0]
+
+    def plain():
+        projected = icd.input_proj(tokens.tokens)
+        keys = layer.k_proj(projected + icd.pos_proj(tokens.position_encoding()))
+        return keys.view(*keys.shape[:2], 8, -1).transpose(1, 2), layer.v_proj(projected)
+
+    grads = []
+    for compute in (plain, lambda: icd.keys_and_values(layer, tokens)):
+        icd.zero_grad()
+        keys, values = compute()
+        valid_keys = keys.transpose(1, 2)[tokens.valid]
+        (valid_keys.square().sum() + values.sin().sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in icd.named_parameters() if p.grad is not None})
+        if compute is plain:
+            reference = (valid_keys.detach(), values.detach())
+    torch.testing.assert_close(valid_keys, reference[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(values, reference[1], rtol=1e-4, atol=1e-4)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-3, msg=name)
 
 
 # ---- gradient isolation ----------------------------------------------------------------------------

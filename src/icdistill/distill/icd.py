@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from icdistill.distill.losses import (
     NUM_SCALE_BINS,
     attention_weighted_distill_loss,
+    axis_position_codes,
     identification_loss,
     instance_descriptor,
-    level_position_encoding,
     regression_loss,
     split_heads,
 )
@@ -38,16 +38,29 @@ class TeacherTokens:
     """Teacher features flattened for the decoder.
 
     Attributes:
-        tokens: float Tensor[B, S, d] (after the input projection when C_t ≠ d).
-        pos: float Tensor[B, S, d] sine position encoding (zeros on padding).
+        tokens: float Tensor[B, S, C_t], the teacher's levels as they are (the input projection
+            is folded into W_K and W_V, see :meth:`ICDModule.keys_and_values`).
+        pos_rows, pos_cols: per level float Tensor[B, H_l, d/2] and [B, W_l, d/2], the y and x
+            halves of the sine position encoding (§4.2); the code of valid token (y, x) is
+            [pos_rows[y] | pos_cols[x]].
         valid: bool Tensor[B, S], False on padded tokens.
         level_shapes: (H_l, W_l) of each level, in token order.
     """
 
     tokens: Tensor
-    pos: Tensor
+    pos_rows: list[Tensor]
+    pos_cols: list[Tensor]
     valid: Tensor
     level_shapes: list[tuple[int, int]]
+
+    def position_encoding(self) -> Tensor:
+        """The full code, float Tensor[B, S, d], zero on padded tokens (for tests and reference
+        implementations; training never materialises it)."""
+        per_level = []
+        for rows, cols, (h, w) in zip(self.pos_rows, self.pos_cols, self.level_shapes):
+            grid = torch.cat([rows[:, :, None].expand(-1, h, w, -1), cols[:, None].expand(-1, h, w, -1)], dim=-1)
+            per_level.append(grid.flatten(1, 2))
+        return torch.cat(per_level, dim=1) * self.valid[..., None]
 
 
 def flatten_levels(features: Sequence[Tensor]) -> Tensor:
@@ -89,35 +102,22 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
 
-    def keys(self, key_in: Tensor) -> Tensor:
-        """W_K·key_in split into heads: [B, S, d] -> [B, H, S, d_h]."""
-        return split_heads(self.k_proj(key_in), self.num_heads)
-
-    def forward(
-        self, query: Tensor, key_in: Tensor, value_in: Tensor, valid: Tensor, *, return_kv: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """query: [B, K, d]; key_in, value_in: [B, S, d]; valid: bool [B, S] -> g: [B, K, d].
-
-        With ``return_kv`` also the keys [B, H, S, d_h] and values W_V·value_in [B, S, d], so the
-        distillation weights and loss reuse them instead of projecting the tokens again.
-        """
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
+        """query: [B, K, d]; keys [B, H, S, d_h] and values [B, S, d] from
+        :meth:`ICDModule.keys_and_values`; valid: bool [B, S] -> g: [B, K, d]."""
         q = split_heads(self.q_proj(query), self.num_heads)
-        k = self.keys(key_in)
-        values = self.v_proj(value_in)
         # A fused kernel: the decoder output never needs the attention matrix itself.
         attended = F.scaled_dot_product_attention(
-            q, k, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :]
+            q, keys, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :]
         )
         attended = attended.transpose(1, 2).flatten(2)
         u = self.norm1(query + self.out_proj(attended))
-        g = self.norm2(u + self.ffn(u))
-        return (g, k, values) if return_kv else g
+        return self.norm2(u + self.ffn(u))
 
-    def attention_probs(self, query: Tensor, key_in: Tensor, valid: Tensor) -> Tensor:
+    def attention_probs(self, query: Tensor, keys: Tensor, valid: Tensor) -> Tensor:
         """Softmax attention over all tokens: float Tensor[B, H, K, S] (for small K only)."""
         q = split_heads(self.q_proj(query), self.num_heads)
-        k = self.keys(key_in)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        logits = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
         return logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
 
     @torch.no_grad()
@@ -127,7 +127,8 @@ class DecoderLayer(nn.Module):
         """w[b,h,s] = Σ_{i real in b} softmax_s(a[b,h,i,s]), detached (§6).
 
         Args:
-            query: [B, K, d], the layer's input queries; keys: [B, H, S, d_h] from :meth:`keys`.
+            query: [B, K, d], the layer's input queries; keys: [B, H, S, d_h] from
+                :meth:`ICDModule.keys_and_values`.
         Real slots are [0, n_b), so only the first max_b n_b queries are visited, ``chunk`` at a
         time. Returns float Tensor[B, H, S] with Σ_s w[b,h,s] = n_b.
         """
@@ -220,15 +221,45 @@ class ICDModule(nn.Module):
     def teacher_tokens(
         self, features: Sequence[Tensor], strides: Sequence[int], image_sizes: Sequence[tuple[int, int]]
     ) -> TeacherTokens:
-        """Flatten teacher levels [B, C_t, H_l, W_l] into tokens with mask and position code."""
+        """Flatten teacher levels [B, C_t, H_l, W_l] into tokens with mask and per-axis position codes."""
         level_shapes = [(f.shape[-2], f.shape[-1]) for f in features]
         masks = valid_token_mask(level_shapes, strides, image_sizes, features[0].device)
-        pos = torch.cat(
-            [level_position_encoding(m, self.hidden_dim // 2).flatten(1, 2) for m in masks], dim=1
-        )
+        codes = [axis_position_codes(m, self.hidden_dim // 2) for m in masks]
         valid = torch.cat([m.flatten(1) for m in masks], dim=1)
-        tokens = self.input_proj(flatten_levels(features))
-        return TeacherTokens(tokens, pos * valid[..., None], valid, level_shapes)
+        return TeacherTokens(
+            flatten_levels(features), [c[0] for c in codes], [c[1] for c in codes], valid, level_shapes
+        )
+
+    def keys_and_values(self, layer: DecoderLayer, teacher: TeacherTokens) -> tuple[Tensor, Tensor]:
+        """K = W_K·(T' + W_P·PE) split into heads, V = W_V·T', with T' = input_proj(T) (§4.2, §4.3).
+
+        Computed with folded weights, exactly equal in real arithmetic: W_K·W_in and W_V·W_in
+        act on the C_t-wide tokens directly (no d-wide T' is formed), and since PE is
+        [code_y | code_x], W_K·W_P·PE is a per-row plus a per-column term, projected for
+        H_l + W_l codes instead of H_l·W_l tokens. At small C_t this removes most of the
+        token-side work. Padded tokens get meaningless keys; every softmax masks them out.
+
+        Returns:
+            keys float Tensor[B, H, S, d_h], values float Tensor[B, S, d].
+        """
+        w_k, b_k = layer.k_proj.weight, layer.k_proj.bias
+        w_v, b_v = layer.v_proj.weight, layer.v_proj.bias
+        if isinstance(self.input_proj, nn.Linear):
+            w_in, b_in = self.input_proj.weight, self.input_proj.bias
+            b_k, b_v = b_k + w_k @ b_in, b_v + w_v @ b_in
+            token_k, token_v = w_k @ w_in, w_v @ w_in
+        else:
+            token_k, token_v = w_k, w_v
+        pos_k = w_k @ self.pos_proj.weight  # [d, d]: columns [:d/2] act on code_y, [d/2:] on code_x
+        half = self.hidden_dim // 2
+        pos_terms = []
+        for rows, cols, (h, w) in zip(teacher.pos_rows, teacher.pos_cols, teacher.level_shapes):
+            by_row = rows @ pos_k[:, :half].T  # [B, H_l, d]
+            by_col = cols @ pos_k[:, half:].T  # [B, W_l, d]
+            pos_terms.append((by_row[:, :, None] + by_col[:, None]).flatten(1, 2))
+        keys = F.linear(teacher.tokens, token_k, b_k + w_k @ self.pos_proj.bias) + torch.cat(pos_terms, dim=1)
+        values = F.linear(teacher.tokens, token_v, b_v)
+        return split_heads(keys, self.num_heads), values
 
     def instances(self, targets: list[dict[str, Tensor]], image_sizes: Sequence[tuple[int, int]]) -> Instances:
         return build_instances(
@@ -264,7 +295,6 @@ class ICDModule(nn.Module):
         teacher = self.teacher_tokens([f.detach() for f in teacher_features], strides, image_sizes)
         inst = self.instances(targets, image_sizes)
         query = self.queries(inst)
-        key_in = teacher.tokens + self.pos_proj(teacher.pos)
         student_tokens = flatten_levels(student_features) if student_features is not None else None
         if student_tokens is not None and student_tokens.shape[1] != teacher.tokens.shape[1]:
             raise ValueError(
@@ -275,7 +305,8 @@ class ICDModule(nn.Module):
         idf, reg, distill = [], [], []
         for layer, adapter in zip(self.layers, self.adapters):
             layer_query = query
-            query, keys, values = layer(layer_query, key_in, teacher.tokens, teacher.valid, return_kv=True)
+            keys, values = self.keys_and_values(layer, teacher)
+            query = layer(layer_query, keys, values, teacher.valid)
             if student_tokens is not None:
                 weights = layer.real_instance_weights(layer_query.detach(), keys, teacher.valid, inst.is_real)
                 distill.append(
@@ -310,11 +341,12 @@ class ICDModule(nn.Module):
             real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter
         )
         query = self.queries(inst)
-        key_in = teacher.tokens + self.pos_proj(teacher.pos)
         layers = list(self.layers)
         for layer in layers[:layer_index] if layer_index != -1 else layers[:-1]:
-            query = layer(query, key_in, teacher.tokens, teacher.valid)
-        probs = layers[layer_index].attention_probs(query, key_in, teacher.valid).mean(dim=1)  # [B, K, S]
+            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid)
+        last = layers[layer_index]
+        keys, _ = self.keys_and_values(last, teacher)
+        probs = last.attention_probs(query, keys, teacher.valid).mean(dim=1)  # [B, K, S]
         sizes = [h * w for h, w in teacher.level_shapes]
         out = []
         for b, n in enumerate(inst.num_real.tolist()):

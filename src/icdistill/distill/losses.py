@@ -68,6 +68,36 @@ def instance_descriptor(
     )
 
 
+def _sine_code(embed: Tensor, num_feats: int, temperature: float) -> Tensor:
+    """DETR's interleaved code of angles ``embed`` [...]: float Tensor[..., num_feats]."""
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=embed.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    pos = embed[..., None] / dim_t
+    return torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], dim=-1).flatten(-2)
+
+
+def axis_position_codes(valid: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """The two halves of :func:`level_position_encoding`, one per axis (§4.2).
+
+    The 2-D code of a valid token (y, x) is [code_y(b, y) | code_x(b, x)], so a linear map of
+    it splits into a row term plus a column term; ICD projects H_l + W_l codes per image and
+    level instead of H_l·W_l.
+
+    Args:
+        valid: bool Tensor[B, H_l, W_l], True inside the image (a top-left rectangle).
+    Returns:
+        (code_y float Tensor[B, H_l, num_feats], code_x float Tensor[B, W_l, num_feats]); rows
+        and columns beyond the image carry the code of its last row / column (they only ever
+        meet padded tokens, which attention masks out).
+    """
+    eps, scale = 1e-6, 2 * math.pi
+    rows = valid[:, :, 0].float().cumsum(1)  # column 0 is inside every image
+    cols = valid[:, 0, :].float().cumsum(1)
+    rows = rows / (rows.amax(dim=1, keepdim=True) + eps) * scale
+    cols = cols / (cols.amax(dim=1, keepdim=True) + eps) * scale
+    return _sine_code(rows, num_feats, temperature), _sine_code(cols, num_feats, temperature)
+
+
 def level_position_encoding(valid: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
     """DETR-style 2-D sine position encoding over the valid region of one level (§4.2).
 
@@ -85,13 +115,7 @@ def level_position_encoding(valid: Tensor, num_feats: int = 128, temperature: fl
     # The valid region is a top-left rectangle, so the largest count is its height (width).
     y_embed = y_embed / (y_embed.amax(dim=(1, 2), keepdim=True) + eps) * scale
     x_embed = x_embed / (x_embed.amax(dim=(1, 2), keepdim=True) + eps) * scale
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=valid.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    pos_x = x_embed[..., None] / dim_t
-    pos_y = y_embed[..., None] / dim_t
-    pos_x = torch.stack([pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()], dim=4).flatten(3)
-    pos_y = torch.stack([pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()], dim=4).flatten(3)
-    return torch.cat([pos_y, pos_x], dim=3)
+    return torch.cat([_sine_code(y_embed, num_feats, temperature), _sine_code(x_embed, num_feats, temperature)], dim=3)
 
 
 def identification_loss(logits: Tensor, is_real: Tensor, valid: Tensor) -> Tensor:
@@ -153,9 +177,12 @@ def attention_weighted_distill_loss(
     Returns:
         Scalar tensor. An image without real instances contributes 0 but still counts in B.
     """
-    d_h = student.shape[-1] // num_heads
-    s = F.layer_norm(split_heads(student, num_heads), (d_h,), eps=1e-5)
-    t = F.layer_norm(split_heads(teacher, num_heads), (d_h,), eps=1e-5)
-    delta = (s - t).pow(2).mean(dim=-1)  # [B, H, S]
+    b, s, d = student.shape
+    d_h = d // num_heads
+    # [B, S, H, d_h] is a free view of [B, S, d] (heads are channel blocks); normalising there
+    # and moving only δ [B, S, H] to [B, H, S] avoids copying the token-wide tensors.
+    s_norm = F.layer_norm(student.view(b, s, num_heads, d_h), (d_h,), eps=1e-5)
+    t_norm = F.layer_norm(teacher.reshape(b, s, num_heads, d_h), (d_h,), eps=1e-5)
+    delta = (s_norm - t_norm).square().mean(dim=-1).transpose(1, 2)  # [B, H, S]
     per_head = (weights * delta).sum(dim=-1) / weights.sum(dim=-1).clamp_min(1e-6)
     return loss_weight * per_head.mean()
