@@ -61,7 +61,7 @@ def test_stats_match_the_xml_counts(tmp_path):
 
 def test_train_and_eval_on_bccd_with_voc_and_coco_evaluators(tmp_path):
     run = tmp_path / "run"
-    assert main(["--no-progress", "train", str(RECIPE), "--out", str(run), *sets(*TINY)]) == 0
+    assert main(["--no-progress", "train", str(RECIPE), "--out", str(run), *sets(*TINY, "eval.evaluator=voc")]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"bbox/AP", "bbox/AP50", "bbox/AP75"} <= set(metrics)
     assert "bbox/AP50-WBC" in metrics  # the VOC evaluator's per-class keys

@@ -202,3 +202,47 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path, tiny_config)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16"):
             train(tiny_config("solver.amp=fp16"), tmp_path / "fp16", progress=False)
+
+
+def test_periodic_evaluation_is_logged_and_timed_apart_from_training(tmp_path, tiny_config, monkeypatch):
+    """eval.period: ``eval/``-prefixed records in metrics.jsonl; their time is time/eval_s, not
+    time/train_s, also across a resume (the checkpoint keeps both)."""
+    import time
+
+    from icdistill.engine import trainer
+
+    original = trainer.evaluate_detector
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_detector", slow)
+    cfg = tiny_config("solver.max_iter=4", "eval.period=1", "eval.viz_images=0")
+    started = time.perf_counter()
+    trainer.train(cfg, tmp_path / "run", progress=False)
+    wall = time.perf_counter() - started
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["time/eval_s"] >= 1.5  # periodic evaluations at iterations 1, 2, 3 (not 4, the last)
+    assert metrics["time/train_s"] <= wall - 2.0  # neither the periodic nor the final evaluation
+    assert metrics["time/iter_s"] == pytest.approx(metrics["time/train_s"] / 4, abs=2e-3)
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval/bbox/AP" in r]
+    assert [r["iter"] for r in evals] == [1, 2, 3]
+    assert not any("bbox/AP" in r for r in log)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["eval_seconds"] == pytest.approx(metrics["time/eval_s"], abs=0.01)
+    assert last["train_seconds"] <= metrics["time/train_s"]  # saved just before the end
+
+    # resumed after iteration 2 (saved before that iteration's evaluation): one evaluation before, one after
+    snapshot = load_checkpoint(tmp_path / "run" / "checkpoints" / "model_0000002.pt")
+    assert snapshot["eval_seconds"] >= 0.5
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "run" / "checkpoints" / "model_0000002.pt", resumed / "checkpoints" / "last.pt")
+    started = time.perf_counter()
+    trainer.train(cfg, resumed, resume=True, progress=False)
+    wall = time.perf_counter() - started
+    again = json.loads((resumed / "metrics.json").read_text())
+    assert again["time/eval_s"] >= snapshot["eval_seconds"] + 0.5  # + the evaluation at iteration 3
+    assert snapshot["train_seconds"] < again["time/train_s"] <= snapshot["train_seconds"] + wall - 1.0

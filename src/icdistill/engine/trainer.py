@@ -133,12 +133,14 @@ class RunLog:
 
     def log(self, step: int, record: dict[str, float], prefix: str = "", jsonl: bool = True) -> None:
         """One record at ``step``: a metrics.jsonl line (unless ``jsonl`` is False) and
-        TensorBoard scalars named ``prefix + key`` (NaN skipped)."""
+        TensorBoard scalars, both named ``prefix + key`` (periodic evaluations: ``eval/bbox/AP``).
+        NaN is skipped in TensorBoard and written as null in metrics.jsonl (strict JSON)."""
         if not self.enabled:
             return
         if jsonl:
+            line = {prefix + k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
             with self.path.open("a") as f:
-                f.write(json.dumps({"iter": step, **record}) + "\n")
+                f.write(json.dumps({"iter": step, **line}) + "\n")
         for key, value in record.items():
             if not math.isnan(value):
                 self.writer.add_scalar(prefix + key, value, step)
@@ -221,13 +223,15 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     decoder_iters = dcfg.decoder_warmup_iters if icd is not None else 0  # FitNet has no decoder
     total_iters = decoder_iters + solver.max_iter
     opts = build_optimisers(cfg, distiller, total_iters, device)
-    start_iter, elapsed_before = 0, 0.0
+    # Training time excludes the periodic evaluations, which are timed separately (time/eval_s).
+    start_iter, elapsed_before, eval_before = 0, 0.0, 0.0
     if resume:
         state = load_checkpoint(last_path)
         distiller.load_state_dict(state["trainable"])
         opts.load_state_dict(state)
         restore_rng_state(state["rng"])
         start_iter, elapsed_before = state["iteration"], state.get("train_seconds", 0.0)
+        eval_before = state.get("eval_seconds", 0.0)
         if main:
             print(f"resumed from {last_path} at iteration {start_iter}")
     if ctx.distributed:
@@ -239,11 +243,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     else:
         model = distiller
 
-    def checkpoint_state(next_iter: int, seconds: float) -> dict[str, Any]:
+    def checkpoint_state(next_iter: int, seconds: float, eval_seconds: float) -> dict[str, Any]:
         return {
             "format": TRAIN_CHECKPOINT_FORMAT,
             "iteration": next_iter,
             "train_seconds": seconds,
+            "eval_seconds": eval_seconds,
             "world_size": ctx.world_size,
             "trainable": distiller.state_dict(),
             **opts.state_dict(),
@@ -263,7 +268,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     )
     run_log = RunLog(out, enabled=main, fresh=not resume)
     distiller.train()
-    started = time.perf_counter()
+    started, eval_here = time.perf_counter(), 0.0  # eval_here: periodic evaluation seconds in this process
     bar = tqdm(total=total_iters, initial=start_iter, disable=not (progress and main), desc=out.name, dynamic_ncols=True)
     batches = iter(loader)
     for it in range(start_iter, total_iters):
@@ -300,21 +305,25 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith(("loss/", "distill/", "aux/"))})
         is_last = done == total_iters
         if main and (is_last or done % solver.checkpoint_period == 0):
-            state = checkpoint_state(done, elapsed_before + time.perf_counter() - started)
+            state = checkpoint_state(done, elapsed_before + time.perf_counter() - started - eval_here,
+                                     eval_before + eval_here)
             save_checkpoint(last_path, state)
             if not is_last:  # periodic snapshots stay; last.pt is what --resume reads
                 save_checkpoint(ckpt_dir / f"model_{done:07d}.pt", state)
         if cfg.eval.period and not decoder_stage and done % cfg.eval.period == 0 and not is_last:
+            eval_started = time.perf_counter()
             periodic = evaluate_detector(distiller.student, test_loader, evaluator, device, progress=False, ctx=ctx)
             run_log.log(done, periodic, prefix="eval/")
             distiller.train()
+            eval_here += time.perf_counter() - eval_started
     bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - started
+    train_seconds = elapsed_before + time.perf_counter() - started - eval_here
 
     metrics = evaluate_detector(distiller.student, test_loader, evaluator, device, progress=progress and main, ctx=ctx)
     if main:
         metrics["time/train_s"] = round(train_seconds, 2)
-        metrics["time/iter_s"] = round(train_seconds / max(total_iters - start_iter, 1), 4)
+        metrics["time/iter_s"] = round(train_seconds / max(total_iters, 1), 4)
+        metrics["time/eval_s"] = round(eval_before + eval_here, 2)  # periodic evaluations, not in train_s
         metrics["world_size"] = ctx.world_size
         write_metrics_json(out / "metrics.json", metrics, train_set.class_names)
         final = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "segm/"))}

@@ -1,0 +1,403 @@
+"""Accuracy benchmark: a teacher, then baseline / FitNet / ICD / ICD + inheriting students, several seeds.
+
+    python benchmarks/accuracy.py --suite synthetic [--json out.json] [--seeds 0 1 2] [--jobs 2]
+    python benchmarks/accuracy.py --suite bccd [--bccd-root ../shared/data/bccd] [--json out.json]
+    options: --students baseline fitnet icd icd_inherit  --out DIR  --eval-period N  --quick
+             --no-results  --results  --set KEY=VALUE (applied to every run)
+
+A suite is three shipped recipes (teacher, student, ICD student): ``synthetic`` uses
+``configs/demo/*.yaml`` (the demo's shapes data, generated into ``<out>/data``), ``bccd`` uses
+``configs/voc/bccd_*.yaml`` (train on trainval, test on test). Every schedule comes from the
+recipes. Students: ``baseline`` = student recipe; ``icd`` = ICD recipe; ``fitnet`` = ICD recipe +
+``distill.method=fitnet``; ``icd_inherit`` = ICD recipe + ``distill.inherit=true`` (skipped when
+no neck/head tensor of the teacher fits the student). Each run can be repeated by hand with the
+command in ``<run>/command.txt``.
+
+Runs live in ``<out>/teacher`` and ``<out>/<student>/seed<k>``. A run whose saved config (and, for
+distillation, teacher checkpoint) equals what would run now is reused ("cached"); an interrupted
+one resumes from its last checkpoint. ``--jobs N`` trains students in N spawned processes with
+threads/N threads each (threads: $OMP_NUM_THREADS or the CPU count); the teacher runs first, alone.
+
+Writes ``--json`` (teacher metrics; per student the seeds' metrics, their mean and sample std;
+``meta``), an AP-vs-iteration plot, and (unless ``--no-results``; ``--quick`` only with
+``--results``) the suite's section of docs/RESULTS.md with the PNG in docs/.
+``--quick`` is a smoke run on tiny data and schedules: the numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from icdistill.config import Config, load_config
+from icdistill.demo import demo_config_path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "RESULTS.md"
+RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
+SUITES = {"synthetic": ("demo", "teacher.yaml", "student.yaml", "icd.yaml"),
+          "bccd": ("voc", "bccd_teacher.yaml", "bccd_student.yaml", "bccd_icd.yaml")}
+STUDENTS = {"baseline": ("student", []), "fitnet": ("icd", ["distill.method=fitnet"]),
+            "icd": ("icd", []), "icd_inherit": ("icd", ["distill.inherit=true"])}
+TABLE = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s", "time/train_s")
+QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
+                    "eval.batch_size=8", "eval.viz_images=0", "model.detections_per_image=10"],
+         "synthetic": ["data.shapes.num_train=16", "data.shapes.num_test=8", "data.shapes.image_height=64",
+                       "data.shapes.image_width=96", "data.min_sizes=[64]", "data.max_size=128", "data.test_size=64"],
+         "bccd": ["data.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
+                  "data.max_size=96", "data.test_size=64"],
+         "teacher": ["solver.max_iter=8"], "student": ["solver.max_iter=6"],
+         "icd": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2"]}
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run: the recipe and --set overrides that reproduce it, and where it lives."""
+
+    name: str
+    seed: int | None
+    recipe: Path
+    overrides: list[str]
+    out: Path
+    teacher_pt: Path | None = None
+
+    @property
+    def cfg(self) -> Config:
+        return load_config(self.recipe, self.overrides)
+
+    def stamp(self) -> dict[str, Any]:
+        """What besides config.yaml decides the result: the teacher checkpoint's digest."""
+        if self.teacher_pt is None or not self.teacher_pt.is_file():
+            return {"teacher_sha256": None}
+        return {"teacher_sha256": hashlib.sha256(self.teacher_pt.read_bytes()).hexdigest()}
+
+    def command(self) -> str:
+        verb = "train" if self.cfg.distill.method == "none" else "distill"
+        sets = " ".join(shlex.quote(f"--set={s}") for s in self.overrides)
+        return f"icdistill {verb} {shlex.quote(str(self.recipe))} --out {shlex.quote(str(self.out))} {sets}"
+
+
+def suite_recipes(suite: str) -> dict[str, Path]:
+    """``{"teacher", "student", "icd"}`` -> the suite's shipped recipe files."""
+    folder, *files = SUITES[suite]
+    return dict(zip(("teacher", "student", "icd"), (RECIPES / folder / f for f in files)))
+
+
+def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
+    """The teacher run and every (student, seed) run of the suite, with their overrides."""
+    recipes = suite_recipes(args.suite)
+    quick = lambda key: QUICK[key] if args.quick else []  # noqa: E731
+    if args.suite == "synthetic":
+        common = [f"data.shapes.root={out / 'data'}"]
+    else:
+        root = Path(args.bccd_root).resolve()
+        if not (root / "ImageSets" / "Main").is_dir():
+            sys.exit(f"accuracy.py: BCCD not found at {root} (expected VOC layout with ImageSets/Main); "
+                     "pass --bccd-root DIR")
+        common = [f"data.root={root}"]
+    common += [*quick("common"), *quick(args.suite)]
+    user, teacher_pt = list(args.set), out / "teacher" / "student.pt"  # the user's --set come last
+    student_iters = load_config(recipes["student"], [*common, *user]).solver.max_iter
+    period = args.eval_period or (4 if args.quick else max(1, student_iters // 5))
+    teacher = Run("teacher", None, recipes["teacher"], [*common, *quick("teacher"), "eval.period=0", *user],
+                  out / "teacher")
+    students = []
+    for name in args.students:
+        role, extra = STUDENTS[name]
+        sets = [*common, *quick(role), *extra, f"eval.period={period}"]
+        sets += [f"teacher.weights={teacher_pt}"] if role == "icd" else []
+        for seed in args.seeds:
+            students.append(Run(name, seed, recipes[role], [*sets, f"solver.seed={seed}", *user],
+                                out / name / f"seed{seed}", teacher_pt if role == "icd" else None))
+    return teacher, students
+
+
+def prepare(run: Run) -> str:
+    """'cached', 'resume' or 'fresh'; a run directory made with another config is deleted."""
+    saved, stamp = run.out / "config.yaml", run.out / "benchmark_stamp.json"
+    if saved.is_file():
+        same = (yaml.safe_load(saved.read_text()) == run.cfg.to_dict() and stamp.is_file()
+                and json.loads(stamp.read_text()) == run.stamp())
+        if same and (run.out / "metrics.json").is_file():
+            return "cached"
+        if same and (run.out / "checkpoints" / "last.pt").is_file():
+            return "resume"
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(run.stamp()))
+    (run.out / "command.txt").write_text(run.command() + "\n")
+    return "fresh"
+
+
+def train_run(recipe: str, overrides: list[str], out: str, resume: bool, threads: int, progress: bool) -> None:
+    """Worker entry point (also used in-process): one training run with ``threads`` threads."""
+    from icdistill.engine.trainer import train
+
+    torch.set_num_threads(threads)
+    train(load_config(recipe, overrides), out, resume=resume, progress=progress)
+
+
+def read_metrics(run: Run) -> dict[str, Any]:
+    """metrics.json with every non-finite value as None."""
+    metrics = json.loads((run.out / "metrics.json").read_text())
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"seeds", "mean", "std"}``: per key the mean and sample std (0 for one seed) of the finite
+    values; None where no seed has one (NaN/null metrics, e.g. APl without large objects)."""
+    keys = list(dict.fromkeys(k for s in seeds for k in s))
+    mean, std = {}, {}
+    for k in keys:
+        vals = [float(s[k]) for s in seeds if isinstance(s.get(k), (int, float)) and math.isfinite(s[k])]
+        mean[k] = statistics.fmean(vals) if vals else None
+        std[k] = (statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+    return {"seeds": seeds, "mean": mean, "std": std}
+
+
+def inherit_skip_reason(run: Run) -> str | None:
+    """Why ``icd_inherit`` cannot run (no neck/head tensor of the teacher fits the student), or None."""
+    from icdistill.distill.inherit import inherit_weights
+    from icdistill.engine.build import build_model
+    from icdistill.engine.checkpoint import load_checkpoint
+
+    cfg, classes = run.cfg, load_checkpoint(run.teacher_pt)["num_classes"]
+    bare = lambda m: dataclasses.replace(m, weights=None, backbone_weights=None)  # noqa: E731
+    report = inherit_weights(build_model(bare(cfg.teacher), classes, "teacher"), build_model(bare(cfg.model), classes, "model"))
+    print(f"icd_inherit: {report.summary(3)}")
+    return None if report.copied else f"no neck/head tensor of the teacher fits the student ({report.summary(3)})"
+
+
+def thread_layout(jobs: int) -> dict[str, int]:
+    """Threads: $OMP_NUM_THREADS or the CPU count for the teacher, split evenly over the jobs."""
+    total = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1
+    return {"jobs": jobs, "threads_per_job": max(1, total // jobs), "teacher_threads": total}
+
+
+def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started: float) -> dict[str, Any]:
+    """Train (or reuse) the teacher alone, then the students (``--jobs`` at a time), printing one
+    line per run; returns the teacher's metrics, the students' aggregates and what was skipped."""
+    layout, counts, progress = thread_layout(args.jobs), {"cached": 0, "trained": 0}, sys.stderr.isatty()
+
+    def report(run: Run, state: str) -> None:
+        m, done = read_metrics(run), {"fresh": "trained", "resume": "resumed"}.get(state, state)
+        counts["cached" if state == "cached" else "trained"] += 1
+        ap = "n/a" if m.get("bbox/AP") is None else f"{m['bbox/AP']:.1f}"
+        print(f"[{args.suite}] {run.name:<11} seed {'-' if run.seed is None else run.seed}: {done:<7} AP {ap}, "
+              f"{m.get('time/iter_s')} s/iter, elapsed {time.perf_counter() - started:.0f} s", flush=True)
+
+    def call(run: Run, state: str, threads: int) -> tuple[Any, ...]:
+        return str(run.recipe), run.overrides, str(run.out), state == "resume", threads
+
+    state = prepare(teacher)
+    if state != "cached":
+        train_run(*call(teacher, state, layout["teacher_threads"]), progress)
+    report(teacher, state)
+    skipped = {}
+    if "icd_inherit" in args.students:
+        reason = inherit_skip_reason(next(r for r in students if r.name == "icd_inherit"))
+        if reason:
+            skipped["icd_inherit"] = reason
+            print(f"skipping icd_inherit: {reason}")
+    runs = [r for r in students if r.name not in skipped]
+    states = {r.out: prepare(r) for r in runs}
+    for r in (r for r in runs if states[r.out] == "cached"):
+        report(r, "cached")
+    todo = [r for r in runs if states[r.out] != "cached"]
+    if args.jobs == 1:
+        for r in todo:
+            train_run(*call(r, states[r.out], layout["threads_per_job"]), progress)
+            report(r, states[r.out])
+    else:
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(train_run, *call(r, states[r.out], layout["threads_per_job"]), False): r
+                       for r in todo}
+            try:
+                for fut in cf.as_completed(futures):
+                    fut.result()
+                    report(futures[fut], states[futures[fut].out])
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    names = [n for n in args.students if n not in skipped]
+    return {"teacher": read_metrics(teacher), "skipped": skipped, "layout": layout, "counts": counts,
+            "students": {n: aggregate([read_metrics(r) for r in runs if r.name == n]) for n in names}}
+
+
+def curves(runs: list[Run]) -> dict[int, list[float]]:
+    """Student iteration -> box AP of each seed, from the periodic evaluations in metrics.jsonl
+    (global iterations minus the ICD decoder warm-up) and the final metrics.json."""
+    points: dict[int, list[float]] = {}
+    for run in runs:
+        cfg = run.cfg
+        offset = cfg.distill.decoder_warmup_iters if cfg.distill.method == "icd" else 0
+        for line in (run.out / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("eval/bbox/AP") is not None:
+                points.setdefault(rec["iter"] - offset, []).append(rec["eval/bbox/AP"])
+        final = read_metrics(run).get("bbox/AP")
+        if final is not None:
+            points.setdefault(cfg.solver.max_iter, []).append(final)
+    return dict(sorted(points.items()))
+
+
+def plot(path: Path, suite: str, students: list[Run], teacher_ap: float | None) -> Path:
+    """Mean box AP over seeds against student iteration (min-max band), the teacher as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r.name for r in students):
+        pts = curves([r for r in students if r.name == name])
+        xs = list(pts)
+        ax.plot(xs, [statistics.fmean(v) for v in pts.values()], marker="o", label=name)
+        ax.fill_between(xs, [min(v) for v in pts.values()], [max(v) for v in pts.values()], alpha=0.2)
+    if teacher_ap is not None:
+        ax.axhline(teacher_ap, color="k", linestyle="--", label="teacher (final)")
+    ax.set(xlabel="student iteration", ylabel="box AP (%)", title=f"{suite}: mean over seeds, min-max band")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def describe(run: Run) -> str:
+    """A table row's model, e.g. ``fcos mobilenet_v2, 250 it + 80 decoder warm-up``."""
+    cfg = run.cfg
+    warm = cfg.distill.decoder_warmup_iters if cfg.distill.method == "icd" else 0
+    return f"{cfg.model.family} {cfg.model.backbone}, {cfg.solver.max_iter} it" + (f" + {warm} decoder warm-up" if warm else "")
+
+
+def hardware() -> dict[str, Any]:
+    """The machine, for the JSON and RESULTS.md."""
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": platform.machine(), "processor": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def cell(data: dict[str, Any], key: str) -> str:
+    """``mean ± std`` (one decimal; time three) of an aggregate, or a plain teacher value."""
+    mean, std = (data["mean"].get(key, "-"), data["std"].get(key)) if "mean" in data else (data.get(key, "-"), None)
+    if mean is None or mean == "-":
+        return "n/a" if mean is None else "-"
+    digits = 3 if key == "time/iter_s" else (0 if key == "time/train_s" else 1)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def results_section(data: dict[str, Any], png: str) -> str:
+    """The suite's Markdown section for docs/RESULTS.md (between its markers)."""
+    meta, st = data["meta"], data["students"]
+    hw, lay = meta["hardware"], meta["layout"]
+    lines = [f"### {meta['suite']}", "",
+             f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
+             f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}; "
+             f"{lay['jobs']} job(s) x {lay['threads_per_job']} thread(s) (teacher: {lay['teacher_threads']}). "
+             f"Wall time {meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, "
+             f"{meta['runs_cached']} reused). Seeds {', '.join(map(str, meta['seeds']))}; "
+             f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
+             f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds / "
+             "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
+             "| model | " + " | ".join(k.split("/")[-1].replace("iter_s", "s/iter").replace("train_s", "train s")
+                                      for k in TABLE) + " |",
+             "| --- |" + " ---: |" * len(TABLE)]
+    for name, d in [("teacher", data["teacher"]), *st.items()]:
+        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in TABLE) + " |")
+    lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
+    ap = {k: v["mean"].get("bbox/AP") for k, v in st.items()}
+    teacher, base, icd, fit = data["teacher"].get("bbox/AP"), ap.get("baseline"), ap.get("icd"), ap.get("fitnet")
+    checks = []
+    if None not in (icd, base):
+        checks.append(f"ICD − baseline mean AP = {icd - base:+.1f} (target ≥ +1.0: {'met' if icd - base >= 1 else 'not met'})")
+    if None not in (icd, fit):
+        checks.append(f"ICD {icd:.1f} vs FitNet {fit:.1f} (target: ICD above: {'met' if icd > fit else 'not met'})")
+    if None not in (teacher, base) and teacher != base:
+        checks += [f"{k} closes {(ap[k] - base) / (teacher - base):.0%} of the teacher–baseline gap"
+                   for k in ("icd", "icd_inherit") if ap.get(k) is not None]
+    lines += ["", "Targets: " + "; ".join(checks) + "." if checks else "", "", f"![AP vs iteration]({png})"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_results(section: str, suite: str, path: Path = RESULTS) -> None:
+    """Replace the suite's section between its markers, or add it (with the heading if absent)."""
+    begin, end = f"<!-- accuracy benchmark {suite}: begin -->", f"<!-- accuracy benchmark {suite}: end -->"
+    block = f"{begin}\n{section}{end}"
+    text = path.read_text()
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        if "## Accuracy benchmark" not in text:
+            block = "## Accuracy benchmark\n\n" + block
+        ends = list(re.finditer(r"<!-- accuracy benchmark \S+: end -->", text))
+        at = ends[-1].end() if ends else (text.index("## Not measured here") if "## Not measured here" in text else len(text))
+        text = text[:at].rstrip("\n") + "\n\n" + block + "\n\n" + text[at:].lstrip("\n")
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=sorted(SUITES), required=True)
+    p.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
+    p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (--quick: 0 1)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
+    p.add_argument("--bccd-root", default=str(ROOT.parent / "shared" / "data" / "bccd"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
+    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
+    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    args = p.parse_args(argv)
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    out = (args.out or ROOT / "benchmark_out" / "accuracy" / (args.suite + "-quick" * args.quick)).resolve()
+    started = time.perf_counter()
+    teacher, students = suite_runs(args, out)
+    res = execute(args, teacher, students, started)
+    to_docs = not args.no_results and (args.results or not args.quick)
+    png = (ROOT / "docs" if to_docs else out) / f"accuracy_{args.suite}.png"
+    plot(png, args.suite, [r for r in students if r.name not in res["skipped"]], res["teacher"].get("bbox/AP"))
+    meta = {"suite": args.suite, "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
+            "date": date.today().isoformat(), "hardware": hardware(), "layout": res["layout"], "seeds": args.seeds,
+            "recipes": {k: str(r.relative_to(RECIPES.parent)) for k, r in suite_recipes(args.suite).items()},
+            "evaluator": teacher.cfg.eval.evaluator, "models": {r.name: describe(r) for r in [teacher, *students]}, "quick": args.quick, "skipped": res["skipped"],
+            "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
+            "wall_s": round(time.perf_counter() - started, 1), "plot": str(png)}
+    data = {"meta": meta, "teacher": res["teacher"], "students": res["students"]}
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2, allow_nan=False))
+    if to_docs:
+        write_results(results_section(data, png.name), args.suite)
+    print(f"\n{results_section(data, str(png))}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
