@@ -237,10 +237,10 @@ def write_results(result: dict) -> None:
     rows = "\n".join(f"| {name} | {v['s_per_iter']:.3f} |" for name, v in steps.items())
     mem = result["icd_weights_memory"]
     text = f"""{BEGIN}
-Command: `python benchmarks/speed.py --json speed.json` on {result['hardware']}, torch
+Command: `python benchmarks/speed.py --json docs/speed.json` on {result['hardware']}, torch
 {result['torch']}, {result['date']}. Median seconds per training iteration over
 {result['iters']} iterations, the demo's models (FCOS, MobileNetV3-Large teacher, MobileNetV2
-student) and one batch of 8 shapes images (~128x176).
+student, ICD decoder width {result['icd_hidden_dim']}) and one batch of 8 shapes images (~128x176).
 
 | step | s / iter |
 |---|---:|
@@ -286,6 +286,7 @@ def main() -> None:
                     f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
         "torch": torch.__version__,
         "iters": args.iters,
+        "icd_hidden_dim": icd.hidden_dim,
         "cpu_demo": steps,
         "icd_overhead_ratio": steps["c_icd"]["s_per_iter"] / steps["b_student_teacher"]["s_per_iter"],
         "icd_weights_memory": weights_memory(),
