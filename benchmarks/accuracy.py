@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -80,8 +81,9 @@ class Run:
     out: Path
     teacher_pt: Path | None = None
 
-    @property
+    @functools.cached_property
     def cfg(self) -> Config:
+        """The resolved config (read once: recipes do not change during a benchmark)."""
         return load_config(self.recipe, self.overrides)
 
     def stamp(self) -> dict[str, Any]:

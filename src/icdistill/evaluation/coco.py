@@ -246,13 +246,7 @@ class COCOEvaluator:
             self.summary = "no detections"
             return {k: 0.0 for task in self.tasks for k in self._metric_keys(task)}
 
-        known = set(self.coco_gt.getImgIds())
-        unknown = [i for i in img_ids if i not in known]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} processed image ids are not in the ground truth, "
-                f"e.g. {unknown[:5]}"
-            )
+        check_known_images(self.coco_gt, img_ids)
 
         metrics: dict[str, float] = {}
         summaries = []
@@ -316,6 +310,17 @@ class COCOEvaluator:
             p = p[p > -1]
             metrics[f"{task}/AP-{name}"] = float(np.mean(p)) * 100.0 if p.size else float("nan")
         return metrics, summary
+
+
+def check_known_images(coco_gt: COCO, img_ids: Sequence[int]) -> None:
+    """Raise ValueError if any processed image id is not in the ground truth ``coco_gt``."""
+    known = set(coco_gt.getImgIds())
+    unknown = [i for i in img_ids if i not in known]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} processed image ids are not in the ground truth, "
+            f"e.g. {unknown[:5]}"
+        )
 
 
 def _percent_or_nan(value: float) -> float:

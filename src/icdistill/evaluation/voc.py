@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 from pycocotools.coco import COCO
 
-from icdistill.evaluation.coco import COCOEvaluator
+from icdistill.evaluation.coco import COCOEvaluator, check_known_images
 
 __all__ = ["IOU_THRESHOLDS", "VOCEvaluator", "voc_ap"]
 
@@ -131,13 +131,7 @@ class VOCEvaluator(COCOEvaluator):
         """AP in percent of each class at each of :data:`IOU_THRESHOLDS`, by class name;
         ``None`` for a class without non-difficult ground truth in the processed images."""
         img_ids = sorted({p["image_id"] for p in self._predictions})
-        known = set(self.coco_gt.getImgIds())
-        unknown = [i for i in img_ids if i not in known]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} processed image ids are not in the ground truth, "
-                f"e.g. {unknown[:5]}"
-            )
+        check_known_images(self.coco_gt, img_ids)
         cat_index = {c: k for k, c in enumerate(self.contiguous_to_cat_id)}
         num_classes = len(self.contiguous_to_cat_id)
 
