@@ -7,6 +7,7 @@ Tensor[N], contiguous ids 0..C-1), ``image_id`` (int) and ``orig_size`` ((h, w) 
 plus ``masks`` (uint8 Tensor[N, h, w], 0/1 instance masks) when built with ``with_masks=True``.
 """
 
+from .build import build_datasets, data_report, resolve_with_masks
 from .cityscapes import CITYSCAPES_CLASSES, load_cityscapes
 from .coco import CocoDetection
 from .loader import ShardSampler, TrainSampler, aug_seed_for, build_test_loader, build_train_loader
@@ -26,14 +27,17 @@ __all__ = [
     "ShardSampler",
     "TrainSampler",
     "aug_seed_for",
+    "build_datasets",
     "build_test_loader",
     "build_train_loader",
     "build_transforms",
     "compute_prior",
+    "data_report",
     "generate_shapes",
     "VOC_CLASSES",
     "load_voc",
     "load_voc_folder",
     "load_yolo",
     "load_cityscapes",
+    "resolve_with_masks",
 ]

@@ -126,8 +126,6 @@ def load_cityscapes(root: str | os.PathLike, split: str = "train") -> tuple[dict
             (image and expected json named); a polygon json is broken, lacks the image size or
             has a malformed object (file named).
     """
-    from pycocotools import mask as mask_utils
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"Cityscapes folder not found: {root}")
@@ -142,7 +140,6 @@ def load_cityscapes(root: str | os.PathLike, split: str = "train") -> tuple[dict
     if not files:
         raise DataError(f"no Cityscapes images (<city>/*{_IMAGE_SUFFIX}) in {image_root}")
 
-    cat_of = {n: i + 1 for i, n in enumerate(CITYSCAPES_CLASSES)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     ignored: Counter[str] = Counter()
@@ -156,32 +153,12 @@ def load_cityscapes(root: str | os.PathLike, split: str = "train") -> tuple[dict
                             f"does not exist")
         height, width, objects = _read_polygon_json(json_path)
         img_id = len(images) + 1
-        images.append({"id": img_id, "file_name": f"{city}/{img_path.name}", "width": width,
-                       "height": height, "cityscapes_id": stem})
-        for k, obj in enumerate(objects):
-            if isinstance(obj, dict) and obj.get("deleted"):
-                continue
-            label, flat = _polygon(obj, k, json_path)
-            crowd = label.endswith(_GROUP) and label[: -len(_GROUP)] in cat_of
-            cat = cat_of.get(label[: -len(_GROUP)] if crowd else label)
-            if cat is None:
-                ignored[label] += 1
-                continue
-            if len(flat) < 6:
-                too_small += 1
-                continue
-            xs, ys = flat[0::2], flat[1::2]
-            x0, y0 = min(xs), min(ys)
-            area = float(mask_utils.area(mask_utils.frPyObjects([flat], height, width))[0])
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": img_id,
-                "category_id": cat,
-                "segmentation": [flat],
-                "bbox": [x0, y0, max(xs) - x0, max(ys) - y0],
-                "area": area,
-                "iscrowd": int(crowd),
-            })
+        image = {"id": img_id, "file_name": f"{city}/{img_path.name}", "width": width,
+                 "height": height, "cityscapes_id": stem}
+        images.append(image)
+        kept, small = _object_annotations(objects, json_path, image, ignored)
+        annotations += [{"id": len(annotations) + 1 + i, **ann} for i, ann in enumerate(kept)]
+        too_small += small
     if ignored:
         log.debug("Cityscapes %s: left out %d objects of non-instance labels: %s", split,
                   sum(ignored.values()), dict(sorted(ignored.items())))
@@ -190,3 +167,40 @@ def load_cityscapes(root: str | os.PathLike, split: str = "train") -> tuple[dict
     categories = [{"id": i + 1, "name": n, "supercategory": "cityscapes"}
                   for i, n in enumerate(CITYSCAPES_CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories}, image_root
+
+
+def _object_annotations(
+    objects: list[Any], json_path: Path, image: dict[str, Any], ignored: Counter[str]
+) -> tuple[list[dict[str, Any]], int]:
+    """Annotations (without ``id``) of the kept objects of one image, and how many polygons of
+    fewer than 3 points were left out; labels that are not instance classes count in ``ignored``."""
+    from pycocotools import mask as mask_utils
+
+    cat_of = {n: i + 1 for i, n in enumerate(CITYSCAPES_CLASSES)}
+    height, width = image["height"], image["width"]
+    kept: list[dict[str, Any]] = []
+    too_small = 0
+    for k, obj in enumerate(objects):
+        if isinstance(obj, dict) and obj.get("deleted"):
+            continue
+        label, flat = _polygon(obj, k, json_path)
+        crowd = label.endswith(_GROUP) and label[: -len(_GROUP)] in cat_of
+        cat = cat_of.get(label[: -len(_GROUP)] if crowd else label)
+        if cat is None:
+            ignored[label] += 1
+            continue
+        if len(flat) < 6:
+            too_small += 1
+            continue
+        xs, ys = flat[0::2], flat[1::2]
+        x0, y0 = min(xs), min(ys)
+        area = float(mask_utils.area(mask_utils.frPyObjects([flat], height, width))[0])
+        kept.append({
+            "image_id": image["id"],
+            "category_id": cat,
+            "segmentation": [flat],
+            "bbox": [x0, y0, max(xs) - x0, max(ys) - y0],
+            "area": area,
+            "iscrowd": int(crowd),
+        })
+    return kept, too_small

@@ -199,108 +199,11 @@ class CocoDetection(Dataset):
         self.skip_unreadable = bool(skip_unreadable)
         self.source = source
 
-        # --- categories -> contiguous ids
-        try:
-            cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-            self.contiguous_to_cat_id: list[int] = [int(c["id"]) for c in cats]
-            self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{label}: malformed 'categories' entry "
-                            f"({e!r}); each needs an integer 'id' and a 'name'") from e
-        if len(set(self.contiguous_to_cat_id)) != len(self.contiguous_to_cat_id):
-            raise DataError(f"{label}: duplicate category ids")
-        self.cat_id_to_contiguous: dict[int, int] = {
-            c: i for i, c in enumerate(self.contiguous_to_cat_id)}
-
-        # --- images
-        self._images: list[dict[str, Any]] = []
-        by_id: dict[int, int] = {}
-        for img in data["images"]:
-            try:
-                rec = {"id": int(img["id"]), "file_name": str(img["file_name"]),
-                       "width": int(img["width"]), "height": int(img["height"])}
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(f"{label}: malformed 'images' entry "
-                                f"{str(img)[:200]} ({e!r}); each needs 'id', 'file_name', "
-                                f"'width' and 'height'") from e
-            if rec["width"] <= 0 or rec["height"] <= 0:
-                raise DataError(f"{label}: image {rec['file_name']} has "
-                                f"non-positive size {rec['width']}x{rec['height']}")
-            if rec["id"] in by_id:
-                raise DataError(f"{label}: duplicate image id {rec['id']}")
-            by_id[rec["id"]] = len(self._images)
-            rec["boxes"], rec["labels"] = [], []
-            if self.with_masks:
-                rec["segs"] = []
-            self._images.append(rec)
-
-        # --- annotations: check, repair, drop
-        counts = {p: 0 for p in _PROBLEMS}
-        files: dict[str, set[str]] = {p: set() for p in _PROBLEMS}
-        kept = 0
-        for n, ann in enumerate(data["annotations"]):
-            if not isinstance(ann, dict):
-                raise DataError(f"{label}: annotation #{n} is not an object")
-            ann.setdefault("id", n + 1)
-            ann.setdefault("iscrowd", 0)
-            pos = by_id.get(_as_int(ann.get("image_id")))
-            if pos is None:
-                counts["unknown_image"] += 1
-                files["unknown_image"].add(f"image_id={ann.get('image_id')}")
-                continue
-            rec = self._images[pos]
-            name = rec["file_name"]
-            box = _as_box(ann.get("bbox"))
-            if "area" not in ann:
-                ann["area"] = float(box[2] * box[3]) if box is not None else 0.0
-            cat = self.cat_id_to_contiguous.get(_as_int(ann.get("category_id")))
-            if cat is None:
-                counts["unknown_category"] += 1
-                files["unknown_category"].add(name)
-                continue
-            if ann.get("iscrowd", 0):
-                counts["crowd"] += 1
-                files["crowd"].add(name)
-                continue
-            if box is None or box[2] <= 0 or box[3] <= 0:
-                counts["degenerate_boxes"] += 1
-                files["degenerate_boxes"].add(name)
-                continue
-            x0, y0 = box[0], box[1]
-            x1, y1 = x0 + box[2], y0 + box[3]
-            W, H = rec["width"], rec["height"]
-            cx0, cy0 = min(max(x0, 0.0), W), min(max(y0, 0.0), H)
-            cx1, cy1 = min(max(x1, 0.0), W), min(max(y1, 0.0), H)
-            if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
-                counts["degenerate_boxes"] += 1
-                files["degenerate_boxes"].add(name)
-                continue
-            if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-                counts["repaired_boxes"] += 1
-                files["repaired_boxes"].add(name)
-            if self.with_masks:
-                try:
-                    seg = _check_segmentation(ann.get("segmentation"), H, W)
-                except ValueError as e:
-                    raise DataError(f"{label}: annotation id {ann.get('id')} of image {name} "
-                                    f"has a malformed 'segmentation': {e}") from e
-                rec["segs"].append(seg)
-            rec["boxes"].append((cx0, cy0, cx1, cy1))
-            rec["labels"].append(cat)
-            kept += 1
-        for rec in self._images:
-            rec["boxes"] = np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4)
-            rec["labels"] = np.asarray(rec["labels"], dtype=np.int64).reshape(-1)
-
+        self._index_categories(data["categories"], label)
+        self._images, by_id = _image_records(data["images"], label, self.with_masks)
+        counts, files = self._attach_annotations(data["annotations"], by_id, label)
         if self.skip_unreadable:
-            readable = []
-            for rec in self._images:
-                if _header_ok(self.image_dir / rec["file_name"]):
-                    readable.append(rec)
-                else:
-                    counts["unreadable_images"] += 1
-                    files["unreadable_images"].add(rec["file_name"])
-            self._images = readable
+            self._drop_unreadable(counts, files)
 
         self.image_ids: list[int] = [rec["id"] for rec in self._images]
         self.report: dict[str, Any] = {
@@ -315,18 +218,93 @@ class CocoDetection(Dataset):
 
         if self.with_masks:
             _fill_missing_segmentations(data["annotations"])
+        self.coco = _coco_index(data, label)
 
-        from pycocotools.coco import COCO
+    def _index_categories(self, categories: list, label: str) -> None:
+        """Categories sorted by COCO id -> contiguous ids 0..C-1 (``class_names`` and both maps)."""
+        try:
+            cats = sorted(categories, key=lambda c: int(c["id"]))
+            self.contiguous_to_cat_id: list[int] = [int(c["id"]) for c in cats]
+            self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{label}: malformed 'categories' entry "
+                            f"({e!r}); each needs an integer 'id' and a 'name'") from e
+        if len(set(self.contiguous_to_cat_id)) != len(self.contiguous_to_cat_id):
+            raise DataError(f"{label}: duplicate category ids")
+        self.cat_id_to_contiguous: dict[int, int] = {
+            c: i for i, c in enumerate(self.contiguous_to_cat_id)}
 
-        coco = COCO()
-        coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):
+    def _attach_annotations(
+        self, annotations: list, by_id: dict[int, int], label: str
+    ) -> tuple[dict[str, int], dict[str, set[str]]]:
+        """Check, repair or drop each annotation, attaching the kept ones to their image record
+        (then turned into ``boxes`` float32 ndarray[N, 4] xyxy and ``labels`` int64 ndarray[N]).
+
+        Returns ``(counts, files)``: per problem, how many annotations and which file names.
+        """
+        counts = {p: 0 for p in _PROBLEMS}
+        files: dict[str, set[str]] = {p: set() for p in _PROBLEMS}
+        for n, ann in enumerate(annotations):
+            problem, name = self._attach_annotation(n, ann, by_id, label)
+            if problem is not None:
+                counts[problem] += 1
+                files[problem].add(name)
+        for rec in self._images:
+            rec["boxes"] = np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4)
+            rec["labels"] = np.asarray(rec["labels"], dtype=np.int64).reshape(-1)
+        return counts, files
+
+    def _attach_annotation(
+        self, n: int, ann: Any, by_id: dict[int, int], label: str
+    ) -> tuple[str | None, str]:
+        """Annotation #n: fill in missing ``id`` / ``iscrowd`` / ``area`` (in place), keep its
+        clipped box (and checked segmentation) on its image record unless it is dropped.
+
+        Returns ``(problem, name)``: the problem counted for it (``None`` when kept unrepaired;
+        ``repaired_boxes`` is kept too) and the file name (or ``image_id=...``) reported.
+        """
+        if not isinstance(ann, dict):
+            raise DataError(f"{label}: annotation #{n} is not an object")
+        ann.setdefault("id", n + 1)
+        ann.setdefault("iscrowd", 0)
+        pos = by_id.get(_as_int(ann.get("image_id")))
+        if pos is None:
+            return "unknown_image", f"image_id={ann.get('image_id')}"
+        rec = self._images[pos]
+        name = rec["file_name"]
+        box = _as_box(ann.get("bbox"))
+        if "area" not in ann:
+            ann["area"] = float(box[2] * box[3]) if box is not None else 0.0
+        cat = self.cat_id_to_contiguous.get(_as_int(ann.get("category_id")))
+        if cat is None:
+            return "unknown_category", name
+        if ann.get("iscrowd", 0):
+            return "crowd", name
+        clipped = _clip_box(box, rec["width"], rec["height"])
+        if clipped is None:
+            return "degenerate_boxes", name
+        xyxy, repaired = clipped
+        if self.with_masks:
             try:
-                coco.createIndex()
-            except (KeyError, TypeError) as e:
-                raise DataError(f"{label}: pycocotools cannot index it "
-                                f"({e!r})") from e
-        self.coco = coco
+                seg = _check_segmentation(ann.get("segmentation"), rec["height"], rec["width"])
+            except ValueError as e:
+                raise DataError(f"{label}: annotation id {ann.get('id')} of image {name} "
+                                f"has a malformed 'segmentation': {e}") from e
+            rec["segs"].append(seg)
+        rec["boxes"].append(xyxy)
+        rec["labels"].append(cat)
+        return ("repaired_boxes" if repaired else None), name
+
+    def _drop_unreadable(self, counts: dict[str, int], files: dict[str, set[str]]) -> None:
+        """Leave out images whose header cannot be read, counting them as ``unreadable_images``."""
+        readable = []
+        for rec in self._images:
+            if _header_ok(self.image_dir / rec["file_name"]):
+                readable.append(rec)
+            else:
+                counts["unreadable_images"] += 1
+                files["unreadable_images"].add(rec["file_name"])
+        self._images = readable
 
     # ------------------------------------------------------------------------------------------
 
@@ -479,6 +457,63 @@ def _as_int(v: Any) -> int | None:
         return int(v)
     except (TypeError, ValueError):
         return None
+
+
+def _image_records(images: list, label: str, with_masks: bool) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """Checked image records (``id``, ``file_name``, ``width``, ``height`` and empty ``boxes`` /
+    ``labels``, plus ``segs`` with masks) in json order, and the position of each image id."""
+    records: list[dict[str, Any]] = []
+    by_id: dict[int, int] = {}
+    for img in images:
+        try:
+            rec = {"id": int(img["id"]), "file_name": str(img["file_name"]),
+                   "width": int(img["width"]), "height": int(img["height"])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{label}: malformed 'images' entry "
+                            f"{str(img)[:200]} ({e!r}); each needs 'id', 'file_name', "
+                            f"'width' and 'height'") from e
+        if rec["width"] <= 0 or rec["height"] <= 0:
+            raise DataError(f"{label}: image {rec['file_name']} has "
+                            f"non-positive size {rec['width']}x{rec['height']}")
+        if rec["id"] in by_id:
+            raise DataError(f"{label}: duplicate image id {rec['id']}")
+        by_id[rec["id"]] = len(records)
+        rec["boxes"], rec["labels"] = [], []
+        if with_masks:
+            rec["segs"] = []
+        records.append(rec)
+    return records, by_id
+
+
+def _clip_box(
+    box: tuple[float, float, float, float] | None, W: int, H: int
+) -> tuple[tuple[float, float, float, float], bool] | None:
+    """COCO [x, y, w, h] clipped to a W x H image as xyxy pixels, and whether clipping changed
+    it; ``None`` for a missing box or one with zero width or height (before or after clipping)."""
+    if box is None or box[2] <= 0 or box[3] <= 0:
+        return None
+    x0, y0 = box[0], box[1]
+    x1, y1 = x0 + box[2], y0 + box[3]
+    cx0, cy0 = min(max(x0, 0.0), W), min(max(y0, 0.0), H)
+    cx1, cy1 = min(max(x1, 0.0), W), min(max(y1, 0.0), H)
+    if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+        return None
+    return (cx0, cy0, cx1, cy1), (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1)
+
+
+def _coco_index(data: dict, label: str) -> Any:
+    """The indexed ``pycocotools.coco.COCO`` ground truth over ``data`` (taken over)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            coco.createIndex()
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{label}: pycocotools cannot index it "
+                            f"({e!r})") from e
+    return coco
 
 
 def _as_box(v: Any) -> tuple[float, float, float, float] | None:

@@ -122,14 +122,7 @@ def generate_shapes(
     """
     root = Path(root)
     h, w = (int(v) for v in image_size)
-    if num_train < 1 or num_test < 0:
-        raise DataError(f"generate_shapes: num_train must be >= 1 and num_test >= 0, got "
-                        f"{num_train} and {num_test}")
-    if h < 32 or w < 32:
-        raise DataError(f"generate_shapes: image_size must be at least (32, 32), got {image_size}")
-    if not 0.0 <= size_jitter < 0.5:
-        raise DataError(f"generate_shapes: size_jitter must be in [0, 0.5), got {size_jitter}")
-
+    _check_shapes_args(num_train, num_test, image_size, size_jitter)
     params = {
         "generator_version": _GENERATOR_VERSION,
         "num_train": int(num_train),
@@ -143,17 +136,7 @@ def generate_shapes(
     manifest = root / "manifest.json"
     if _is_complete(paths, manifest, params):
         return paths
-
-    try:
-        for folder in (paths.train_images, paths.test_images, paths.train_json.parent):
-            folder.mkdir(parents=True, exist_ok=True)
-        if manifest.exists():
-            manifest.unlink()  # an interrupted regeneration must not look complete
-        for folder in (paths.train_images, paths.test_images):
-            for old in folder.glob("*.png"):
-                old.unlink()
-    except OSError as e:
-        raise DataError(f"cannot write the shapes data set under {root}: {e}") from e
+    _clear_for_regeneration(paths, manifest)
 
     bar = None
     if progress:
@@ -174,6 +157,32 @@ def generate_shapes(
         if bar is not None:
             bar.close()
     return paths
+
+
+def _check_shapes_args(num_train: int, num_test: int, image_size: tuple[int, int], size_jitter: float) -> None:
+    """DataError naming the first out-of-range argument of :func:`generate_shapes`."""
+    h, w = (int(v) for v in image_size)
+    if num_train < 1 or num_test < 0:
+        raise DataError(f"generate_shapes: num_train must be >= 1 and num_test >= 0, got "
+                        f"{num_train} and {num_test}")
+    if h < 32 or w < 32:
+        raise DataError(f"generate_shapes: image_size must be at least (32, 32), got {image_size}")
+    if not 0.0 <= size_jitter < 0.5:
+        raise DataError(f"generate_shapes: size_jitter must be in [0, 0.5), got {size_jitter}")
+
+
+def _clear_for_regeneration(paths: ShapesPaths, manifest: Path) -> None:
+    """Create the folders, remove the manifest and every old PNG before regenerating."""
+    try:
+        for folder in (paths.train_images, paths.test_images, paths.train_json.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        if manifest.exists():
+            manifest.unlink()  # an interrupted regeneration must not look complete
+        for folder in (paths.train_images, paths.test_images):
+            for old in folder.glob("*.png"):
+                old.unlink()
+    except OSError as e:
+        raise DataError(f"cannot write the shapes data set under {paths.root}: {e}") from e
 
 
 def _is_complete(paths: ShapesPaths, manifest: Path, params: dict) -> bool:

@@ -274,63 +274,86 @@ def load_voc(
         splits = (splits,)
     if not splits:
         raise DataError("load_voc: no split given")
-    if years is None:
-        folders = [(root, "")]
-        image_root = root / "JPEGImages"
-    else:
-        if isinstance(years, str):
-            years = (years,)
-        if not years:
-            raise DataError("load_voc: years is empty")
-        folders = []
-        for y in years:
-            sub = str(y) if str(y).startswith("VOC") else f"VOC{y}"
-            if not (root / sub).is_dir():
-                raise DataError(f"VOCdevkit {root}: year folder not found: {root / sub}")
-            folders.append((root / sub, f"{sub}/"))
-        image_root = root
-
+    folders, image_root = _voc_folders(root, years)
     loaded: list[tuple[str, str, VOCRecord]] = []  # (voc id, file name, record)
     seen: set[str] = set()
     for folder, prefix in folders:
         ann_dir = folder / "Annotations"
         if not ann_dir.is_dir():
             raise DataError(f"VOC annotations folder not found: {ann_dir}")
-        jpeg_dir = folder / "JPEGImages"
         for split in splits:
-            split_file = folder / "ImageSets" / "Main" / f"{split}.txt"
-            if not split_file.is_file():
-                raise DataError(f"VOC split file not found: {split_file} (split '{split}')")
-            try:
-                lines = split_file.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise DataError(f"cannot read VOC split file {split_file}: {e}") from e
-            for line in lines:
-                parts = line.split()
-                if not parts:
-                    continue
-                stem = parts[0]
-                key = prefix + stem
-                if key in seen:
-                    continue
-                seen.add(key)
-                xml = ann_dir / f"{stem}.xml"
-                if not xml.is_file():
-                    raise DataError(f"VOC split {split_file} lists '{stem}' but its annotation "
-                                    f"{xml} does not exist")
-                rec = parse_voc_xml(xml)
-                file_name = prefix + ("JPEGImages/" if prefix else "") + _image_file(
-                    jpeg_dir, stem, rec.filename)
-                loaded.append((key, file_name, rec))
+            loaded += _load_voc_split(folder, prefix, split, seen)
+    names = _voc_class_names(class_names, loaded, folders)
+    records = [(i + 1, fn, rec) for i, (_, fn, rec) in enumerate(loaded)]
+    extra = [{"voc_id": key} for key, _, _ in loaded]
+    return _to_coco(records, names, keep_difficult, extra), image_root
 
+
+def _voc_folders(root: Path, years: Sequence[str] | None) -> tuple[list[tuple[Path, str]], Path]:
+    """``([(VOC folder, file name prefix)], image root)`` of a VOC folder (``years`` None) or of
+    the year folders ``VOC<year>/`` of a VOCdevkit (prefix ``VOC<year>/``, image root ``root``)."""
+    if years is None:
+        return [(root, "")], root / "JPEGImages"
+    if isinstance(years, str):
+        years = (years,)
+    if not years:
+        raise DataError("load_voc: years is empty")
+    folders = []
+    for y in years:
+        sub = str(y) if str(y).startswith("VOC") else f"VOC{y}"
+        if not (root / sub).is_dir():
+            raise DataError(f"VOCdevkit {root}: year folder not found: {root / sub}")
+        folders.append((root / sub, f"{sub}/"))
+    return folders, root
+
+
+def _split_ids(split_file: Path, split: str) -> list[str]:
+    """The ids of ``ImageSets/Main/<split>.txt``: the first word of each non-empty line."""
+    if not split_file.is_file():
+        raise DataError(f"VOC split file not found: {split_file} (split '{split}')")
+    try:
+        lines = split_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read VOC split file {split_file}: {e}") from e
+    return [parts[0] for parts in (line.split() for line in lines) if parts]
+
+
+def _load_voc_split(
+    folder: Path, prefix: str, split: str, seen: set[str]
+) -> list[tuple[str, str, VOCRecord]]:
+    """``(voc id, file name, record)`` of each id of ``split`` in ``folder`` not in ``seen``
+    (``seen`` is updated; voc ids and file names carry ``prefix``)."""
+    split_file = folder / "ImageSets" / "Main" / f"{split}.txt"
+    ann_dir, jpeg_dir = folder / "Annotations", folder / "JPEGImages"
+    loaded = []
+    for stem in _split_ids(split_file, split):
+        key = prefix + stem
+        if key in seen:
+            continue
+        seen.add(key)
+        xml = ann_dir / f"{stem}.xml"
+        if not xml.is_file():
+            raise DataError(f"VOC split {split_file} lists '{stem}' but its annotation "
+                            f"{xml} does not exist")
+        rec = parse_voc_xml(xml)
+        file_name = prefix + ("JPEGImages/" if prefix else "") + _image_file(
+            jpeg_dir, stem, rec.filename)
+        loaded.append((key, file_name, rec))
+    return loaded
+
+
+def _voc_class_names(
+    class_names: Sequence[str] | None,
+    loaded: Sequence[tuple[str, str, VOCRecord]],
+    folders: Sequence[tuple[Path, str]],
+) -> list[str]:
+    """:func:`_resolve_classes` over the loaded objects; the fallback (names of every XML of the
+    folders) is only read when it can be needed, as it parses all of them."""
     found = sorted({o.name for _, _, rec in loaded for o in rec.objects})
     fallback = None
     if class_names is None and not set(found) <= set(VOC_CLASSES):
         fallback = sorted(set().union(*(_all_names(f / "Annotations") for f, _ in folders)))
-    names = _resolve_classes(class_names, found, fallback)
-    records = [(i + 1, fn, rec) for i, (_, fn, rec) in enumerate(loaded)]
-    extra = [{"voc_id": key} for key, _, _ in loaded]
-    return _to_coco(records, names, keep_difficult, extra), image_root
+    return _resolve_classes(class_names, found, fallback)
 
 
 def load_voc_folder(

@@ -108,57 +108,19 @@ def load_yolo(
     lbl_dir = root / "labels" / split
     if not img_dir.is_dir():
         raise DataError(f"YOLO image folder not found: {img_dir}")
-    if names_file is not None:
-        p = Path(names_file)
-        names = read_yolo_names(p if p.is_absolute() else root / p)
-    else:
-        for cand in _NAME_FILES:
-            if (root / cand).is_file():
-                names = read_yolo_names(root / cand)
-                break
-        else:
-            raise DataError(f"YOLO folder {root}: no class names file (looked for "
-                            f"{', '.join(_NAME_FILES)}); pass names_file")
-
+    names = _class_names(root, names_file)
     images_paths = sorted((p for p in img_dir.iterdir()
                            if p.is_file() and p.suffix.lower() in _IMAGE_EXTS),
                           key=lambda p: p.name)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for img_id, path in enumerate(images_paths, start=1):
-        try:
-            with Image.open(path) as im:
-                width, height = im.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read the header of image {path}: {e}") from e
-        images.append({"id": img_id, "file_name": path.name, "width": int(width),
-                       "height": int(height)})
+        width, height = _image_size(path)
+        images.append({"id": img_id, "file_name": path.name, "width": width, "height": height})
         label = lbl_dir / f"{path.stem}.txt"
         if not label.is_file():
             continue
-        try:
-            lines = label.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read YOLO label file {label}: {e}") from e
-        for lineno, line in enumerate(lines, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            where = f"{label}:{lineno}"
-            if len(parts) != 5:
-                raise DataError(f"{where}: expected 5 values 'class cx cy w h', got "
-                                f"{len(parts)}: {line.strip()[:80]!r}")
-            try:
-                cls = int(parts[0])
-                cx, cy, w, h = (float(v) for v in parts[1:])
-            except ValueError as e:
-                raise DataError(f"{where}: malformed YOLO label line {line.strip()[:80]!r} "
-                                f"(integer class, then 4 numbers expected)") from e
-            if not all(math.isfinite(v) for v in (cx, cy, w, h)):
-                raise DataError(f"{where}: non-finite value in {line.strip()[:80]!r}")
-            if not 0 <= cls < len(names):
-                raise DataError(f"{where}: class index {cls} out of range 0..{len(names) - 1} "
-                                f"({len(names)} class names)")
+        for cls, cx, cy, w, h in _read_label_file(label, len(names)):
             bw, bh = w * width, h * height
             bbox = [(cx - w / 2.0) * width, (cy - h / 2.0) * height, bw, bh]
             annotations.append({
@@ -171,3 +133,56 @@ def load_yolo(
             })
     categories = [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(names)]
     return {"images": images, "annotations": annotations, "categories": categories}, img_dir
+
+
+def _class_names(root: Path, names_file: str | os.PathLike | None) -> list[str]:
+    """Class names from ``names_file`` (relative to ``root`` or absolute), else from the first
+    of :data:`_NAME_FILES` found in ``root``."""
+    if names_file is not None:
+        p = Path(names_file)
+        return read_yolo_names(p if p.is_absolute() else root / p)
+    for cand in _NAME_FILES:
+        if (root / cand).is_file():
+            return read_yolo_names(root / cand)
+    raise DataError(f"YOLO folder {root}: no class names file (looked for "
+                    f"{', '.join(_NAME_FILES)}); pass names_file")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header (PIL, no decoding); DataError names the file."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read the header of image {path}: {e}") from e
+    return int(width), int(height)
+
+
+def _read_label_file(label: Path, num_classes: int) -> list[tuple[int, float, float, float, float]]:
+    """``(class, cx, cy, w, h)`` (normalised) of each non-empty line of a YOLO label file."""
+    try:
+        lines = label.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read YOLO label file {label}: {e}") from e
+    return [_parse_label_line(line, f"{label}:{lineno}", num_classes)
+            for lineno, line in enumerate(lines, start=1) if line.split()]
+
+
+def _parse_label_line(line: str, where: str, num_classes: int) -> tuple[int, float, float, float, float]:
+    """One ``class cx cy w h`` line; DataError names ``where`` (``file:line``)."""
+    parts = line.split()
+    if len(parts) != 5:
+        raise DataError(f"{where}: expected 5 values 'class cx cy w h', got "
+                        f"{len(parts)}: {line.strip()[:80]!r}")
+    try:
+        cls = int(parts[0])
+        cx, cy, w, h = (float(v) for v in parts[1:])
+    except ValueError as e:
+        raise DataError(f"{where}: malformed YOLO label line {line.strip()[:80]!r} "
+                        f"(integer class, then 4 numbers expected)") from e
+    if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+        raise DataError(f"{where}: non-finite value in {line.strip()[:80]!r}")
+    if not 0 <= cls < num_classes:
+        raise DataError(f"{where}: class index {cls} out of range 0..{num_classes - 1} "
+                        f"({num_classes} class names)")
+    return cls, cx, cy, w, h

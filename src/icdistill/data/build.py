@@ -1,0 +1,146 @@
+"""From the ``data`` section of a config to the training and test datasets.
+
+Every format becomes a :class:`CocoDetection`, so transforms, the prior, the report and
+evaluation are the same for all. Every check that can fail on user input (missing config keys,
+missing files, differing class lists, an empty training set, unreadable images) runs here,
+before any training step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..errors import ConfigError, DataError, ModelMismatchError
+from .cityscapes import load_cityscapes
+from .coco import CocoDetection, Transform
+from .synthetic import generate_shapes
+from .transforms import build_transforms
+from .voc import load_voc, load_voc_folder
+from .yolo import load_yolo
+
+__all__ = ["build_datasets", "data_report", "resolve_with_masks"]
+
+#: ``(coco_dict, image_root, source)`` of one split read by a non-COCO reader.
+_Split = tuple[dict, Path, str]
+
+
+def resolve_with_masks(data_cfg: DataConfig, family_has_masks: bool) -> bool:
+    """Whether instance masks are loaded: ``data.with_masks`` when set, else whether the model
+    family predicts masks (Mask R-CNN)."""
+    if data_cfg.with_masks is not None:
+        return data_cfg.with_masks
+    return family_has_masks
+
+
+def build_datasets(
+    data_cfg: DataConfig, *, with_masks: bool, progress: bool = True
+) -> tuple[CocoDetection, CocoDetection]:
+    """Training and test datasets of ``data_cfg`` with their transforms (shapes data is
+    generated if needed); with ``with_masks`` targets also carry instance ``masks``.
+
+    Items are ``(image float Tensor[3, h, w] in [0, 1], target)`` with ``boxes`` float
+    Tensor[N, 4] xyxy pixels of the transformed image (see :mod:`icdistill.data.coco`). With
+    ``data.filter_empty`` training images without a box are left out; with
+    ``data.validate_images`` every image header is checked up front.
+
+    Raises:
+        ConfigError: a key the format needs is missing (the key is named).
+        ModelMismatchError: the training and test classes differ.
+        DataError: the training set has no image, or a file is missing or broken.
+    """
+    train_tf = build_transforms(train=True, min_sizes=data_cfg.min_sizes, max_size=data_cfg.max_size,
+                                flip_prob=data_cfg.flip_prob)
+    test_tf = build_transforms(train=False, min_sizes=(data_cfg.test_size,), max_size=data_cfg.max_size)
+    train, test = _load_datasets(data_cfg, train_tf, test_tf, with_masks=with_masks, progress=progress)
+    if data_cfg.filter_empty:
+        train.drop_images_without_annotations()
+    if train.class_names != test.class_names:
+        raise ModelMismatchError(
+            f"training classes {train.class_names} differ from test classes {test.class_names}"
+        )
+    if len(train) == 0:
+        raise DataError(f"the training set {train.source} has no images")
+    if data_cfg.validate_images:
+        train.check_images(progress=progress)
+        test.check_images(progress=progress)
+    return train, test
+
+
+def data_report(train: CocoDetection, test: CocoDetection) -> dict[str, Any]:
+    """What the loaders found and repaired, per split (``data_report.json`` of a run)."""
+    return {
+        split: {"source": str(ds.source), "classes": ds.class_names, **ds.report}
+        for split, ds in (("train", train), ("test", test))
+    }
+
+
+def _load_datasets(
+    data: DataConfig, train_tf: Transform, test_tf: Transform, *, with_masks: bool, progress: bool
+) -> tuple[CocoDetection, CocoDetection]:
+    """The two datasets as read, before filtering and checks."""
+    options = {"skip_unreadable": data.skip_unreadable, "with_masks": with_masks}
+    if data.format == "shapes":
+        s = data.shapes
+        paths = generate_shapes(
+            s.root, num_train=s.num_train, num_test=s.num_test,
+            image_size=(s.image_height, s.image_width), seed=s.seed, progress=progress,
+        )
+        return (CocoDetection(paths.train_images, paths.train_json, train_tf, **options),
+                CocoDetection(paths.test_images, paths.test_json, test_tf, **options))
+    if data.format == "coco":
+        for key in ("train_images", "train_ann", "test_images", "test_ann"):
+            if not getattr(data, key):
+                raise ConfigError(f"config key 'data.{key}' is required for data.format 'coco'")
+        return (CocoDetection(data.train_images, data.train_ann, train_tf, **options),
+                CocoDetection(data.test_images, data.test_ann, test_tf, **options))
+    (train_dict, train_root, train_src), (test_dict, test_root, test_src) = _coco_dicts(data)
+    return (CocoDetection.from_dict(train_dict, train_root, train_tf, source=train_src, **options),
+            CocoDetection.from_dict(test_dict, test_root, test_tf, source=test_src, **options))
+
+
+def _coco_dicts(data: DataConfig) -> tuple[_Split, _Split]:
+    """(coco_dict, image_root, source) of the training and test split of a non-COCO format."""
+    if not data.root:
+        raise ConfigError(f"config key 'data.root' is required for data.format '{data.format}'")
+    if data.format == "voc":
+        return _voc_dicts(data)
+    if data.format == "cityscapes":
+        train_split, test_split = data.train_splits[0], data.test_splits[0]
+        return (
+            (*load_cityscapes(data.root, split=train_split), f"{data.root} ({train_split})"),
+            (*load_cityscapes(data.root, split=test_split), f"{data.root} ({test_split})"),
+        )
+    if data.format == "voc_folder":
+        names = list(data.class_names) if data.class_names else None
+
+        def split(name: str) -> tuple[dict, Path]:
+            return load_voc_folder(data.root, class_names=names, split=name, test_fraction=data.test_fraction,
+                                   seed=data.split_seed, keep_difficult=data.keep_difficult)
+
+        return (*split("train"), f"{data.root} (train)"), (*split("test"), f"{data.root} (test)")
+    # yolo
+    train_split, test_split = data.train_splits[0], data.test_splits[0]
+    return (
+        (*load_yolo(data.root, split=train_split, names_file=data.names_file), f"{data.root} ({train_split})"),
+        (*load_yolo(data.root, split=test_split, names_file=data.names_file), f"{data.root} ({test_split})"),
+    )
+
+
+def _voc_dicts(data: DataConfig) -> tuple[_Split, _Split]:
+    """The VOC training and test splits (``*_splits`` of ``*_years``) of ``data.root``."""
+    names = list(data.class_names) if data.class_names else None
+    train = load_voc(data.root, data.train_splits, years=data.train_years, class_names=names,
+                     keep_difficult=data.keep_difficult)
+    # The test split takes the training classes, so both map ids the same way.
+    train_names = [c["name"] for c in sorted(train[0]["categories"], key=lambda c: c["id"])]
+    test = load_voc(data.root, data.test_splits, years=data.test_years, class_names=train_names,
+                    keep_difficult=data.keep_difficult)
+    return ((*train, f"{data.root} {_split_tag(data.train_splits, data.train_years)}"),
+            (*test, f"{data.root} {_split_tag(data.test_splits, data.test_years)}"))
+
+
+def _split_tag(splits: tuple[str, ...], years: tuple[str, ...] | None) -> str:
+    """``trainval`` or ``train+val (2007+2012)``: how a VOC split is named in ``source``."""
+    return "+".join(splits) + (f" ({'+'.join(years)})" if years else "")
