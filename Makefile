@@ -6,13 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo demo-quick test install clean
+.PHONY: demo demo-quick test wheel-check install clean
 
 install: $(STAMP)
 
+# setuptools (the build backend) goes into .venv too, so that wheel-check and
+# tests/test_packaging.py can build the wheel offline with --no-build-isolation (a venv made by
+# Python >= 3.12 has no setuptools, and only torch/tensorboard pull it in today).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q 'setuptools>=64'
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -25,6 +29,32 @@ demo-quick: $(STAMP)
 # pytest exits 5 when it collects no test; make treats that as a failure, as it should.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Build the wheel from a copy of the working tree (no stale build/, nothing written into the
+# checkout), install it with --target into a scratch folder and run `icdistill demo --quick` from
+# outside the source tree, so that icdistill and its configs come from the wheel, not src/.
+# Offline: no build isolation (setuptools is in .venv) and --no-deps (.venv has the dependencies).
+wheel-check: $(STAMP)
+	@set -eu; \
+	root=$$(pwd); py="$$root/$(BIN)/python"; \
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/icdistill-wheel-check.XXXXXX"); \
+	trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -p "$$tmp/tree" "$$tmp/run"; \
+	for f in pyproject.toml README.md LICENSE setup.py setup.cfg MANIFEST.in; do \
+	  if [ -f "$$f" ]; then cp "$$f" "$$tmp/tree/"; fi; \
+	done; \
+	tar -cf - --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' src | tar -xf - -C "$$tmp/tree"; \
+	echo "== pip wheel -> $$tmp/dist"; \
+	"$$py" -m pip wheel -q --no-deps --no-build-isolation --no-input -w "$$tmp/dist" "$$tmp/tree"; \
+	whl=$$(ls "$$tmp"/dist/icdistill-*.whl); \
+	"$$py" -c 'import sys, zipfile; n = [f for f in zipfile.ZipFile(sys.argv[1]).namelist() if f.endswith((".yaml", ".yml"))]; print(f"{sys.argv[1]}: {len(n)} YAML configs"); assert any(f.startswith("icdistill/configs/demo/") for f in n), "no demo configs in the wheel"' "$$whl"; \
+	"$$py" -m pip install -q --no-deps --no-input --target "$$tmp/site" "$$whl"; \
+	cd "$$tmp/run"; \
+	PYTHONPATH="$$tmp/site" "$$py" -c 'import sys, icdistill; f = icdistill.__file__; print(f"icdistill from {f}"); assert f.startswith(sys.argv[1]), f"icdistill imported from {f}, not from the wheel in {sys.argv[1]}"' "$$tmp/site/"; \
+	echo "== icdistill demo --quick from the wheel (cwd $$tmp/run)"; \
+	PYTHONPATH="$$tmp/site" "$$py" -m icdistill --no-progress demo --quick --out "$$tmp/out"; \
+	test -s "$$tmp/out/results.md" || { echo "wheel-check: no results.md in $$tmp/out" >&2; exit 1; }; \
+	echo "wheel-check: OK ($$(basename "$$whl"))"
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_OUT)-quick .pytest_cache
