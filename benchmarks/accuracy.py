@@ -117,7 +117,7 @@ def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
                      "pass --bccd-root DIR")
         common = [f"data.root={root}"]
     common += [*quick("common"), *quick(args.suite)]
-    user, teacher_pt = list(args.set), out / "teacher" / "student.pt"  # the user's --set come last
+    user, teacher_pt = list(args.set), out / "teacher" / "detector.pt"  # the user's --set come last
     student_iters = load_config(recipes["student"], [*common, *user]).solver.max_iter
     period = args.eval_period or (4 if args.quick else max(1, student_iters // 5))
     teacher = Run("teacher", None, recipes["teacher"], [*common, *quick("teacher"), "eval.period=0", *user],
@@ -179,8 +179,8 @@ def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
 def inherit_skip_reason(run: Run) -> str | None:
     """Why ``icd_inherit`` cannot run (no neck/head tensor of the teacher fits the student), or None."""
     from icdistill.distill.inherit import inherit_weights
-    from icdistill.engine.build import build_model
-    from icdistill.engine.checkpoint import load_checkpoint
+    from icdistill.detectors import build_model
+    from icdistill.files import load_checkpoint
 
     cfg, classes = run.cfg, load_checkpoint(run.teacher_pt)["num_classes"]
     bare = lambda m: dataclasses.replace(m, weights=None, backbone_weights=None)  # noqa: E731

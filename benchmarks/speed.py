@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--json speed.json] [--iters 10] [--no-results]
 
 Steps, all on the same batch and the same models (the demo's recipe: FCOS, MobileNetV3-Large
-teacher, MobileNetV2 student, 8 shapes images of ~128x176):
+teacher, MobileNetV2 student, 8 shapes images of ~128x176), each the trainer's own
+``icdistill.engine.step.train_step`` on what the toolkit's builders make of the recipe:
   (a) student      the student's training step alone
   (b) +teacher     (a) plus the frozen teacher's backbone + FPN forward
   (c) icd          a full ICD distillation step: (b) plus the ICD module, its losses and AdamW
@@ -24,6 +25,7 @@ Results go to --json and, unless --no-results, into docs/RESULTS.md between the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -34,16 +36,15 @@ from pathlib import Path
 
 import torch
 
-from icdistill.config import load_config
-from icdistill.data import build_train_loader
+from icdistill.config import Config, load_config
+from icdistill.data import build_datasets, build_train_loader, compute_prior
 from icdistill.demo import demo_config_path
 from icdistill.detectors import build_detector, freeze_as_teacher
-from icdistill.distill.distiller import Distiller
-from icdistill.distill.fitnet import FitNetModule
+from icdistill.distill.build import build_distiller, prior_tensors
 from icdistill.distill.icd import ICDModule
-from icdistill.engine.build import build_datasets, prior_tensors
-from icdistill.engine.optim import build_icd_optimizer, build_student_optimizer, clip_gradients
-from icdistill.data import compute_prior
+from icdistill.engine.distributed import DistContext
+from icdistill.engine.step import StepContext, build_optimisers, train_step
+from icdistill.structures import collate_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
@@ -51,22 +52,19 @@ BEGIN, END = "<!-- speed benchmark: begin -->", "<!-- speed benchmark: end -->"
 
 
 def demo_setup(data_root: Path):
-    """Teacher, student, ICD/FitNet modules and one batch of 8 real shapes images."""
+    """The demo ICD recipe's config, teacher, student, training prior and one batch of 8 real
+    shapes images."""
     cfg = load_config(demo_config_path("icd"), [f"data.shapes.root={data_root}", "data.validate_images=false"])
-    train_set, _ = build_datasets(cfg, progress=False)
+    train_set, _ = build_datasets(cfg.data, with_masks=False, progress=False)
     batch = next(iter(build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch, seed=0)))
+
     def detector(model_cfg):
         return build_detector(model_cfg.family, backbone=model_cfg.backbone, num_classes=train_set.num_classes,
                               fpn_channels=model_cfg.fpn_channels)
     torch.manual_seed(0)
     teacher = freeze_as_teacher(detector(cfg.teacher))
     student = detector(cfg.model)
-    prior = prior_tensors(compute_prior(train_set))
-    icd = ICDModule(num_classes=train_set.num_classes, teacher_channels=teacher.out_channels,
-                    student_channels=student.out_channels, prior=prior, hidden_dim=cfg.distill.hidden_dim,
-                    num_heads=cfg.distill.num_heads, loss_weight=8.0)
-    fitnet = FitNetModule(student_channels=student.out_channels, teacher_channels=teacher.out_channels)
-    return cfg, teacher, student, icd, fitnet, batch
+    return cfg, teacher, student, compute_prior(train_set), batch
 
 
 def time_step(step, iters: int, device: torch.device) -> dict[str, float]:
@@ -88,21 +86,22 @@ def time_step(step, iters: int, device: torch.device) -> dict[str, float]:
     return out
 
 
-def coco_setup(family: str, size: tuple[int, int], num_classes: int = 80):
-    """R-101 teacher -> R-50 student of ``family`` (FPN 256), ICD and FitNet modules, and a batch
-    of 2 random images of ``size`` with 10 random boxes each (speed does not depend on pixels)."""
-    from icdistill.structures import collate_batch
-    from icdistill.engine.build import DEFAULT_LOSS_WEIGHT
+class UniformPrior:
+    """A stand-in dataset prior for random COCO-size data (speed does not depend on it)."""
 
+    def __init__(self, num_classes: int) -> None:
+        self.freq = [1.0] * num_classes
+        self.w_mean = self.w_std = self.h_mean = self.h_std = [0.1] * num_classes
+
+
+def coco_setup(family: str, size: tuple[int, int], num_classes: int = 80):
+    """The default (paper) config of ``family``, an R-101 teacher -> R-50 student (FPN 256), and a
+    batch of 2 random images of ``size`` with 10 random boxes each (speed does not depend on
+    pixels)."""
+    cfg = load_config(None, [f"model.family={family}", f"teacher.family={family}"])
     torch.manual_seed(0)
     teacher = freeze_as_teacher(build_detector(family, backbone="resnet101", num_classes=num_classes))
     student = build_detector(family, backbone="resnet50", num_classes=num_classes)
-    prior = prior_tensors(type("P", (), {k: [1.0] * num_classes if k == "freq" else [0.1] * num_classes
-                                         for k in ("freq", "w_mean", "w_std", "h_mean", "h_std")})())
-    two_stage = family == "faster_rcnn"
-    icd = ICDModule(num_classes=num_classes, teacher_channels=256, student_channels=256, prior=prior,
-                    max_instances=100 if two_stage else 300, loss_weight=DEFAULT_LOSS_WEIGHT[family])
-    fitnet = FitNetModule(student_channels=256, teacher_channels=256)
     h, w = size
     g = torch.Generator().manual_seed(0)
     items = []
@@ -111,46 +110,44 @@ def coco_setup(family: str, size: tuple[int, int], num_classes: int = 80):
         wh = 16 + torch.rand(10, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
         items.append((torch.rand(3, h, w, generator=g), {"boxes": torch.cat([xy, xy + wh], 1),
                       "labels": torch.randint(0, num_classes, (10,), generator=g), "image_id": i}))
-    return teacher, student, icd, fitnet, collate_batch(items)
+    return cfg, teacher, student, UniformPrior(num_classes), collate_batch(items)
 
 
-def step_functions(teacher, student, icd, fitnet, batch, device):
-    """The five steps as closures over one batch."""
+def step_functions(cfg: Config, teacher, student, prior, batch, device):
+    """The five steps as closures over one batch, each the trainer's own ``train_step`` on a
+    trainable whole built by the toolkit's builders from ``cfg`` (main stage, past warm-ups)."""
     teacher.to(device)
     batch = batch.to(device)
-    levels = student.level_names
-    strides = student.strides
-    student.to(device)
-    icd.to(device)
-    fitnet.to(device)
-    plain = Distiller(student).to(device).train()
-    with_icd = Distiller(student, icd, levels=levels, strides=strides).to(device).train()
-    with_fitnet = Distiller(student, fitnet=fitnet, levels=levels, strides=strides).to(device).train()
-    student_opt = build_student_optimizer(student, base_lr=1e-4)
-    icd_opt = build_icd_optimizer(icd)
-    fitnet_opt = build_icd_optimizer(fitnet)
-    args = (batch.images, batch.image_sizes, batch.targets)
+    ctx = DistContext(device=device)
+    contexts = {}
+    for method in ("none", "icd", "fitnet"):
+        dcfg = dataclasses.replace(cfg.distill, method=method, loss_weight=cfg.distill.loss_weight if method == "icd" else None,
+                                   decoder_warmup_iters=0, warmup_iters=0)
+        distiller = build_distiller(dcfg, student, teacher, prior=prior)[0].to(device).train()
+        opts = build_optimisers(cfg, distiller, total_iters=10**9, device=device)
+        contexts[method] = StepContext(distiller, distiller, teacher, opts, ctx,
+                                       student_clip_value=cfg.distill.student_grad_clip_value)
+    icd = contexts["icd"].distiller.method
+    main_stage = 10**6
 
-    def run(model, module_opt, use_teacher, decoder_only=False):
-        feats = teacher.features(batch.images) if use_teacher else None
-        losses = model(*args, feats, iteration=10**6, decoder_only=decoder_only)
-        student_opt.zero_grad(set_to_none=True)
-        if module_opt is not None:
-            module_opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        if not decoder_only:
-            student_opt.step()
-        if module_opt is not None:
-            clip_gradients(module_opt.param_groups[0]["params"], max_norm=0.01)
-            module_opt.step()
+    def with_teacher_forward():
+        teacher.features(batch.images)
+        train_step(contexts["none"], batch, main_stage)
+
+    def decoder_warmup():
+        icd.method_only_iters = 1  # iteration 0 lies in the decoder warm-up stage
+        try:
+            train_step(contexts["icd"], batch, 0)
+        finally:
+            icd.method_only_iters = 0
 
     return {
-        "a_student": lambda: run(plain, None, False),
-        "b_student_teacher": lambda: run(plain, None, True),
-        "c_icd": lambda: run(with_icd, icd_opt, True),
-        "d_fitnet": lambda: run(with_fitnet, fitnet_opt, True),
-        "e_decoder_warmup": lambda: run(with_icd, icd_opt, True, decoder_only=True),
-    }
+        "a_student": lambda: train_step(contexts["none"], batch, main_stage),
+        "b_student_teacher": with_teacher_forward,
+        "c_icd": lambda: train_step(contexts["icd"], batch, main_stage),
+        "d_fitnet": lambda: train_step(contexts["fitnet"], batch, main_stage),
+        "e_decoder_warmup": decoder_warmup,
+    }, icd
 
 
 # ---- ICD weight memory: chunked vs all-query, each in a fresh process ------------------------------
@@ -162,8 +159,7 @@ COCO_STRIDES = [4, 8, 16, 32, 64]
 def _weights_inputs():
     torch.manual_seed(0)
     feats = [torch.randn(2, 256, h, w) for h, w in COCO_LEVELS]
-    prior = prior_tensors(type("P", (), {k: [1.0] * 80 if k == "freq" else [0.1] * 80
-                                         for k in ("freq", "w_mean", "w_std", "h_mean", "h_std")})())
+    prior = prior_tensors(UniformPrior(80))
     icd = ICDModule(num_classes=80, teacher_channels=256, student_channels=256, prior=prior,
                     max_instances=100)
     g = torch.Generator().manual_seed(0)
@@ -276,8 +272,8 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, teacher, student, icd, fitnet, batch = demo_setup(Path(tmp) / "shapes")
-        steps = {name: time_step(fn, args.iters, cpu) for name, fn in step_functions(teacher, student, icd, fitnet, batch, cpu).items()}
+        fns, icd = step_functions(*demo_setup(Path(tmp) / "shapes"), cpu)
+        steps = {name: time_step(fn, args.iters, cpu) for name, fn in fns.items()}
     for name, v in steps.items():
         print(f"{name:>20}: {v['s_per_iter']:.3f} s/iter")
     result = {
@@ -295,7 +291,7 @@ def main() -> None:
     if coco_device is not None:
         result["coco_size"] = {}
         for family in ("faster_rcnn", "retinanet"):
-            fns = step_functions(*coco_setup(family, tuple(args.coco_size)), coco_device)
+            fns, _ = step_functions(*coco_setup(family, tuple(args.coco_size)), coco_device)
             timed = {name: time_step(fn, args.iters, coco_device) for name, fn in fns.items()}
             timed["icd_overhead_ratio"] = timed["c_icd"]["s_per_iter"] / timed["b_student_teacher"]["s_per_iter"]
             result["coco_size"][family] = timed

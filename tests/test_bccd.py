@@ -74,7 +74,7 @@ def test_train_and_eval_on_bccd_with_voc_and_coco_evaluators(tmp_path):
     assert report["train"]["files"]["degenerate_boxes"] == ["BloodImage_00338.jpg", "BloodImage_00343.jpg"]
 
     coco_eval = tmp_path / "coco_eval"
-    assert main(["--no-progress", "eval", str(RECIPE), "--weights", str(run / "student.pt"), "--out", str(coco_eval),
+    assert main(["--no-progress", "eval", str(RECIPE), "--weights", str(run / "detector.pt"), "--out", str(coco_eval),
                  *sets(*TINY, "eval.evaluator=coco")]) == 0
     coco_metrics = json.loads((coco_eval / "metrics.json").read_text())
     assert {"bbox/AP", "bbox/APs", "bbox/APm", "bbox/APl"} <= set(coco_metrics)

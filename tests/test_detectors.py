@@ -254,7 +254,7 @@ def test_load_detector_state_mismatch_names_source_and_hint():
 
 def test_checkpoint_path_roundtrip(tmp_path):
     original = tiny("fcos")
-    path = tmp_path / "student.pt"
+    path = tmp_path / "detector.pt"
     torch.save(original.model.state_dict(), path)
     restored = tiny("fcos", weights=str(path))
     assert restored.weights_skipped == []

@@ -41,7 +41,7 @@ def test_no_gradient_reaches_the_teacher(setup):
     teacher, distiller, images, sizes, targets = setup
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     distiller.zero_grad(set_to_none=True)
-    losses = distiller(images, sizes, targets, teacher.features(images), iteration=10)
+    losses = distiller(images, sizes, targets, teacher, iteration=10)
     sum(losses.values()).backward()
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     teacher.train()  # a frozen teacher ignores train()
@@ -52,17 +52,16 @@ def test_no_gradient_reaches_the_teacher(setup):
 
 def test_distillation_warmup_detaches_the_student(setup):
     teacher, distiller, images, sizes, targets = setup
-    feats = teacher.features(images)
     distiller.zero_grad(set_to_none=True)
-    distiller(images, sizes, targets, feats, iteration=0)["distill/icd"].backward()
+    distiller(images, sizes, targets, teacher, iteration=0)["distill/icd/feature"].backward()
     assert student_grad_norm(distiller) == 0.0
-    assert distiller.icd.adapters[0].weight.grad.abs().sum() > 0
+    assert distiller.method.adapters[0].weight.grad.abs().sum() > 0
 
     distiller.zero_grad(set_to_none=True)
-    distiller(images, sizes, targets, feats, iteration=5)["distill/icd"].backward()
+    distiller(images, sizes, targets, teacher, iteration=5)["distill/icd/feature"].backward()
     assert student_grad_norm(distiller) > 0.0
     # the distillation loss never reaches the decoder or the query encoder
-    for name, p in distiller.icd.named_parameters():
+    for name, p in distiller.method.named_parameters():
         if name.startswith(("layers.", "query_mlp.", "pos_proj.", "predictor.")):
             assert p.grad is None or float(p.grad.abs().sum()) == 0.0, name
 
@@ -70,8 +69,8 @@ def test_distillation_warmup_detaches_the_student(setup):
 def test_decoder_warmup_stage_runs_no_student(setup):
     teacher, distiller, images, sizes, targets = setup
     distiller.zero_grad(set_to_none=True)
-    losses = distiller(images, sizes, targets, teacher.features(images), decoder_only=True)
-    assert set(losses) == {"aux/idf", "aux/reg"}
+    losses = distiller(images, sizes, targets, teacher, method_only=True)
+    assert set(losses) == {"distill/icd/idf", "distill/icd/reg"}
     sum(losses.values()).backward()
     assert student_grad_norm(distiller) == 0.0
 

@@ -53,7 +53,7 @@ def make_batch():
 
 
 def grads_of(distiller, teacher, images, sizes, targets):
-    losses = distiller(images, sizes, targets, teacher.features(images), iteration=5)
+    losses = distiller(images, sizes, targets, teacher, iteration=5)
     sum(losses.values()).backward()
 
 
@@ -64,7 +64,7 @@ def _worker(rank, world, port, out_path):
     model = DistributedDataParallel(distiller)
     images, sizes, targets = make_batch()
     half = slice(rank * 2, rank * 2 + 2)
-    losses = model(images[half], sizes[half], targets[half], teacher.features(images[half]), iteration=5)
+    losses = model(images[half], sizes[half], targets[half], teacher, iteration=5)
     sum(losses.values()).backward()
     if rank == 0:
         torch.save({n: p.grad.clone() for n, p in distiller.named_parameters() if p.grad is not None}, out_path)
@@ -79,7 +79,7 @@ def test_ddp_gradients_equal_a_single_process_with_the_same_global_batch(tmp_pat
     grads_of(distiller, teacher, *make_batch())
     single = {n: p.grad for n, p in distiller.named_parameters() if p.grad is not None}
     assert single.keys() == ddp.keys()
-    assert any(n.startswith("icd.") for n in single) and any(n.startswith("student.") for n in single)
+    assert any(n.startswith("method.") for n in single) and any(n.startswith("student.") for n in single)
     for name, grad in single.items():
         torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
@@ -96,7 +96,7 @@ def test_torchrun_distill_and_single_process_resume(tmp_path, tiny_overrides, em
     icd_sets = sets + [f"--set={s}" for s in (
         "distill.method=icd", "distill.decoder_warmup_iters=2", "distill.warmup_iters=1",
         "teacher.family=retinanet", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
-        "teacher.anchor_sizes=[16, 32, 64, 128, 256]", f"teacher.weights={teacher_dir / 'student.pt'}",
+        "teacher.anchor_sizes=[16, 32, 64, 128, 256]", f"teacher.weights={teacher_dir / 'detector.pt'}",
     )]
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

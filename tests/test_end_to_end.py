@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from icdistill.cli import main
-from icdistill.engine.checkpoint import load_checkpoint
+from icdistill.files import load_checkpoint
 
 TEACHER_SET = ["model.fpn_channels=48"]  # a wider teacher: ICD must project its tokens
 
@@ -33,32 +33,32 @@ def distill_sets(tiny_overrides, teacher_dir, *extra):
             "teacher.backbone=resnet18",
             "teacher.fpn_channels=48",
             "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
-            f"teacher.weights={teacher_dir / 'student.pt'}",
+            f"teacher.weights={teacher_dir / 'detector.pt'}",
             *extra,
         ]
     ]
 
 
 def test_teacher_run_writes_the_run_directory(teacher_run):
-    for name in ("config.yaml", "prior.json", "metrics.jsonl", "metrics.json", "student.pt", "checkpoints/last.pt"):
+    for name in ("config.yaml", "prior.json", "metrics.jsonl", "metrics.json", "detector.pt", "checkpoints/last.pt"):
         assert (teacher_run / name).is_file(), name
     metrics = json.loads((teacher_run / "metrics.json").read_text())
     for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/train_s"):
         assert key in metrics
     assert (teacher_run / "tb").is_dir()
-    student = load_checkpoint(teacher_run / "student.pt")
-    assert student["format"] == "icdistill-student"
+    student = load_checkpoint(teacher_run / "detector.pt")
+    assert student["format"] == "icdistill-detector"
     assert not any(k.startswith(("icd.", "student.")) for k in student["model"])
 
 
 def test_student_pt_loads_into_plain_torchvision(teacher_run):
-    """student.pt needs nothing of icdistill: torchvision's own classes rebuild the detector."""
+    """detector.pt needs nothing of icdistill: torchvision's own classes rebuild the detector."""
     import torchvision
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-    ckpt = load_checkpoint(teacher_run / "student.pt")
+    ckpt = load_checkpoint(teacher_run / "detector.pt")
     width = ckpt["model_config"]["fpn_channels"]
     body = torchvision.models.resnet18()
     backbone = BackboneWithFPN(
@@ -80,9 +80,9 @@ def test_distill_end_to_end_and_resume_is_exact(teacher_run, tmp_path, tiny_over
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(full), *distill_sets(tiny_overrides, teacher_run)]) == 0
     log = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*log)
-    assert {"aux/idf", "aux/reg", "distill/icd", "det/classification"} <= keys
+    assert {"distill/icd/idf", "distill/icd/reg", "distill/icd/feature", "det/classification"} <= keys
     # decoder warm-up stage: the first 2 logged steps have aux losses only
-    assert "det/classification" not in log[0] and "distill/icd" not in log[0]
+    assert "det/classification" not in log[0] and "distill/icd/feature" not in log[0]
     assert len(list((full / "viz").glob("attention_*.png"))) == 2
     assert len(list((full / "viz").glob("detections_*.png"))) == 2
     assert (full / "viz" / "training_curves.png").stat().st_size > 1000
@@ -109,7 +109,7 @@ def test_eval_and_export_from_cli(teacher_run, tmp_path, tiny_overrides, empty_c
     assert from_last["bbox/AP"] == json.loads((teacher_run / "metrics.json").read_text())["bbox/AP"]
     exported = tmp_path / "exported.pt"
     assert main(["export", str(teacher_run / "checkpoints" / "last.pt"), "--out", str(exported)]) == 0
-    a, b = load_checkpoint(exported)["model"], load_checkpoint(teacher_run / "student.pt")["model"]
+    a, b = load_checkpoint(exported)["model"], load_checkpoint(teacher_run / "detector.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -141,7 +141,7 @@ def test_mismatches_are_reported_before_training(teacher_run, tmp_path, tiny_ove
 
 
 def test_missing_teacher_file_is_named(tmp_path, tiny_overrides, empty_config, capsys):
-    missing = tmp_path / "nope" / "student.pt"
+    missing = tmp_path / "nope" / "detector.pt"
     sets = distill_sets(tiny_overrides, tmp_path / "nope")
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(tmp_path / "x"), *sets]) == 2
     assert str(missing) in capsys.readouterr().err
@@ -182,11 +182,11 @@ def test_mask_rcnn_distils_end_to_end(tmp_path, tiny_config):
     result = train(
         tiny_config(*mask, "distill.method=icd", "teacher.family=mask_rcnn", "teacher.backbone=resnet18",
                     "teacher.fpn_channels=32", "teacher.anchor_sizes=[8, 16, 32, 64, 128]",
-                    f"teacher.weights={tmp_path / 'teacher' / 'student.pt'}", "distill.warmup_iters=0"),
+                    f"teacher.weights={tmp_path / 'teacher' / 'detector.pt'}", "distill.warmup_iters=0"),
         tmp_path / "icd", progress=False,
     )
     log = [json.loads(line) for line in (tmp_path / "icd" / "metrics.jsonl").read_text().splitlines()]
-    assert "det/loss_mask" in log[-1] and "distill/icd" in log[-1]
+    assert "det/loss_mask" in log[-1] and "distill/icd/feature" in log[-1]
     assert "segm/AP" in result.metrics
 
 
@@ -209,15 +209,15 @@ def test_periodic_evaluation_is_logged_and_timed_apart_from_training(tmp_path, t
     time/train_s, also across a resume (the checkpoint keeps both)."""
     import time
 
-    from icdistill.engine import trainer
+    from icdistill.engine import report, trainer
 
-    original = trainer.evaluate_detector
+    original = report.evaluate_detector
 
     def slow(*args, **kwargs):
         time.sleep(0.5)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_detector", slow)
+    monkeypatch.setattr(report, "evaluate_detector", slow)
     cfg = tiny_config("solver.max_iter=4", "eval.period=1", "eval.viz_images=0")
     started = time.perf_counter()
     trainer.train(cfg, tmp_path / "run", progress=False)

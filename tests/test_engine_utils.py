@@ -11,18 +11,15 @@ import torch
 from torch import nn
 
 from icdistill.engine import (
-    build_icd_optimizer,
-    build_icd_scheduler,
+    build_method_optimizer,
+    build_method_scheduler,
     build_student_optimizer,
     build_student_scheduler,
-    capture_rng_state,
     clip_gradients,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
     scale_lr,
     warmup_multistep_lambda,
 )
+from icdistill.files import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from icdistill.errors import DataError
 
 
@@ -113,9 +110,9 @@ def test_student_optimizer_and_scheduler():
 
 def test_icd_optimizer_cosine():
     module = nn.Linear(4, 4)
-    opt = build_icd_optimizer(module, lr=1e-4, weight_decay=1e-4)
+    opt = build_method_optimizer(module, lr=1e-4, weight_decay=1e-4)
     assert isinstance(opt, torch.optim.AdamW)
-    sched = build_icd_scheduler(opt, max_iter=10)
+    sched = build_method_scheduler(opt, max_iter=10)
     lrs = [opt.param_groups[0]["lr"]]
     for _ in range(10):
         opt.step()

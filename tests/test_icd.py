@@ -117,16 +117,16 @@ def test_identical_tokens_give_zero_loss():
     with torch.no_grad():  # adapter == the decoder's value projection
         icd.adapters[0].weight.copy_(icd.layers[0].v_proj.weight)
         icd.adapters[0].bias.copy_(icd.layers[0].v_proj.bias)
-    losses = icd(teacher, [t.clone() for t in teacher], targets, sizes, strides)
-    assert float(losses["distill/icd"]) == 0.0
+    losses = icd.losses(teacher, [t.clone() for t in teacher], targets, sizes, strides)
+    assert float(losses["distill/icd/feature"]) == 0.0
 
 
 def test_uncorrelated_features_give_about_two_lambda_and_ln2():
     icd = make_module(loss_weight=6.0)
     teacher, student, targets, sizes, strides = make_inputs()
-    losses = icd(teacher, student, targets, sizes, strides)
-    assert abs(float(losses["distill/icd"]) / 6.0 - 2.0) < 0.3
-    assert abs(float(losses["aux/idf"]) - math.log(2)) < 0.15
+    losses = icd.losses(teacher, student, targets, sizes, strides)
+    assert abs(float(losses["distill/icd/feature"]) / 6.0 - 2.0) < 0.3
+    assert abs(float(losses["distill/icd/idf"]) - math.log(2)) < 0.15
 
 
 def test_per_image_normalisation():
@@ -249,8 +249,8 @@ def test_distill_loss_reaches_only_adapter_and_student():
     icd = make_module()
     teacher, student, targets, sizes, strides = make_inputs()
     teacher = [t.requires_grad_(True) for t in teacher]
-    losses = icd(teacher, student, targets, sizes, strides)
-    losses["distill/icd"].backward()
+    losses = icd.losses(teacher, student, targets, sizes, strides)
+    losses["distill/icd/feature"].backward()
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in student)
     assert all(t.grad is None for t in teacher)
     for name, p in icd.named_parameters():
@@ -261,8 +261,8 @@ def test_distill_loss_reaches_only_adapter_and_student():
 def test_aux_loss_trains_encoder_decoder_predictor_not_student():
     icd = make_module()
     teacher, student, targets, sizes, strides = make_inputs()
-    losses = icd(teacher, student, targets, sizes, strides)
-    (losses["aux/idf"] + losses["aux/reg"]).backward()
+    losses = icd.losses(teacher, student, targets, sizes, strides)
+    (losses["distill/icd/idf"] + losses["distill/icd/reg"]).backward()
     assert all(s.grad is None for s in student)
     grads = {n for n, p in icd.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any(n.startswith("query_mlp.") for n in grads)
@@ -274,8 +274,8 @@ def test_aux_loss_trains_encoder_decoder_predictor_not_student():
 def test_decoder_warmup_stage_has_only_aux_losses():
     icd = make_module()
     teacher, _, targets, sizes, strides = make_inputs()
-    losses = icd(teacher, None, targets, sizes, strides)
-    assert set(losses) == {"aux/idf", "aux/reg"}
+    losses = icd.losses(teacher, None, targets, sizes, strides)
+    assert set(losses) == {"distill/icd/idf", "distill/icd/reg"}
 
 
 def test_instance_attention_maps_shapes_and_mass():

@@ -47,7 +47,7 @@ def test_detections(tmp_path):
 def test_training_curves(tmp_path):
     jsonl = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"iter": i, "loss/total": 2.0 / (i + 1), "det/classification": 1.0 / (i + 1),
-                         "aux/idf": 0.5, "distill/icd": 0.1 * i, "lr": 0.01}) for i in range(20)]
+                         "distill/icd/idf": 0.5, "distill/icd/feature": 0.1 * i, "lr": 0.01}) for i in range(20)]
     lines.append(json.dumps({"bbox/AP": 30.0}))  # eval record without iter
     jsonl.write_text("\n".join(lines) + '\n{"iter": 20, "loss/to')  # cut-off last line
     assert_png(save_training_curves(tmp_path / "curves.png", jsonl))

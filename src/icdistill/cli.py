@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="generate shapes data; train teacher, student and ICD student; compare")
+    demo = sub.add_parser("demo", help="generate shapes data; train a teacher, a student and a distilled student; compare")
     demo.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     demo.add_argument("--quick", action="store_true", help="a smoke run of the same path (< 2 minutes)")
 
@@ -38,20 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
 
-    distill = sub.add_parser("distill", help="train a student distilled from the teacher (ICD)")
+    distill = sub.add_parser(
+        "distill", help="train a student distilled from the teacher (distill.method; default: the toolkit's core method)"
+    )
     _add_config_args(distill)
     distill.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
 
     ev = sub.add_parser("eval", help="evaluate a detector checkpoint on the config's test set")
     _add_config_args(ev)
-    ev.add_argument("--weights", required=True, help="student.pt or checkpoints/last.pt")
+    ev.add_argument("--weights", required=True, help="a run's detector.pt (or student.pt) or checkpoints/last.pt")
 
     stats = sub.add_parser("stats", help="write the training set's prior (class frequencies, box sizes)")
     _add_config_args(stats)
 
-    export = sub.add_parser("export", help="extract a student-only checkpoint from a training checkpoint")
+    export = sub.add_parser("export", help="extract the detector file (detector.pt) from a training checkpoint")
     export.add_argument("checkpoint", help="checkpoints/last.pt of a run")
-    export.add_argument("--out", required=True, help="where to write the student-only file")
+    export.add_argument("--out", required=True, help="where to write the detector file")
     return parser
 
 
@@ -66,15 +68,16 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace, *, distill: bool) -> int:
+    from icdistill.distill.build import DEFAULT_METHOD, NO_METHOD
     from icdistill.engine.trainer import train
 
     cfg = _load(args)
     method = cfg.distill.method
-    if distill and method == "none":
-        method = "icd"
-    if not distill and method != "none":
+    if distill and method == NO_METHOD:
+        method = DEFAULT_METHOD
+    if not distill and method != NO_METHOD:
         print(f"note: 'train' ignores distill.method={method}; use 'icdistill distill' to distil")
-        method = "none"
+        method = NO_METHOD
     cfg = cfg.replace(distill=dataclasses.replace(cfg.distill, method=method))
     result = train(cfg, _run_dir(args), resume=args.resume, progress=not args.no_progress)
     _print_metrics(result.metrics)
@@ -91,19 +94,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from icdistill.data import build_test_loader
-    from icdistill.engine.build import build_datasets, build_evaluator, build_model, resolve_device
+    from icdistill.detectors import build_model
     from icdistill.engine.evaluate import evaluate_detector, write_metrics_json
+    from icdistill.engine.setup import resolve_device
+    from icdistill.evaluation import build_evaluator
 
     cfg = _load(args)
     if not Path(args.weights).is_file():
         raise ICDistillError(f"--weights: file not found: {args.weights}")
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, weights=str(args.weights)))
-    _, test_set = build_datasets(cfg, progress=not args.no_progress)
+    with_masks = _with_masks(cfg)
+    _, test_set = _datasets(cfg, args)
     device = resolve_device(cfg.solver.device)
     detector = build_model(cfg.model, test_set.num_classes, "model").to(device)
     loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
+    evaluator = build_evaluator(cfg.eval, test_set, with_masks=with_masks)
     with torch.no_grad():
-        metrics = evaluate_detector(detector, loader, build_evaluator(cfg, test_set), device, progress=not args.no_progress)
+        metrics = evaluate_detector(detector, loader, evaluator, device, progress=not args.no_progress)
     out = _run_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics_json(out / "metrics.json", metrics, test_set.class_names)
@@ -112,12 +119,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_masks(cfg) -> bool:
+    from icdistill.data import resolve_with_masks
+    from icdistill.detectors import family_facts
+
+    return resolve_with_masks(cfg.data, family_facts(cfg.model.family).masks)
+
+
+def _datasets(cfg, args: argparse.Namespace):
+    from icdistill.data import build_datasets
+
+    return build_datasets(cfg.data, with_masks=_with_masks(cfg), progress=not args.no_progress)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from icdistill.data import compute_prior
-    from icdistill.engine.build import build_datasets
 
     cfg = _load(args)
-    train_set, _ = build_datasets(cfg, progress=not args.no_progress)
+    train_set, _ = _datasets(cfg, args)
     prior = compute_prior(train_set)
     out = Path(args.out) if args.out else Path("prior.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,15 +152,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from icdistill.engine.build import detector_state_from_checkpoint, student_checkpoint
-    from icdistill.engine.checkpoint import load_checkpoint, save_checkpoint
+    from icdistill.files import (
+        detector_file,
+        detector_state_from_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+        saved_model_config,
+    )
 
     ckpt = load_checkpoint(args.checkpoint)
     state = detector_state_from_checkpoint(ckpt, args.checkpoint)
-    model_cfg = ckpt.get("model_config") or (ckpt.get("config") or {}).get("model", {})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, student_checkpoint(state, model_cfg, ckpt.get("class_names", [])))
+    save_checkpoint(out, detector_file(state, saved_model_config(ckpt), ckpt.get("class_names", [])))
     print(f"wrote {out} ({len(state)} tensors)")
     return 0
 

@@ -110,7 +110,7 @@ class ModelConfig:
 
     ``weights``: null (from scratch), a torchvision COCO weights name (``COCO_V1``, ``DEFAULT``
     or the full enum name), or a checkpoint path (a training ``checkpoints/last.pt`` or a
-    ``student.pt``). ``backbone_weights``: null or ``imagenet``. ``head_norm``: null (torchvision's
+    ``detector.pt``). ``backbone_weights``: null or ``imagenet``. ``head_norm``: null (torchvision's
     RetinaNet head) or ``gn`` (GroupNorm head towers, for training from scratch).
     """
 

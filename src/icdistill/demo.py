@@ -12,7 +12,9 @@ from importlib import resources
 from pathlib import Path
 
 from icdistill.config import Config, load_config
-from icdistill.engine.trainer import RunResult, train
+from icdistill.engine.report import RunResult
+from icdistill.engine.trainer import train
+from icdistill.files import DETECTOR_FILE
 from icdistill.evaluation import format_metrics_table
 
 TABLE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/train_s")
@@ -38,7 +40,7 @@ def demo_configs(out: Path, *, quick: bool = False) -> dict[str, Config]:
     for name in ("teacher", "student", "icd"):
         overrides = [f"data.shapes.root={out / 'data'}"]
         if name == "icd":
-            overrides.append(f"teacher.weights={out / 'teacher' / 'student.pt'}")
+            overrides.append(f"teacher.weights={out / 'teacher' / DETECTOR_FILE}")
         if quick:
             overrides += [*QUICK_OVERRIDES, f"solver.max_iter={QUICK_ITERS[name]}", "solver.log_period=4"]
             if name == "icd":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from typing import Any, Collection
 
 from torch import Tensor, nn
 
@@ -40,8 +41,8 @@ class DetectorAdapter(nn.Module, ABC):
     """A torchvision detector seen through three calls.
 
     Attributes:
-        family: "retinanet" | "fcos" | "faster_rcnn".
-        model: the wrapped torchvision detector (its ``state_dict`` is what ``student.pt`` holds).
+        family: a key of :data:`.families.FAMILY_TABLE`.
+        model: the wrapped torchvision detector (its ``state_dict`` is what ``detector.pt`` holds).
         level_names: names of the feature levels ``features`` returns, finest first,
             e.g. ("p3", "p4", "p5", "p6", "p7") or ("p2", ..., "p6").
         strides: stride in pixels of each level, same order.
@@ -71,7 +72,25 @@ class DetectorAdapter(nn.Module, ABC):
         Returns level name -> Tensor[B, out_channels, ceil(Hp/stride), ceil(Wp/stride)].
         """
 
+    # Extras (see :mod:`.extras`) this family can capture during ``forward_train`` and compute
+    # with ``extras``.
+    supported_extras: frozenset[str] = frozenset()
+
     @abstractmethod
+    def forward_train(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+        targets: list[dict[str, Tensor]],
+        extras: Collection[str] = (),
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Detection losses and, from the same pass, the named ``extras`` a distillation method
+        asked for (see :mod:`.extras`; a name outside ``supported_extras`` is a ValueError).
+
+        Losses are scalar tensors with un-prefixed torchvision names such as ``classification``,
+        ``bbox_regression``. targets: boxes xyxy pixels, contiguous labels. Train mode only."""
+
     def losses(
         self,
         images: Tensor,
@@ -79,9 +98,30 @@ class DetectorAdapter(nn.Module, ABC):
         features: "OrderedDict[str, Tensor]",
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
-        """Detection losses (scalar tensors, un-prefixed torchvision names such as
-        ``classification``, ``bbox_regression``). targets: boxes xyxy pixels, contiguous labels.
-        Must be called with the adapter in train mode."""
+        """The detection losses of :meth:`forward_train`, without extras."""
+        return self.forward_train(images, image_sizes, features, targets)[0]
+
+    def extras(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+        names: Collection[str],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """The named extras computed on given ``features`` without losses (the teacher's side;
+        ``roi_samples`` needs ``targets``). Call under ``torch.inference_mode`` for a frozen
+        detector."""
+        check_extras(self, names)
+        raise NotImplementedError(f"{type(self).__name__} provides no extras")
+
+    def box_head(
+        self, features: "OrderedDict[str, Tensor]", boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """Two-stage only: RoI pooling + box head + predictor on given boxes (per image float
+        [R_b, 4] xyxy) -> class_logits float[R, C+1] (column 0 background) and box_regression
+        float[R, 4(C+1)], boxes in image order."""
+        raise ValueError(f"the {self.family} family has no box head (it is not a two-stage detector)")
 
     @abstractmethod
     def detect(
@@ -92,3 +132,13 @@ class DetectorAdapter(nn.Module, ABC):
     ) -> list[dict[str, Tensor]]:
         """Detections per image: ``boxes`` float[K, 4] xyxy in pixels of the resized image,
         ``scores`` float[K], ``labels`` int64[K] contiguous 0..C-1. Eval mode."""
+
+
+def check_extras(adapter: DetectorAdapter, names: Collection[str]) -> None:
+    """ValueError naming the extras ``adapter``'s family cannot provide."""
+    missing = sorted(set(names) - adapter.supported_extras)
+    if missing:
+        raise ValueError(
+            f"the {adapter.family} family cannot provide {', '.join(missing)} "
+            f"(it provides: {', '.join(sorted(adapter.supported_extras)) or 'nothing beyond features'})"
+        )

@@ -22,8 +22,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection._utils import overwrite_eps
 
 from ..errors import ConfigError
-from .backbones import P2_P6, P3_P7, LevelSpec, build_backbone_fpn, validate_backbone_name
+from .backbones import P3_P7, build_backbone_fpn, validate_backbone_name
 from .base import DetectorAdapter, model_num_classes
+from .families import family_facts
 from .faster_rcnn import FasterRCNNAdapter
 from .fcos import FCOSAdapter
 from .mask_rcnn import MaskRCNNAdapter
@@ -128,15 +129,14 @@ def _mask_rcnn(
     return MaskRCNNAdapter(model, num_classes)
 
 
-Builder = Callable[..., DetectorAdapter]
 HEAD_NORMS = (None, "gn")
 
-# family -> (pyramid layout, builder). A plain dict; add a family by adding a line.
-FAMILIES: dict[str, tuple[LevelSpec, Builder]] = {
-    "retinanet": (P3_P7, _retinanet),
-    "fcos": (P3_P7, _fcos),
-    "faster_rcnn": (P2_P6, _faster_rcnn),
-    "mask_rcnn": (P2_P6, _mask_rcnn),
+# family -> builder. The facts about each family (levels, stages, defaults) are in .families.
+BUILDERS: dict[str, Callable[..., DetectorAdapter]] = {
+    "retinanet": _retinanet,
+    "fcos": _fcos,
+    "faster_rcnn": _faster_rcnn,
+    "mask_rcnn": _mask_rcnn,
 }
 
 
@@ -189,8 +189,38 @@ def build_detector(
         WeightsUnavailableError: weights could not be read or downloaded.
         ModelMismatchError: a checkpoint does not fit the configured model.
     """
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown detector family {family!r}; valid families: {', '.join(FAMILIES)}")
+    facts = family_facts(family)
+    anchor_sizes = _check_build_args(family, backbone, num_classes, fpn_channels, anchor_sizes,
+                                     detections_per_image, head_norm)
+    # Fetch first: a missing download should fail before minutes of model construction.
+    det_state, det_source, zero_eps = _detector_weights(family, backbone, weights, fpn_channels)
+    if det_state is not None and backbone_weights is not None:
+        logger.info("backbone_weights=%s ignored: weights=%s already cover the backbone", backbone_weights, weights)
+    body_state = _backbone_weights(backbone, backbone_weights) if det_state is None else None
+    body_fpn = build_backbone_fpn(
+        backbone,
+        facts.levels,
+        fpn_channels=fpn_channels,
+        body_state_dict=body_state,
+        is_pretrained=det_state is not None or body_state is not None,
+        trainable_layers=trainable_backbone_layers,
+    )
+    adapter = BUILDERS[family](body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh,
+                               head_norm=head_norm)
+    adapter.weights_skipped = []
+    if det_state is not None:
+        adapter.weights_skipped = load_pretrained_detector(adapter, det_state, source=det_source)
+        if zero_eps:
+            # These checkpoints were trained with FrozenBatchNorm2d eps=0, as torchvision restores.
+            overwrite_eps(adapter.model, 0.0)
+    return adapter
+
+
+def _check_build_args(
+    family: str, backbone: str, num_classes: int, fpn_channels: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, head_norm: str | None,
+) -> tuple[int, ...] | None:
+    """ConfigError for arguments no builder can take; returns the anchor sizes as ints."""
     validate_backbone_name(backbone)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -208,40 +238,25 @@ def build_detector(
         # GroupNorm(32, C) needs C divisible by 32, and two channels per group so that a 1x1
         # P7 map of a single image still has more than one value per group.
         raise ConfigError(f"head_norm 'gn' needs fpn_channels a multiple of 32 and at least 64, got {fpn_channels}")
-    spec, builder = FAMILIES[family]
+    return anchor_sizes
 
-    # Fetch first: a missing download should fail before minutes of model construction.
-    det_state: dict[str, Tensor] | None = None
-    det_source = ""
-    zero_eps = False
-    if weights is not None:
-        if is_checkpoint_path(weights):
-            det_state, det_source = load_checkpoint_file(weights), weights
-        else:
-            enum = resolve_detection_weights(family, backbone, weights, fpn_channels=fpn_channels)
-            det_state, det_source, zero_eps = fetch_state_dict(enum), repr(enum), enum in ZERO_EPS_WEIGHTS
-        if backbone_weights is not None:
-            logger.info("backbone_weights=%s ignored: weights=%s already cover the backbone", backbone_weights, weights)
-    body_state: dict[str, Tensor] | None = None
-    if det_state is None and backbone_weights is not None:
-        if is_checkpoint_path(backbone_weights):
-            body_state = load_checkpoint_file(backbone_weights)
-        else:
-            body_state = fetch_state_dict(resolve_backbone_weights(backbone, backbone_weights))
 
-    body_fpn = build_backbone_fpn(
-        backbone,
-        spec,
-        fpn_channels=fpn_channels,
-        body_state_dict=body_state,
-        is_pretrained=det_state is not None or body_state is not None,
-        trainable_layers=trainable_backbone_layers,
-    )
-    adapter = builder(body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh, head_norm=head_norm)
-    adapter.weights_skipped = []
-    if det_state is not None:
-        adapter.weights_skipped = load_pretrained_detector(adapter, det_state, source=det_source)
-        if zero_eps:
-            # These checkpoints were trained with FrozenBatchNorm2d eps=0, as torchvision restores.
-            overwrite_eps(adapter.model, 0.0)
-    return adapter
+def _detector_weights(
+    family: str, backbone: str, weights: str | None, fpn_channels: int
+) -> tuple[dict[str, Tensor] | None, str, bool]:
+    """(state dict, source name, whether FrozenBatchNorm needs eps 0) of full-detector weights."""
+    if weights is None:
+        return None, "", False
+    if is_checkpoint_path(weights):
+        return load_checkpoint_file(weights), weights, False
+    enum = resolve_detection_weights(family, backbone, weights, fpn_channels=fpn_channels)
+    return fetch_state_dict(enum), repr(enum), enum in ZERO_EPS_WEIGHTS
+
+
+def _backbone_weights(backbone: str, backbone_weights: str | None) -> dict[str, Tensor] | None:
+    """The backbone body's state dict: None, a local file or a torchvision weights name."""
+    if backbone_weights is None:
+        return None
+    if is_checkpoint_path(backbone_weights):
+        return load_checkpoint_file(backbone_weights)
+    return fetch_state_dict(resolve_backbone_weights(backbone, backbone_weights))

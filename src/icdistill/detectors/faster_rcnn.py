@@ -13,14 +13,17 @@ Losses: ``loss_objectness``, ``loss_rpn_box_reg`` (RPN), ``loss_classifier``, ``
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Collection
 
 import torch
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 
 from .backbones import P2_P6, fpn_levels, rename_levels
-from .base import DetectorAdapter
+from .base import DetectorAdapter, check_extras
+from .extras import ANCHORS, ROI_SAMPLES, RPN, RoISamples
 from .retinanet import image_list, model_detections, model_targets, require_mode
+from .two_stage import box_head_outputs, run_roi_heads_train, run_rpn
 
 
 class FasterRCNNAdapter(DetectorAdapter):
@@ -36,22 +39,62 @@ class FasterRCNNAdapter(DetectorAdapter):
         """images: Tensor[B, 3, Hp, Wp] -> p2..p6, each Tensor[B, out_channels, ceil(Hp/s), ceil(Wp/s)]."""
         return rename_levels(self.model.backbone(images), self.spec)
 
-    def losses(
+    supported_extras = frozenset({ANCHORS, RPN, ROI_SAMPLES})
+
+    def forward_train(
         self,
         images: Tensor,
         image_sizes: list[tuple[int, int]],
         features: "OrderedDict[str, Tensor]",
         targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:
-        """RPN + RoI-head losses. targets: ``boxes`` float[N, 4] xyxy pixels (N may be 0),
-        ``labels`` int64[N] contiguous. Train mode only."""
+        extras: Collection[str] = (),
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """RPN + RoI-head losses and the asked-for ``anchors`` / ``rpn`` / ``roi_samples`` of the
+        same pass. targets: ``boxes`` float[N, 4] xyxy pixels (N may be 0), ``labels`` int64[N]
+        contiguous. Train mode only."""
         require_mode(self, training=True, call="losses")
+        check_extras(self, extras)
         images_l = image_list(images, image_sizes)
         feats = fpn_levels(features, self.spec)
         tv_targets = self._model_targets(targets, image_sizes)
-        proposals, rpn_losses = self.model.rpn(images_l, feats, tv_targets)
-        _, roi_losses = self.model.roi_heads(feats, proposals, images_l.image_sizes, tv_targets)
-        return {**rpn_losses, **roi_losses}
+        rpn_out, rpn_losses = run_rpn(self.model.rpn, images_l, list(feats.values()), tv_targets)
+        samples, roi_losses = run_roi_heads_train(self.model.roi_heads, feats, rpn_out.proposals,
+                                                  images_l.image_sizes, tv_targets)
+        captured = {ANCHORS: rpn_out.anchors, RPN: rpn_out, ROI_SAMPLES: samples}
+        return {**rpn_losses, **roi_losses}, {name: captured[name] for name in extras}
+
+    def extras(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+        names: Collection[str],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """``anchors`` / ``rpn`` (training-mode proposal counts) and, with ``targets``,
+        ``roi_samples`` on given features (the teacher's side)."""
+        check_extras(self, names)
+        if ROI_SAMPLES in names and targets is None:
+            raise ValueError("the roi_samples extra needs targets")
+        images_l = image_list(images, image_sizes)
+        feats = fpn_levels(features, self.spec)
+        tv_targets = model_targets(targets) if targets is not None else None
+        rpn_out, _ = run_rpn(self.model.rpn, images_l, list(feats.values()), tv_targets)
+        out: dict[str, Any] = {ANCHORS: rpn_out.anchors, RPN: rpn_out}
+        if ROI_SAMPLES in names:
+            # RoIHeads.select_training_samples reads no mode; it needs model-label targets.
+            boxes, matched, labels, reg = self.model.roi_heads.select_training_samples(rpn_out.proposals, tv_targets)
+            out[ROI_SAMPLES] = RoISamples(boxes, labels, matched, reg)
+        return {name: out[name] for name in names}
+
+    def box_head(
+        self, features: "OrderedDict[str, Tensor]", boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """RoIAlign from p2..p5 + the 2-fc box head + predictor on given boxes (per image float
+        [R_b, 4] xyxy): class_logits float[R, C+1] (column 0 background), box_regression
+        float[R, 4(C+1)] (weights 10, 10, 5, 5)."""
+        feats = fpn_levels(features, self.spec)
+        return box_head_outputs(self.model.roi_heads, feats, list(boxes), [(int(h), int(w)) for h, w in image_sizes])
 
     @torch.no_grad()
     def detect(

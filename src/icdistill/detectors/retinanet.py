@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
+from typing import Any, Collection
 
 import torch
 from torch import Tensor
@@ -17,7 +18,8 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.image_list import ImageList
 
 from .backbones import P3_P7, LevelSpec, fpn_levels, rename_levels
-from .base import DetectorAdapter, from_model_labels, to_model_labels
+from .base import DetectorAdapter, check_extras, from_model_labels, to_model_labels
+from .extras import ANCHORS, DENSE, DenseOutputs
 
 
 def require_mode(adapter: DetectorAdapter, *, training: bool, call: str) -> None:
@@ -98,18 +100,54 @@ class DenseAdapter(DetectorAdapter):
     ) -> dict[str, Tensor]:
         """The model's own loss on model-label targets and unsplit head outputs."""
 
-    def losses(
+    supported_extras = frozenset({ANCHORS, DENSE})
+
+    def forward_train(
         self,
         images: Tensor,
         image_sizes: list[tuple[int, int]],
         features: "OrderedDict[str, Tensor]",
         targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:
-        """Scalar losses keyed as torchvision names them. targets: ``boxes`` float[N, 4] xyxy pixels
-        (N may be 0), ``labels`` int64[N] contiguous. Train mode only."""
+        extras: Collection[str] = (),
+    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Scalar losses keyed as torchvision names them, and the asked-for ``anchors`` /
+        ``dense`` extras of the same head pass. targets: ``boxes`` float[N, 4] xyxy pixels (N may
+        be 0), ``labels`` int64[N] contiguous. Train mode only."""
         require_mode(self, training=True, call="losses")
+        check_extras(self, extras)
         head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
-        return self._compute_loss(model_targets(targets), head_outputs, anchors, per_level)
+        losses = self._compute_loss(model_targets(targets), head_outputs, anchors, per_level)
+        return losses, self._dense_extras(extras, head_outputs, anchors, per_level)
+
+    def extras(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]],
+        features: "OrderedDict[str, Tensor]",
+        names: Collection[str],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """``anchors`` / ``dense`` on given features (the teacher's side); any mode."""
+        check_extras(self, names)
+        head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
+        return self._dense_extras(names, head_outputs, anchors, per_level)
+
+    def _dense_extras(
+        self, names: Collection[str], head_outputs: dict[str, Tensor], anchors: list[Tensor], per_level: list[int]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if ANCHORS in names:
+            out[ANCHORS] = anchors
+        if DENSE in names:
+            out[DENSE] = DenseOutputs(
+                cls_logits=head_outputs["cls_logits"],
+                bbox_regression=head_outputs["bbox_regression"],
+                ctrness=head_outputs.get("bbox_ctrness"),
+                anchors=anchors,
+                num_anchors_per_level=self._anchors_per_level(per_level, head_outputs["cls_logits"]),
+                box_coder=self.model.box_coder,
+            )
+        return out
 
     @torch.no_grad()
     def detect(

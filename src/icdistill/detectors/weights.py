@@ -12,7 +12,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 from urllib.error import URLError
 from urllib.parse import urlparse
 
@@ -29,6 +29,7 @@ from torchvision.models.detection import (
 
 from ..errors import ConfigError, ModelMismatchError, WeightsUnavailableError
 from .base import DetectorAdapter
+from .extras import escape_inference_mode
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def fetch_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
 
 
 def load_checkpoint_file(path: str) -> dict[str, Tensor]:
-    """A detector state dict from a local file: a raw ``state_dict`` (like ``student.pt``) or a
+    """A detector state dict from a local file: a raw ``state_dict`` (like ``detector.pt``) or a
     training checkpoint holding one under ``"model"`` or ``"state_dict"``."""
     if not os.path.isfile(path):
         raise WeightsUnavailableError(f"checkpoint file {path!r} does not exist")
@@ -202,7 +203,7 @@ def describe_mismatch(
 def load_detector_state(
     adapter: DetectorAdapter, state_dict: Mapping[str, Tensor], *, source: str, strict: bool = True
 ) -> Any:
-    """Load ``state_dict`` into ``adapter.model`` (torchvision parameter names, e.g. ``student.pt``).
+    """Load ``state_dict`` into ``adapter.model`` (torchvision parameter names, e.g. ``detector.pt``).
 
     Args:
         adapter: the detector to fill.
@@ -293,14 +294,34 @@ class FrozenTeacher(DetectorAdapter):
         with torch.no_grad():
             return self.adapter.features(images)
 
-    def losses(
+    def forward_train(self, images, image_sizes, features, targets, extras=()):  # noqa: D102
+        raise RuntimeError("a frozen teacher has no training losses; compute losses on the student")
+
+    @property
+    def supported_extras(self) -> frozenset[str]:  # type: ignore[override]
+        return self.adapter.supported_extras
+
+    def extras(
         self,
         images: Tensor,
         image_sizes: list[tuple[int, int]],
         features: "OrderedDict[str, Tensor]",
-        targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:
-        raise RuntimeError("a frozen teacher has no training losses; compute losses on the student")
+        names: Collection[str],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Any]:
+        """The wrapped adapter's extras, computed under ``inference_mode`` and returned as
+        ordinary tensors (a method's loss may save them for backward)."""
+        with torch.inference_mode():
+            out = self.adapter.extras(images, image_sizes, features, names, targets)
+        return escape_inference_mode(out)
+
+    def box_head(
+        self, features: "OrderedDict[str, Tensor]", boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """The wrapped adapter's box head on given boxes, under ``inference_mode``."""
+        with torch.inference_mode():
+            out = self.adapter.box_head(features, boxes, image_sizes)
+        return escape_inference_mode(out)
 
     def detect(
         self,

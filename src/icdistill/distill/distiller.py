@@ -1,21 +1,22 @@
-"""Student + ICD module as ONE trainable module that returns a dict of named losses.
+"""The student plus at most one distillation method as ONE trainable module returning a dict of
+named losses.
 
 The trainer only sums and logs what this returns, so plain training is the same loop with
 ``distill.method: none``. The frozen teacher lives outside (see
-:func:`icdistill.detectors.freeze_as_teacher`); its features are passed in, which keeps it out of
-DDP and out of the optimisers.
+:func:`icdistill.detectors.freeze_as_teacher`) and is passed in, which keeps it out of DDP, the
+optimisers and the checkpoint.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Sequence
 
 from torch import Tensor, nn
 
 from icdistill.detectors.base import DetectorAdapter
-from icdistill.distill.fitnet import FitNetModule
-from icdistill.distill.icd import ICDModule
+from icdistill.detectors.weights import FrozenTeacher
+from icdistill.distill.inputs import DistillInputs
+from icdistill.distill.method import DistillMethod
 from icdistill.errors import ModelMismatchError
 
 
@@ -49,76 +50,73 @@ def check_alignment(teacher: DetectorAdapter, student: DetectorAdapter, levels: 
 
 
 class Distiller(nn.Module):
-    """The trainable whole: ``student`` (a DetectorAdapter) and, for ICD, ``icd`` (or, for the
-    FitNet baseline, ``fitnet``).
+    """The trainable whole: ``student`` (a DetectorAdapter) and ``method`` (a DistillMethod or None).
 
     Args:
         student: the detector being trained.
-        icd: the ICD module, or None for plain training.
-        fitnet: a FitNet module instead of ``icd`` (full-map imitation baseline).
+        method: the distillation method, or None for plain training.
         levels: names of the distilled feature levels (e.g. p3..p7).
         strides: their strides in pixels.
-        warmup_iters: distillation warm-up; before it the student tokens are detached, so the
-            distillation loss trains only the adapter (§7).
+        warmup_iters: distillation warm-up; before it the student features reach the method
+            detached, so the distillation loss trains only the method's parts (ICD_SPEC §7).
     """
 
     def __init__(
         self,
         student: DetectorAdapter,
-        icd: ICDModule | None = None,
+        method: DistillMethod | None = None,
         *,
-        fitnet: FitNetModule | None = None,
         levels: Sequence[str] = (),
         strides: Sequence[int] = (),
         warmup_iters: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
-        if icd is not None and fitnet is not None:
-            raise ValueError("a distiller has one distillation module: icd or fitnet")
-        self.icd = icd
-        self.fitnet = fitnet
+        self.method = method
         self.levels = tuple(levels)
         self.strides = tuple(strides)
         self.warmup_iters = warmup_iters
+
+    @property
+    def method_only_iters(self) -> int:
+        """Iterations of the method-only stage that precedes the main one (0 without a method)."""
+        return self.method.method_only_iters if self.method is not None else 0
 
     def forward(
         self,
         images: Tensor,
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]],
-        teacher_features: "OrderedDict[str, Tensor] | None" = None,
+        teacher: FrozenTeacher | None = None,
         iteration: int = 0,
-        decoder_only: bool = False,
+        method_only: bool = False,
     ) -> dict[str, Tensor]:
-        """Named losses: ``det/*`` (student), ``aux/*`` and ``distill/icd`` (ICD).
+        """Named losses: ``det/*`` (the student's) and the method's ``distill/<method>/*``.
 
         Args:
-            images: float Tensor[B, 3, Hp, Wp], normalised and padded (the teacher saw the same).
+            images: float Tensor[B, 3, Hp, Wp], normalised and padded (the teacher sees the same).
             image_sizes: (h, w) of each unpadded image.
             targets: boxes xyxy pixels, contiguous labels.
-            teacher_features: the teacher's levels (needed when ``icd`` is set).
+            teacher: the frozen teacher (needed with a method).
             iteration: main-stage iteration, for the distillation warm-up.
-            decoder_only: the decoder warm-up stage: the student is not run, only aux losses.
+            method_only: the method-only stage: the student is not run.
         """
         losses: dict[str, Tensor] = {}
-        student_levels = None
-        if not decoder_only:
+        features, extras = None, {}
+        if not method_only:
             features = self.student.features(images)
-            for name, value in self.student.losses(images, image_sizes, features, targets).items():
-                losses[f"det/{name}"] = value
-            student_levels = [features[name] for name in self.levels]
-            if iteration < self.warmup_iters:
-                student_levels = [f.detach() for f in student_levels]
-        module = self.distill_module
-        if module is not None:
-            if teacher_features is None:
-                raise ValueError("distillation needs the teacher's features")
-            teacher_levels = [teacher_features[name] for name in self.levels]
-            losses.update(module(teacher_levels, student_levels, targets, image_sizes, self.strides))
+            wanted = self.method.requires if self.method is not None else ()
+            det, extras = self.student.forward_train(images, image_sizes, features, targets, extras=wanted)
+            losses.update({f"det/{name}": value for name, value in det.items()})
+        if self.method is None:
+            return losses
+        if teacher is None:
+            raise ValueError("distillation needs the teacher")
+        inputs = DistillInputs(
+            images=images, image_sizes=image_sizes, targets=targets, iteration=iteration,
+            levels=self.levels, strides=self.strides, teacher=teacher,
+            teacher_features=teacher.features(images), student=self.student, student_features=features,
+            student_extras=extras, detach_student=iteration < self.warmup_iters,
+        )
+        losses.update(self.method(inputs))
         return losses
-
-    @property
-    def distill_module(self) -> nn.Module | None:
-        """The trainable distillation module (ICD or FitNet), optimised with AdamW (§7)."""
-        return self.icd if self.icd is not None else self.fitnet

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from icdistill.distill.inputs import DistillInputs, valid_token_mask
 from icdistill.distill.losses import (
     NUM_SCALE_BINS,
     attention_weighted_distill_loss,
@@ -26,6 +28,7 @@ from icdistill.distill.losses import (
     regression_loss,
     split_heads,
 )
+from icdistill.distill.method import DistillMethod, MethodOptim
 from icdistill.distill.sampling import Instances, PriorTensors, build_instances
 
 # Queries processed at once when the real instances' attention is summed (§6 "Cost"):
@@ -66,23 +69,6 @@ class TeacherTokens:
 def flatten_levels(features: Sequence[Tensor]) -> Tensor:
     """[B, C, H_l, W_l] per level -> float Tensor[B, S, C], row-major per level, levels concatenated."""
     return torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1)
-
-
-def valid_token_mask(
-    level_shapes: Sequence[tuple[int, int]], strides: Sequence[int], image_sizes: Sequence[tuple[int, int]], device
-) -> list[Tensor]:
-    """Per level a bool Tensor[B, H_l, W_l]: token (y, x) is valid iff y < ceil(h_b/stride) and
-    x < ceil(w_b/stride) (§4.2)."""
-    masks = []
-    for (height, width), stride in zip(level_shapes, strides):
-        rows = torch.arange(height, device=device)
-        cols = torch.arange(width, device=device)
-        per_image = [
-            (rows[:, None] < math.ceil(h / stride)) & (cols[None, :] < math.ceil(w / stride))
-            for h, w in image_sizes
-        ]
-        masks.append(torch.stack(per_image))
-    return masks
 
 
 class DecoderLayer(nn.Module):
@@ -150,8 +136,9 @@ class DecoderLayer(nn.Module):
         return weights
 
 
-class ICDModule(nn.Module):
-    """Everything ICD trains besides the student: query MLP, decoder, predictor, adapter.
+class ICDModule(DistillMethod):
+    """``distill.method: icd``. Everything ICD trains besides the student: query MLP, decoder,
+    predictor, adapter.
 
     Args:
         num_classes: C, contiguous class ids 0..C-1.
@@ -161,7 +148,11 @@ class ICDModule(nn.Module):
         hidden_dim, num_heads, num_layers, ffn_dim: decoder sizes (§4.3; ffn_dim defaults to 4d).
         fake_ratio, max_instances, jitter: instance sampling (§2, §4.1).
         loss_weight: λ of the distillation loss.
+        optim: its own AdamW (ICD_SPEC §7: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
+        method_only_iters: the decoder warm-up stage (``distill.decoder_warmup_iters``).
     """
+
+    name = "icd"
 
     def __init__(
         self,
@@ -178,8 +169,10 @@ class ICDModule(nn.Module):
         max_instances: int = 300,
         jitter: float = 0.3,
         loss_weight: float = 1.0,
+        optim: MethodOptim = MethodOptim(clip_norm=0.01),
+        method_only_iters: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(optim, method_only_iters=method_only_iters)
         if hidden_dim % 2:
             raise ValueError("hidden_dim must be even (half the position code is y, half x)")
         self.num_classes = num_classes
@@ -271,7 +264,13 @@ class ICDModule(nn.Module):
         """float Tensor[B, K, d] from the instance descriptors."""
         return self.query_mlp(instance_descriptor(inst.labels, inst.centres, inst.size_px, self.num_classes))
 
-    def forward(
+    def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        """The slot's call: :meth:`losses` on the distilled levels (student levels None in the
+        decoder warm-up stage)."""
+        return self.losses(inputs.teacher_levels, inputs.student_levels, inputs.targets, inputs.image_sizes,
+                           inputs.strides)
+
+    def losses(
         self,
         teacher_features: Sequence[Tensor],
         student_features: Sequence[Tensor] | None,
@@ -289,8 +288,8 @@ class ICDModule(nn.Module):
             image_sizes: (h, w) of each resized, unpadded image.
             strides: stride of each level in pixels.
         Returns:
-            {"aux/idf", "aux/reg"} and, with student features, "distill/icd" (λ applied);
-            each averaged over decoder layers.
+            {"distill/icd/idf", "distill/icd/reg"} (the auxiliary task) and, with student
+            features, "distill/icd/feature" (λ applied); each averaged over decoder layers.
         """
         teacher = self.teacher_tokens([f.detach() for f in teacher_features], strides, image_sizes)
         inst = self.instances(targets, image_sizes)
@@ -318,9 +317,9 @@ class ICDModule(nn.Module):
             idf.append(identification_loss(prediction[..., 0], inst.is_real, inst.valid))
             reg.append(regression_loss(prediction[..., 1:], inst.boxes, inst.centres, inst.is_real))
 
-        losses = {"aux/idf": torch.stack(idf).mean(), "aux/reg": torch.stack(reg).mean()}
+        losses = {"distill/icd/idf": torch.stack(idf).mean(), "distill/icd/reg": torch.stack(reg).mean()}
         if distill:
-            losses["distill/icd"] = torch.stack(distill).mean()
+            losses["distill/icd/feature"] = torch.stack(distill).mean()
         return losses
 
     @torch.no_grad()
@@ -353,3 +352,13 @@ class ICDModule(nn.Module):
             per_level = probs[b, :n].split(sizes, dim=-1)
             out.append([p.reshape(n, h, w) for p, (h, w) in zip(per_level, teacher.level_shapes)])
         return out
+
+    def save_pictures(
+        self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int],
+        out_dir: Path, count: int, device: torch.device,
+    ) -> list[Path]:
+        """``attention_<image id>.png``: each real instance's decoder attention (see
+        :func:`~icdistill.distill.attention_pictures.save_attention_examples`)."""
+        from icdistill.distill.attention_pictures import save_attention_examples
+
+        return save_attention_examples(self, teacher, dataset, levels, strides, out_dir, count, device)

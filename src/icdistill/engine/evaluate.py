@@ -1,4 +1,4 @@
-"""Evaluation of a detector on a test set, and the ICD attention pictures."""
+"""Evaluation of a detector on a test set, ``metrics.json``, and pictures of its detections."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from icdistill.data import CocoDetection
 from icdistill.detectors.base import DetectorAdapter
-from icdistill.detectors.weights import FrozenTeacher
-from icdistill.distill.distiller import Distiller
 from icdistill.engine.distributed import DistContext, gather_to_main
 from icdistill.evaluation import COCOEvaluator, format_per_class_table
 from icdistill.structures import collate_batch
-from icdistill.viz import save_attention_overlays, save_detections
+from icdistill.viz import save_detections
 
 
 def write_metrics_json(path: Path, metrics: dict[str, float], class_names: list[str] | None = None) -> None:
@@ -67,58 +63,6 @@ def evaluate_detector(
     for predictions in gathered:
         evaluator.add_predictions(predictions)
     return evaluator.evaluate()
-
-
-def attention_maps_per_instance(
-    level_maps: list[Tensor], padded_size: tuple[int, int], image_size: tuple[int, int]
-) -> Tensor:
-    """Sum of each instance's attention over levels, upsampled to the image.
-
-    Args:
-        level_maps: per level float Tensor[n, H_l, W_l].
-        padded_size: (Hp, Wp) of the padded batch; image_size: (h, w) of the image.
-    Returns:
-        float Tensor[n, h, w].
-    """
-    total = None
-    for level in level_maps:
-        up = F.interpolate(level[:, None], size=padded_size, mode="bilinear", align_corners=False)[:, 0]
-        total = up if total is None else total + up
-    h, w = image_size
-    return total[:, :h, :w]
-
-
-@torch.no_grad()
-def save_attention_examples(
-    distiller: Distiller, teacher: FrozenTeacher, dataset: CocoDetection, out_dir: Path, count: int, device: torch.device
-) -> list[Path]:
-    """PNG overlays of the ICD decoder's per-instance attention on the first ``count`` test images
-    that have annotations. Returns the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    icd = distiller.icd
-    was_training = icd.training
-    icd.eval()
-    written: list[Path] = []
-    for index in range(len(dataset)):
-        if len(written) >= count:
-            break
-        item = dataset[index]
-        if item[1]["boxes"].shape[0] == 0:
-            continue
-        batch = collate_batch([item]).to(device)
-        features = teacher.features(batch.images)
-        levels = [features[name] for name in distiller.levels]
-        per_image = icd.instance_attention(levels, batch.targets, batch.image_sizes, distiller.strides)
-        maps = attention_maps_per_instance(per_image[0], tuple(batch.images.shape[-2:]), batch.image_sizes[0])
-        names = [dataset.class_names[int(c)] for c in batch.targets[0]["labels"]]
-        path = out_dir / f"attention_{batch.image_ids[0]:06d}.png"
-        save_attention_overlays(
-            path, batch.unnormalised_images()[0].cpu(), batch.targets[0]["boxes"].cpu(), names,
-            [m.cpu() for m in maps], title=f"ICD attention, image {batch.image_ids[0]}",
-        )
-        written.append(path)
-    icd.train(was_training)
-    return written
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
-"""Optimisers and learning-rate schedules (ICD spec §7).
+"""Optimisers and learning-rate schedules.
 
 * Student: SGD with momentum, linear warm-up then step decay (detectron2's
   ``WarmupMultiStepLR``), norm-layer parameters with their own weight decay.
-* ICD module: AdamW with cosine decay from 1 to 0.
+* A distillation method with its own optimiser: AdamW with cosine decay from 1 to 0.
 """
 
 from __future__ import annotations
@@ -124,15 +124,15 @@ def build_student_scheduler(
     )
 
 
-def build_icd_optimizer(
+def build_method_optimizer(
     module: nn.Module, *, lr: float = 1e-4, weight_decay: float = 1e-4
 ) -> torch.optim.AdamW:
-    """AdamW over the ICD module's trainable parameters."""
+    """AdamW over a distillation method's trainable parameters."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(f"{type(module).__name__} has no trainable parameters")
-    # The fused kernel updates all parameters in one pass; the ICD module has many small
-    # tensors, for which the per-tensor loop costs more than the arithmetic.
+    # The fused kernel updates all parameters in one pass; a decoder of many small tensors
+    # costs more in the per-tensor loop than in the arithmetic.
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
@@ -149,7 +149,7 @@ def cosine_lambda(*, max_iter: int) -> Callable[[int], float]:
     return factor
 
 
-def build_icd_scheduler(optimizer: torch.optim.Optimizer, *, max_iter: int) -> LambdaLR:
+def build_method_scheduler(optimizer: torch.optim.Optimizer, *, max_iter: int) -> LambdaLR:
     """Per-iteration cosine decay from the base LR to 0 over ``max_iter``."""
     return LambdaLR(optimizer, cosine_lambda(max_iter=max_iter))
 
@@ -173,7 +173,7 @@ def clip_gradients(
         params: tensors whose ``.grad`` to clip (those without a gradient are skipped).
         value: clamp each gradient element to ``[-value, value]`` (the student in distillation
             runs).
-        max_norm: rescale so the total L2 norm is at most ``max_norm`` (0.01 for the ICD module).
+        max_norm: rescale so the total L2 norm is at most ``max_norm`` (a method's clip norm).
             Applied after ``value`` when both are given.
 
     Returns:

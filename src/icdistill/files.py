@@ -1,4 +1,15 @@
-"""Crash-safe checkpoints and RNG state for exact resume."""
+"""The files icdistill writes and reads, in one place.
+
+* ``checkpoints/last.pt`` (+ periodic snapshots): the **training checkpoint**
+  (``format: icdistill-train``): the trainable module (student + distillation method), optimiser,
+  scheduler and RNG states, the resolved config, the iteration. ``--resume`` reads it.
+* ``detector.pt``: the **detector file** (``format: icdistill-detector``), a torchvision
+  detector's ``state_dict`` plus what rebuilds it; every run writes one (a teacher run too), and
+  it loads with torchvision alone. Files named ``student.pt`` (``format: icdistill-student``) of
+  earlier versions read the same.
+* Both are written atomically (:func:`save_checkpoint`) and read with :func:`load_checkpoint`.
+"""
+
 
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from icdistill.errors import DataError
+from icdistill.errors import DataError, ModelMismatchError
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -79,6 +90,43 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"{type(state).__name__}"
         )
     return state
+
+
+TRAIN_CHECKPOINT_FORMAT = "icdistill-train"
+DETECTOR_FORMAT = "icdistill-detector"
+LEGACY_DETECTOR_FORMATS = ("icdistill-student",)
+DETECTOR_FILE = "detector.pt"
+# The training checkpoint's trainable state holds the detector under this prefix.
+DETECTOR_PREFIX_IN_TRAINABLE = "student.model."
+
+
+def detector_file(model_state: dict[str, torch.Tensor], model_config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """The content of ``detector.pt``: the torchvision detector's state dict plus what is needed
+    to rebuild it (``torchvision_num_classes`` counts the background class)."""
+    return {
+        "format": DETECTOR_FORMAT,
+        "model": model_state,
+        "model_config": model_config,
+        "num_classes": len(class_names),
+        "torchvision_num_classes": len(class_names) + 1,
+        "class_names": list(class_names),
+    }
+
+
+def detector_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """The detector's state dict from a detector file (also an older ``student.pt``) or a
+    training checkpoint."""
+    if ckpt.get("format") in (DETECTOR_FORMAT, *LEGACY_DETECTOR_FORMATS) or ("model" in ckpt and "trainable" not in ckpt):
+        return ckpt["model"]
+    if "trainable" in ckpt:
+        prefix = DETECTOR_PREFIX_IN_TRAINABLE
+        return {k[len(prefix):]: v for k, v in ckpt["trainable"].items() if k.startswith(prefix)}
+    raise ModelMismatchError(f"{source} is neither a detector file nor a training checkpoint of icdistill")
+
+
+def saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` config section a detector file or training checkpoint was written with."""
+    return ckpt.get("model_config") or (ckpt.get("config") or {}).get("model") or {}
 
 
 def capture_rng_state() -> dict[str, Any]:

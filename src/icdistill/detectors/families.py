@@ -1,0 +1,74 @@
+"""The one table of facts about each detector family.
+
+Every builder, default, benchmark and doc table reads the family facts from here; nothing else
+repeats them (``docs/architecture.md``'s family table is tested against this one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .backbones import P2_P6, P3_P7, LevelSpec
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What the rest of the toolkit needs to know about one detector family.
+
+    Attributes:
+        name: the ``model.family`` value.
+        levels: the feature pyramid (names and strides of what ``features`` returns).
+        two_stage: an RPN + RoI-head detector (proposals, sampled RoIs, a box head).
+        masks: predicts instance masks (training targets need ``masks``; ``segm`` AP).
+        reference_lr: the student's SGD LR at 16 images per batch (ICD_SPEC §7).
+        distill_loss_weight: λ of the ICD distillation loss (the paper's Table 12; the release's
+            FCOS config, ICD_SPEC §6).
+        max_instances: the cap on ICD's instance slots per image (ICD_SPEC §2).
+    """
+
+    name: str
+    levels: LevelSpec
+    two_stage: bool
+    masks: bool
+    reference_lr: float
+    distill_loss_weight: float
+    max_instances: int
+
+
+FAMILY_TABLE: dict[str, FamilyFacts] = {
+    f.name: f
+    for f in (
+        FamilyFacts("retinanet", P3_P7, two_stage=False, masks=False, reference_lr=0.01,
+                    distill_loss_weight=6.0, max_instances=300),
+        FamilyFacts("fcos", P3_P7, two_stage=False, masks=False, reference_lr=0.01,
+                    distill_loss_weight=8.0, max_instances=300),
+        FamilyFacts("faster_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
+        FamilyFacts("mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
+    )
+}
+FAMILIES: tuple[str, ...] = tuple(FAMILY_TABLE)
+
+
+def family_facts(name: str) -> FamilyFacts:
+    """The facts of family ``name``; ConfigError naming the valid families otherwise."""
+    if name not in FAMILY_TABLE:
+        raise ConfigError(f"unknown detector family {name!r}; valid families: {', '.join(FAMILY_TABLE)}")
+    return FAMILY_TABLE[name]
+
+
+def family_table_markdown() -> str:
+    """The family table as it appears in ``docs/architecture.md``."""
+    rows = [
+        "| family | levels (strides) | stages | masks | reference LR @16 | ICD λ | ICD instance cap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in FAMILY_TABLE.values():
+        levels = ", ".join(f"{n} ({s})" for n, s in zip(f.levels.names, f.levels.strides))
+        rows.append(
+            f"| `{f.name}` | {levels} | {'two' if f.two_stage else 'one'} | {'yes' if f.masks else 'no'} "
+            f"| {f.reference_lr:g} | {f.distill_loss_weight:g} | {f.max_instances} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,120 @@
+"""From ``cfg.distill`` and the two detectors to the trainable whole (student + one method).
+
+``METHODS`` is a plain dict from ``distill.method`` names to builders; ``none`` means plain
+training. A builder takes the distill section and a :class:`MethodContext` and returns a
+:class:`~icdistill.distill.method.DistillMethod`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from icdistill.config import DistillConfig
+from icdistill.data.prior import DatasetPrior
+from icdistill.detectors.base import DetectorAdapter
+from icdistill.detectors.families import family_facts
+from icdistill.detectors.weights import FrozenTeacher
+from icdistill.distill.distiller import Distiller, check_alignment
+from icdistill.distill.fitnet import FitNet
+from icdistill.distill.icd import ICDModule
+from icdistill.distill.inherit import InheritReport, inherit_weights
+from icdistill.distill.method import DistillMethod, MethodOptim
+from icdistill.distill.sampling import PriorTensors
+from icdistill.errors import ConfigError
+
+NO_METHOD = "none"
+# What `icdistill distill` runs when the config leaves distill.method at none.
+DEFAULT_METHOD = "icd"
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method builder may read besides ``cfg.distill``: the detectors (checked to align
+    at ``levels``), the training set's prior and the class count."""
+
+    teacher: FrozenTeacher
+    student: DetectorAdapter
+    prior: DatasetPrior
+    levels: tuple[str, ...]
+    strides: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return self.student.num_classes
+
+
+def prior_tensors(prior: DatasetPrior) -> PriorTensors:
+    """The dataset prior as float32 tensors of shape [C] each."""
+    t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    return PriorTensors(t(prior.freq), t(prior.w_mean), t(prior.w_std), t(prior.h_mean), t(prior.h_std))
+
+
+def _own_adamw(dcfg: DistillConfig) -> MethodOptim:
+    return MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm)
+
+
+def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
+    """ICD (ICD_SPEC): λ and the instance cap default to the student family's (family table)."""
+    facts = family_facts(ctx.student.family)
+    return ICDModule(
+        num_classes=ctx.num_classes,
+        teacher_channels=ctx.teacher.out_channels,
+        student_channels=ctx.student.out_channels,
+        prior=prior_tensors(ctx.prior),
+        hidden_dim=dcfg.hidden_dim,
+        num_heads=dcfg.num_heads,
+        num_layers=dcfg.num_layers,
+        fake_ratio=dcfg.fake_ratio,
+        max_instances=dcfg.max_instances or facts.max_instances,
+        jitter=dcfg.jitter,
+        loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else facts.distill_loss_weight,
+        optim=_own_adamw(dcfg),
+        method_only_iters=dcfg.decoder_warmup_iters,
+    )
+
+
+def build_fitnet(dcfg: DistillConfig, ctx: MethodContext) -> FitNet:
+    """FitNet full-map imitation (1x1 adapter, MSE; weight default 1)."""
+    return FitNet(
+        student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
+        loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else 1.0, optim=_own_adamw(dcfg),
+    )
+
+
+METHODS: dict[str, Callable[[DistillConfig, MethodContext], DistillMethod]] = {
+    "icd": build_icd,
+    "fitnet": build_fitnet,
+}
+
+
+def build_method(dcfg: DistillConfig, ctx: MethodContext) -> DistillMethod:
+    """The method ``dcfg.method`` names; ConfigError listing the valid names otherwise."""
+    if dcfg.method not in METHODS:
+        raise ConfigError(
+            f"config key 'distill.method' is {dcfg.method!r}; valid choices: {', '.join((*METHODS, NO_METHOD))}"
+        )
+    return METHODS[dcfg.method](dcfg, ctx)
+
+
+def build_distiller(
+    dcfg: DistillConfig,
+    student: DetectorAdapter,
+    teacher: FrozenTeacher | None,
+    *,
+    prior: DatasetPrior,
+    fresh_start: bool = True,
+) -> tuple[Distiller, InheritReport | None]:
+    """Student + the configured method, checked against the teacher; at a fresh start with
+    ``distill.inherit`` the student first inherits the teacher's neck and heads (ICD_SPEC §8)."""
+    if dcfg.method == NO_METHOD:
+        return Distiller(student), None
+    if teacher is None:
+        raise ConfigError(f"distill.method {dcfg.method!r} needs a teacher (the 'teacher' section)")
+    levels = tuple(dcfg.levels or student.level_names)
+    strides = tuple(check_alignment(teacher, student, levels))
+    report = inherit_weights(teacher, student) if dcfg.inherit and fresh_start else None
+    method = build_method(dcfg, MethodContext(teacher, student, prior, levels, strides))
+    return Distiller(student, method, levels=levels, strides=strides, warmup_iters=dcfg.warmup_iters), report

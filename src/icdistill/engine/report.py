@@ -1,0 +1,168 @@
+"""What a run writes into its directory: the step log (``metrics.jsonl`` + TensorBoard), the
+training checkpoint, and at the finish ``metrics.json``, ``per_class.md``, the detector file
+and the pictures. Only the main process writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from icdistill.engine.distributed import barrier, reduce_for_logging
+from icdistill.engine.evaluate import evaluate_detector, save_detection_examples, write_metrics_json
+from icdistill.files import DETECTOR_FILE, TRAIN_CHECKPOINT_FORMAT, capture_rng_state, detector_file, save_checkpoint
+from icdistill.viz import save_training_curves
+
+if TYPE_CHECKING:  # the setup imports this module
+    from icdistill.engine.setup import Run
+
+# Loss-name prefixes shown in the progress bar.
+BAR_PREFIXES = ("loss/", "distill/", "aux/")
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    metrics: dict[str, float]
+    train_seconds: float
+    iterations: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RunLog:
+    """``metrics.jsonl`` + TensorBoard, written by the main process only."""
+
+    def __init__(self, out: Path, enabled: bool, fresh: bool) -> None:
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        if enabled and fresh and self.path.exists():
+            self.path.unlink()
+        self.writer = SummaryWriter(str(out / "tb")) if enabled else None
+
+    def log(self, step: int, record: dict[str, float], prefix: str = "", jsonl: bool = True) -> None:
+        """One record at ``step``: a metrics.jsonl line (unless ``jsonl`` is False) and
+        TensorBoard scalars, both named ``prefix + key`` (periodic evaluations: ``eval/bbox/AP``).
+        NaN is skipped in TensorBoard and written as null in metrics.jsonl (strict JSON)."""
+        if not self.enabled:
+            return
+        if jsonl:
+            line = {prefix + k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+            with self.path.open("a") as f:
+                f.write(json.dumps({"iter": step, **line}) + "\n")
+        for key, value in record.items():
+            if not math.isnan(value):
+                self.writer.add_scalar(prefix + key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Clock:
+    """Training seconds without the periodic evaluations, which are counted apart."""
+
+    def __init__(self, train_before: float, eval_before: float) -> None:
+        self.started = time.perf_counter()
+        self.train_before, self.eval_before, self.eval_here = train_before, eval_before, 0.0
+
+    def train_seconds(self) -> float:
+        return self.train_before + time.perf_counter() - self.started - self.eval_here
+
+    def eval_seconds(self) -> float:
+        return self.eval_before + self.eval_here
+
+    def timed(self, fn):
+        start = time.perf_counter()
+        out = fn()
+        self.eval_here += time.perf_counter() - start
+        return out
+
+
+def log_step(run: Run, done: int, total, losses: dict, bar) -> None:
+    """The step's losses (averaged over ranks) and learning rates, into the log and the bar."""
+    record = reduce_for_logging({"loss/total": total.item(), **{k: v.item() for k, v in losses.items()}}, run.ctx)
+    opts = run.step.opts
+    record["lr/student"] = opts.student.param_groups[0]["lr"]
+    if opts.method is not None:
+        record["lr/method"] = opts.method.param_groups[0]["lr"]
+    run.log.log(done, record)
+    bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in record.items() if k.startswith(BAR_PREFIXES)})
+
+
+def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot: bool) -> None:
+    """``checkpoints/last.pt`` (what ``--resume`` reads) and, with ``snapshot``, a periodic
+    ``checkpoints/model_<iter>.pt`` beside it; both atomic."""
+    cfg = run.cfg.to_dict()
+    state = {
+        "format": TRAIN_CHECKPOINT_FORMAT,
+        "iteration": next_iter,
+        "train_seconds": clock.train_seconds(),
+        "eval_seconds": clock.eval_seconds(),
+        "world_size": run.ctx.world_size,
+        "trainable": run.distiller.state_dict(),
+        **run.step.opts.state_dict(),
+        "rng": capture_rng_state(),
+        "config": cfg,
+        "model_config": cfg["model"],
+        "class_names": run.train_set.class_names,
+    }
+    save_checkpoint(run.last_checkpoint, state)
+    if snapshot:
+        save_checkpoint(run.last_checkpoint.parent / f"model_{next_iter:07d}.pt", state)
+
+
+def periodic_evaluation(run: Run, done: int) -> None:
+    """``eval/*`` metrics of the student at iteration ``done``, into the log."""
+    metrics = evaluate_detector(run.distiller.student, run.test_loader, run.evaluator, run.ctx.device,
+                                progress=False, ctx=run.ctx)
+    run.log.log(done, metrics, prefix="eval/")
+    run.distiller.train()
+
+
+def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
+    """Final evaluation; the main process writes ``metrics.json``, ``per_class.md``, the
+    detector file and ``viz/`` (training curves, detections, the method's pictures)."""
+    ctx, distiller = run.ctx, run.distiller
+    train_seconds = clock.train_seconds()
+    metrics = evaluate_detector(distiller.student, run.test_loader, run.evaluator, ctx.device,
+                                progress=progress and ctx.is_main, ctx=ctx)
+    if ctx.is_main:
+        metrics["time/train_s"] = round(train_seconds, 2)
+        metrics["time/iter_s"] = round(train_seconds / max(run.total_iters, 1), 4)
+        metrics["time/eval_s"] = round(clock.eval_seconds(), 2)  # periodic evaluations, not in train_s
+        metrics["world_size"] = ctx.world_size
+        write_metrics_json(run.out / "metrics.json", metrics, run.train_set.class_names)
+        final = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "segm/"))}
+        run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
+        save_detector_file(run, run.out / DETECTOR_FILE)
+        save_pictures(run)
+    run.log.close()
+    barrier(ctx)
+    return RunResult(run.out, metrics, train_seconds, run.total_iters,
+                     extra={"rank": ctx.rank, "world_size": ctx.world_size})
+
+
+def save_detector_file(run: Run, path: Path) -> None:
+    """The trained detector only, loadable with torchvision alone (:func:`icdistill.files.detector_file`)."""
+    state = run.distiller.student.model.state_dict()
+    save_checkpoint(path, detector_file(state, run.cfg.to_dict()["model"], run.train_set.class_names))
+
+
+def save_pictures(run: Run) -> None:
+    """``viz/``: training curves, detections on test images and the method's own pictures."""
+    viz = run.out / "viz"
+    save_training_curves(viz / "training_curves.png", run.log.path)
+    count = run.cfg.eval.viz_images
+    if count <= 0:
+        return
+    device = run.ctx.device
+    save_detection_examples(run.distiller.student, run.test_set, viz, count, device)
+    method, teacher = run.distiller.method, run.step.teacher
+    if method is not None and teacher is not None:
+        method.save_pictures(teacher=teacher, dataset=run.test_set, levels=run.distiller.levels,
+                             strides=run.distiller.strides, out_dir=viz, count=count, device=device)

@@ -1,0 +1,189 @@
+"""Everything a run needs before its first step, each piece from its own config section.
+
+Every check that can fail on user input (missing files, class counts, teacher checkpoint,
+level alignment) runs here, before any training step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from icdistill.config import Config, save_config
+from icdistill.data import (
+    CocoDetection,
+    DatasetPrior,
+    build_datasets,
+    build_test_loader,
+    build_train_loader,
+    compute_prior,
+    data_report,
+    resolve_with_masks,
+)
+from icdistill.detectors import build_model, build_teacher, family_facts
+from icdistill.detectors.weights import FrozenTeacher
+from icdistill.distill.build import NO_METHOD, build_distiller
+from icdistill.distill.distiller import Distiller
+from icdistill.engine.distributed import DistContext, init_distributed
+from icdistill.engine.report import RunLog
+from icdistill.engine.step import StepContext, build_optimisers
+from icdistill.errors import ConfigError
+from icdistill.evaluation import COCOEvaluator, build_evaluator
+from icdistill.files import load_checkpoint, restore_rng_state
+
+
+def resolve_device(name: str) -> torch.device:
+    """``solver.device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("solver.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def per_rank_batch_size(cfg: Config, ctx: DistContext) -> int:
+    """Per-process batch size; errors for AMP/batch settings this machine cannot run."""
+    solver = cfg.solver
+    if solver.amp == "fp16" and ctx.device.type != "cuda":
+        raise ConfigError("solver.amp 'fp16' needs a GPU; use 'bf16' on CPU or null")
+    if solver.ims_per_batch % ctx.world_size:
+        raise ConfigError(
+            f"solver.ims_per_batch ({solver.ims_per_batch}) must be divisible by the number of "
+            f"processes ({ctx.world_size})"
+        )
+    return solver.ims_per_batch // ctx.world_size
+
+
+def load_data(cfg: Config, out: Path, ctx: DistContext, progress: bool) -> tuple[CocoDetection, CocoDetection]:
+    """Training and test sets; the main process writes ``data_report.json`` and a summary."""
+    with_masks = resolve_with_masks(cfg.data, family_facts(cfg.model.family).masks)
+    train_set, test_set = build_datasets(cfg.data, with_masks=with_masks, progress=progress and ctx.is_main)
+    if ctx.is_main:
+        (out / "data_report.json").write_text(json.dumps(data_report(train_set, test_set), indent=2))
+        print(f"data: {len(train_set)} training images ({train_set.report_summary()}), "
+              f"{len(test_set)} test images ({test_set.report_summary()}); see {out / 'data_report.json'}")
+    return train_set, test_set
+
+
+def build_models(
+    cfg: Config, train_set: CocoDetection, *, fresh_start: bool, main: bool
+) -> tuple[Distiller, FrozenTeacher | None, DatasetPrior]:
+    """Student, then (for a method) the frozen teacher, then the method: the same order of random
+    initialisations every time."""
+    student = build_model(cfg.model, train_set.num_classes, "model")
+    prior = compute_prior(train_set)
+    teacher = build_teacher(cfg.teacher, train_set.num_classes) if cfg.distill.method != NO_METHOD else None
+    distiller, inherit_report = build_distiller(cfg.distill, student, teacher, prior=prior, fresh_start=fresh_start)
+    if main and inherit_report is not None:
+        print(f"inheriting: {inherit_report.summary()}")
+    return distiller, teacher, prior
+
+
+@dataclass
+class Run:
+    """A run ready for its first (or resumed) step."""
+
+    cfg: Config
+    out: Path
+    ctx: DistContext
+    train_set: CocoDetection
+    test_set: CocoDetection
+    evaluator: COCOEvaluator
+    step: StepContext
+    train_loader: DataLoader
+    test_loader: DataLoader
+    log: RunLog
+    start_iter: int = 0
+    train_seconds_before: float = 0.0
+    eval_seconds_before: float = 0.0
+
+    @property
+    def distiller(self) -> Distiller:
+        return self.step.distiller
+
+    @property
+    def total_iters(self) -> int:
+        return self.step.method_only_iters + self.cfg.solver.max_iter
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+
+def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
+    """Data, models, optimisers, loaders and log of a run; with ``resume`` the state of
+    ``out/checkpoints/last.pt``. Under torchrun the trainable whole is wrapped in DDP."""
+    last = out / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {last}")
+    ctx = init_distributed(resolve_device(cfg.solver.device))
+    device, solver = ctx.device, cfg.solver
+    per_rank_batch = per_rank_batch_size(cfg, ctx)
+    if ctx.is_main:
+        last.parent.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    seed_everything(solver.seed)  # the same initial weights on every rank (DDP checks them)
+    train_set, test_set = load_data(cfg, out, ctx, progress)
+    evaluator = build_evaluator(cfg.eval, test_set, with_masks=family_facts(cfg.model.family).masks)
+    distiller, teacher, prior = build_models(cfg, train_set, fresh_start=not resume, main=ctx.is_main)
+    if ctx.is_main:
+        prior.save(out / "prior.json")
+    channels_last = device.type == "cuda" and solver.channels_last
+    distiller.to(device, memory_format=torch.channels_last) if channels_last else distiller.to(device)
+    if teacher is not None:
+        teacher.to(device, memory_format=torch.channels_last) if channels_last else teacher.to(device)
+    opts = build_optimisers(cfg, distiller, distiller.method_only_iters + solver.max_iter, device)
+    step = StepContext(distiller, distiller, teacher, opts, ctx, amp=solver.amp, channels_last=channels_last,
+                       student_clip_value=cfg.distill.student_grad_clip_value, checkpoint_path=last)
+    run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
+    if resume:
+        resume_from(run, load_checkpoint(last))
+    step.model = wrap_for_distributed(distiller, run)
+    run.train_loader = build_train_loader(
+        train_set, batch_size=per_rank_batch, seed=solver.seed, start_iter=run.start_iter,
+        num_workers=cfg.data.num_workers, rank=ctx.rank, world_size=ctx.world_size,
+    )
+    run.test_loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                                        rank=ctx.rank, world_size=ctx.world_size)
+    run.log = RunLog(out, enabled=ctx.is_main, fresh=not resume)
+    distiller.train()
+    return run
+
+
+def resume_from(run: Run, state: dict) -> None:
+    """Restore the trainable whole, optimisers, RNG and clocks from a training checkpoint."""
+    run.distiller.load_state_dict(state["trainable"])
+    run.step.opts.load_state_dict(state)
+    restore_rng_state(state["rng"])
+    run.start_iter = state["iteration"]
+    run.train_seconds_before = state.get("train_seconds", 0.0)
+    run.eval_seconds_before = state.get("eval_seconds", 0.0)
+    if run.ctx.is_main:
+        print(f"resumed from {run.last_checkpoint} at iteration {run.start_iter}")
+
+
+def wrap_for_distributed(distiller: Distiller, run: Run) -> torch.nn.Module:
+    """DDP around the trainable whole under torchrun (SyncBN on GPUs if asked), else itself."""
+    ctx = run.ctx
+    if not ctx.distributed:
+        return distiller
+    # Each rank draws its own random samples (e.g. fake instances); rank 0 keeps the
+    # checkpointed stream.
+    torch.manual_seed(run.cfg.solver.seed + 1000003 * ctx.rank + run.start_iter)
+    module = distiller
+    if ctx.device.type == "cuda" and run.cfg.solver.sync_bn:
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)
+    return DistributedDataParallel(module, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
