@@ -86,8 +86,12 @@ def cmd_train(args: argparse.Namespace, *, distill: bool) -> int:
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
+    """The box metrics on one line, then the distillation method's own numbers on another."""
     keys = [k for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl") if k in metrics]
     print("  ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in keys))
+    own = {k: v for k, v in metrics.items() if "/" in k and not k.startswith(("bbox/", "segm/", "time/"))}
+    if own:
+        print("  ".join(f"{k} {v:.3f}" for k, v in own.items() if isinstance(v, (int, float))))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

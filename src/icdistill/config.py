@@ -38,6 +38,7 @@ CHOICES = {
     "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
     "solver.amp": ("bf16", "fp16"),
+    "solver.grad_clip_runs": ("all", "distill"),
 }
 
 
@@ -132,7 +133,12 @@ class DistillConfig:
     """ICD settings (ICD_SPEC §2–§8). Nulls take the family's defaults: λ 6 RetinaNet, 8 FCOS,
     3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage.
     ``method: fitnet`` is the full-map imitation baseline (1x1 adapter, MSE, ``loss_weight``
-    default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping."""
+    default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping.
+
+    ``position_prior`` (this project's design, not the paper's) adds the query's position to
+    ICD's attention logits; ``decoder_warmup_lr`` (null: ``lr``) is the ICD module's LR during
+    the decoder warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
+    at every evaluation."""
 
     method: str = "none"
     loss_weight: Optional[float] = None
@@ -148,8 +154,10 @@ class DistillConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     grad_clip_norm: float = 0.01
-    student_grad_clip_value: Optional[float] = 1.0
     inherit: bool = False
+    position_prior: bool = False
+    decoder_warmup_lr: Optional[float] = None
+    diagnostic_images: int = 32
 
 
 @dataclass(frozen=True)
@@ -161,7 +169,12 @@ class SolverConfig:
 
     ``amp``: null (fp32), ``bf16`` (autocast; CPU or GPU) or ``fp16`` (autocast with a gradient
     scaler; GPU only). ``channels_last`` and ``sync_bn`` (SyncBatchNorm for BN students under
-    torchrun) apply on GPUs."""
+    torchrun) apply on GPUs.
+
+    ``grad_clip_value`` clips the student's gradients elementwise (null: off) in every run
+    (``grad_clip_runs: all``, teachers and baselines too, so every gain is measured against a
+    baseline trained the same way) or only in distillation runs (``distill``, what ICD's release
+    does)."""
 
     max_iter: int = 90000
     ims_per_batch: int = 16
@@ -179,6 +192,8 @@ class SolverConfig:
     amp: Optional[str] = None
     channels_last: bool = False
     sync_bn: bool = True
+    grad_clip_value: Optional[float] = 1.0
+    grad_clip_runs: str = "all"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,16 @@ from icdistill.errors import DataError
 
 # Prefixes of the loss keys the trainer writes to metrics.jsonl.
 LOSS_PREFIXES: tuple[str, ...] = ("loss/", "det/", "aux/", "distill/")
+# Periodic evaluations plotted beside the losses: AP, and a method's own numbers (e.g. eval/icd/*).
+EVAL_PLOTTED: tuple[str, ...] = ("eval/bbox/AP", "eval/segm/AP")
+
+
+def plotted_by_default(key: str) -> bool:
+    """A loss, the periodic AP, or a method's own periodic number (``eval/<method>/...``)."""
+    if key.startswith(LOSS_PREFIXES) or key in EVAL_PLOTTED:
+        return True
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[0] == "eval" and parts[1] not in ("bbox", "segm")
 
 
 def _image_to_numpy(image: Tensor) -> np.ndarray:
@@ -232,7 +242,8 @@ def save_training_curves(
     Args:
         metrics_jsonl_path: one JSON object per logged step with ``"iter"`` and numeric values.
         keys: which values to plot; default every numeric key starting with ``loss/``, ``det/``,
-            ``aux/`` or ``distill/`` (in first-seen order). Records without ``"iter"`` (e.g.
+            ``aux/`` or ``distill/``, the periodic AP and a method's periodic numbers (in
+            first-seen order). Records without ``"iter"`` (e.g.
             evaluation summaries) are ignored; non-finite values leave gaps.
 
     Raises:
@@ -243,7 +254,7 @@ def save_training_curves(
         seen: dict[str, None] = {}
         for r in records:
             for k, v in r.items():
-                if k.startswith(LOSS_PREFIXES) and _is_number(v):
+                if plotted_by_default(k) and _is_number(v):
                     seen.setdefault(k, None)
         keys = list(seen)
     keys = list(keys)

@@ -309,9 +309,12 @@ class FrozenTeacher(DetectorAdapter):
         names: Collection[str],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> dict[str, Any]:
-        """The wrapped adapter's extras, computed under ``inference_mode`` and returned as
-        ordinary tensors (a method's loss may save them for backward)."""
-        with torch.inference_mode():
+        """The wrapped adapter's extras, computed under ``inference_mode`` with the random
+        generators left as they were, and returned as ordinary tensors (a method's loss may save
+        them for backward)."""
+        # Samplers inside (e.g. the RPN's anchor sampler) must not move the training stream.
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
             out = self.adapter.extras(images, image_sizes, features, names, targets)
         return escape_inference_mode(out)
 

@@ -71,8 +71,11 @@ def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
         max_instances=dcfg.max_instances or facts.max_instances,
         jitter=dcfg.jitter,
         loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else facts.distill_loss_weight,
-        optim=_own_adamw(dcfg),
+        optim=MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm,
+                          stage_lr=dcfg.decoder_warmup_lr),
         method_only_iters=dcfg.decoder_warmup_iters,
+        position_prior=dcfg.position_prior,
+        diagnostic_images=dcfg.diagnostic_images,
     )
 
 

@@ -117,6 +117,7 @@ class Distiller(nn.Module):
             levels=self.levels, strides=self.strides, teacher=teacher,
             teacher_features=teacher.features(images), student=self.student, student_features=features,
             student_extras=extras, detach_student=iteration < self.warmup_iters,
+            teacher_extra_names=tuple(self.method.requires),
         )
         losses.update(self.method(inputs))
         return losses

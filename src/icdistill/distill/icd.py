@@ -25,6 +25,7 @@ from icdistill.distill.losses import (
     axis_position_codes,
     identification_loss,
     instance_descriptor,
+    point_position_code,
     regression_loss,
     split_heads,
 )
@@ -71,15 +72,37 @@ def flatten_levels(features: Sequence[Tensor]) -> Tensor:
     return torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1)
 
 
+def code_heads(code: Tensor, num_heads: int) -> Tensor:
+    """A [code_y | code_x] sine code float Tensor[B, N, d] split into heads [B, H, N, d/H] so that
+    every head holds the same frequencies of both axes (head h: y dims and x dims
+    [h·d/2H, (h+1)·d/2H)). A head's code product is then a row term plus a column term, which
+    the softmax turns into a 2-D bump around the query's centre, not a band along one axis."""
+    b, n, d = code.shape
+    half = d // 2
+    by_axis = code.view(b, n, 2, num_heads, half // num_heads)  # [B, N, axis, H, d/2H]
+    return by_axis.permute(0, 3, 1, 2, 4).reshape(b, num_heads, n, d // num_heads)
+
+
 class DecoderLayer(nn.Module):
     """Cross-attention from instance queries to teacher tokens, then FFN; post-norm, no dropout,
-    no self-attention between queries (§4.3)."""
+    no self-attention between queries (§4.3).
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024) -> None:
+    With ``position_prior`` (this project's design, not the paper's; ``distill.position_prior``)
+    the attention logits of head h gain λ_h·⟨P_q, P_k⟩/√d_h: P_k is head h's slice of the
+    token's own 2-D sine code (the code the keys are built from; each head takes the same
+    frequencies of both axes, :func:`code_heads`), P_q the same code evaluated at the query's
+    jittered centre, λ_h a learned scale per head (initialised to 1). Queries then
+    carry their position into the attention directly, as in Conditional DETR / DAB-DETR, instead
+    of only through the query MLP; it is implemented by appending [λ_h·P_q] to each head's query
+    and [P_k] to its key (see :meth:`ICDModule.keys_and_values`).
+    """
+
+    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024, position_prior: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -87,34 +110,47 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
+        self.position_scale = nn.Parameter(torch.ones(num_heads)) if position_prior else None
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
-        """query: [B, K, d]; keys [B, H, S, d_h] and values [B, S, d] from
-        :meth:`ICDModule.keys_and_values`; valid: bool [B, S] -> g: [B, K, d]."""
+    def query_heads(self, query: Tensor, query_code: Tensor | None = None) -> Tensor:
+        """[B, K, d] -> [B, H, K, d_h] (with the position prior: [B, H, K, 2·d_h], the scaled
+        code of the query's centre appended; ``query_code`` [B, K, d])."""
         q = split_heads(self.q_proj(query), self.num_heads)
+        if self.position_scale is None:
+            return q
+        code = code_heads(query_code, self.num_heads) * self.position_scale[None, :, None, None]
+        return torch.cat([q, code], dim=-1)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, query_code: Tensor | None = None) -> Tensor:
+        """query: [B, K, d]; keys [B, H, S, d_h] (or [B, H, S, 2·d_h] with the position prior) and
+        values [B, S, d] from :meth:`ICDModule.keys_and_values`; valid: bool [B, S];
+        query_code [B, K, d] with the position prior -> g: [B, K, d]."""
+        q = self.query_heads(query, query_code)
         # A fused kernel: the decoder output never needs the attention matrix itself.
         attended = F.scaled_dot_product_attention(
-            q, keys, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :]
+            q, keys, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :],
+            **({} if self.position_scale is None else {"scale": 1.0 / math.sqrt(self.head_dim)}),
         )
         attended = attended.transpose(1, 2).flatten(2)
         u = self.norm1(query + self.out_proj(attended))
         return self.norm2(u + self.ffn(u))
 
-    def attention_probs(self, query: Tensor, keys: Tensor, valid: Tensor) -> Tensor:
+    def attention_probs(self, query: Tensor, keys: Tensor, valid: Tensor, query_code: Tensor | None = None) -> Tensor:
         """Softmax attention over all tokens: float Tensor[B, H, K, S] (for small K only)."""
-        q = split_heads(self.q_proj(query), self.num_heads)
-        logits = q @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        q = self.query_heads(query, query_code)
+        logits = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)
         return logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
 
     @torch.no_grad()
     def real_instance_weights(
-        self, query: Tensor, keys: Tensor, valid: Tensor, is_real: Tensor, chunk: int = ATTENTION_CHUNK
+        self, query: Tensor, keys: Tensor, valid: Tensor, is_real: Tensor, chunk: int = ATTENTION_CHUNK,
+        query_code: Tensor | None = None,
     ) -> Tensor:
         """w[b,h,s] = Σ_{i real in b} softmax_s(a[b,h,i,s]), detached (§6).
 
         Args:
             query: [B, K, d], the layer's input queries; keys: [B, H, S, d_h] from
-                :meth:`ICDModule.keys_and_values`.
+                :meth:`ICDModule.keys_and_values`; query_code: [B, K, d] with the position prior.
         Real slots are [0, n_b), so only the first max_b n_b queries are visited, ``chunk`` at a
         time. Returns float Tensor[B, H, S] with Σ_s w[b,h,s] = n_b.
         """
@@ -124,13 +160,15 @@ class DecoderLayer(nn.Module):
         max_real = int(is_real.sum(dim=1).max()) if is_real.numel() else 0
         if max_real == 0:
             return weights
-        k = keys.detach()
-        scale = 1.0 / math.sqrt(k.shape[-1])
+        # One contiguous transposed copy for all chunks (a matmul cannot use the transposed view).
+        k_t = keys.detach().transpose(-1, -2).contiguous()
+        scale = 1.0 / math.sqrt(self.head_dim)
         invalid = ~valid[:, None, None, :]
         for start in range(0, max_real, chunk):
             stop = min(start + chunk, max_real)
-            q = split_heads(self.q_proj(query[:, start:stop]), self.num_heads)
-            probs = (q @ k.transpose(-1, -2) * scale).masked_fill(invalid, float("-inf")).softmax(dim=-1)
+            code = query_code[:, start:stop] if query_code is not None else None
+            q = self.query_heads(query[:, start:stop], code)
+            probs = (q @ k_t * scale).masked_fill(invalid, float("-inf")).softmax(dim=-1)
             real = is_real[:, start:stop].to(probs.dtype)[:, None, :, None]
             weights += (probs * real).sum(dim=2)
         return weights
@@ -148,6 +186,9 @@ class ICDModule(DistillMethod):
         hidden_dim, num_heads, num_layers, ffn_dim: decoder sizes (§4.3; ffn_dim defaults to 4d).
         fake_ratio, max_instances, jitter: instance sampling (§2, §4.1).
         loss_weight: λ of the distillation loss.
+        position_prior: this project's position term in the attention logits (see
+            :class:`DecoderLayer`); False is the paper's decoder.
+        diagnostic_images: held-out images the diagnostics of :meth:`evaluate` use.
         optim: its own AdamW (ICD_SPEC §7: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
         method_only_iters: the decoder warm-up stage (``distill.decoder_warmup_iters``).
     """
@@ -171,8 +212,12 @@ class ICDModule(DistillMethod):
         loss_weight: float = 1.0,
         optim: MethodOptim = MethodOptim(clip_norm=0.01),
         method_only_iters: int = 0,
+        position_prior: bool = False,
+        diagnostic_images: int = 32,
     ) -> None:
         super().__init__(optim, method_only_iters=method_only_iters)
+        self.position_prior = position_prior
+        self.diagnostic_images = diagnostic_images
         if hidden_dim % 2:
             raise ValueError("hidden_dim must be even (half the position code is y, half x)")
         self.num_classes = num_classes
@@ -198,7 +243,9 @@ class ICDModule(DistillMethod):
         self.input_proj = nn.Identity() if teacher_channels == hidden_dim else nn.Linear(teacher_channels, hidden_dim)
         self.pos_proj = nn.Linear(hidden_dim, hidden_dim)
         ffn_dim = ffn_dim or 4 * hidden_dim
-        self.layers = nn.ModuleList(DecoderLayer(hidden_dim, num_heads, ffn_dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(hidden_dim, num_heads, ffn_dim, position_prior=position_prior) for _ in range(num_layers)
+        )
         self.predictor = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
@@ -232,8 +279,12 @@ class ICDModule(DistillMethod):
         H_l + W_l codes instead of H_l·W_l tokens. At small C_t this removes most of the
         token-side work. Padded tokens get meaningless keys; every softmax masks them out.
 
+        With the position prior each head's keys get the head's slice of the tokens' own sine
+        code appended (see :class:`DecoderLayer`).
+
         Returns:
-            keys float Tensor[B, H, S, d_h], values float Tensor[B, S, d].
+            keys float Tensor[B, H, S, d_h] ([B, H, S, 2·d_h] with the position prior), values
+            float Tensor[B, S, d].
         """
         w_k, b_k = layer.k_proj.weight, layer.k_proj.bias
         w_v, b_v = layer.v_proj.weight, layer.v_proj.bias
@@ -252,7 +303,10 @@ class ICDModule(DistillMethod):
             pos_terms.append((by_row[:, :, None] + by_col[:, None]).flatten(1, 2))
         keys = F.linear(teacher.tokens, token_k, b_k + w_k @ self.pos_proj.bias) + torch.cat(pos_terms, dim=1)
         values = F.linear(teacher.tokens, token_v, b_v)
-        return split_heads(keys, self.num_heads), values
+        keys = split_heads(keys, self.num_heads)
+        if layer.position_scale is not None:
+            keys = torch.cat([keys, code_heads(teacher.position_encoding(), self.num_heads)], dim=-1)
+        return keys, values
 
     def instances(self, targets: list[dict[str, Tensor]], image_sizes: Sequence[tuple[int, int]]) -> Instances:
         return build_instances(
@@ -263,6 +317,10 @@ class ICDModule(DistillMethod):
     def queries(self, inst: Instances) -> Tensor:
         """float Tensor[B, K, d] from the instance descriptors."""
         return self.query_mlp(instance_descriptor(inst.labels, inst.centres, inst.size_px, self.num_classes))
+
+    def query_codes(self, inst: Instances) -> Tensor | None:
+        """With the position prior, the keys' sine code at each query's centre [B, K, d]; else None."""
+        return point_position_code(inst.centres, self.hidden_dim // 2) if self.position_prior else None
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         """The slot's call: :meth:`losses` on the distilled levels (student levels None in the
@@ -293,7 +351,7 @@ class ICDModule(DistillMethod):
         """
         teacher = self.teacher_tokens([f.detach() for f in teacher_features], strides, image_sizes)
         inst = self.instances(targets, image_sizes)
-        query = self.queries(inst)
+        query, code = self.queries(inst), self.query_codes(inst)
         student_tokens = flatten_levels(student_features) if student_features is not None else None
         if student_tokens is not None and student_tokens.shape[1] != teacher.tokens.shape[1]:
             raise ValueError(
@@ -305,9 +363,10 @@ class ICDModule(DistillMethod):
         for layer, adapter in zip(self.layers, self.adapters):
             layer_query = query
             keys, values = self.keys_and_values(layer, teacher)
-            query = layer(layer_query, keys, values, teacher.valid)
+            query = layer(layer_query, keys, values, teacher.valid, code)
             if student_tokens is not None:
-                weights = layer.real_instance_weights(layer_query.detach(), keys, teacher.valid, inst.is_real)
+                weights = layer.real_instance_weights(layer_query.detach(), keys, teacher.valid, inst.is_real,
+                                                      query_code=code)
                 distill.append(
                     attention_weighted_distill_loss(
                         adapter(student_tokens), values.detach(), weights, self.num_heads, self.loss_weight
@@ -339,19 +398,48 @@ class ICDModule(DistillMethod):
         inst = build_instances(
             real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter
         )
-        query = self.queries(inst)
-        layers = list(self.layers)
-        for layer in layers[:layer_index] if layer_index != -1 else layers[:-1]:
-            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid)
-        last = layers[layer_index]
-        keys, _ = self.keys_and_values(last, teacher)
-        probs = last.attention_probs(query, keys, teacher.valid).mean(dim=1)  # [B, K, S]
+        probs = self.attention(teacher, inst, layer_index).mean(dim=1)  # [B, K, S]
         sizes = [h * w for h, w in teacher.level_shapes]
         out = []
         for b, n in enumerate(inst.num_real.tolist()):
             per_level = probs[b, :n].split(sizes, dim=-1)
             out.append([p.reshape(n, h, w) for p, (h, w) in zip(per_level, teacher.level_shapes)])
         return out
+
+    @torch.no_grad()
+    def attention(self, teacher: TeacherTokens, inst: Instances, layer_index: int = -1) -> Tensor:
+        """Softmax attention of every query of ``inst`` in decoder layer ``layer_index``:
+        float Tensor[B, H, K, S] (for small K only)."""
+        query, code = self.queries(inst), self.query_codes(inst)
+        layers = list(self.layers)
+        for layer in layers[:layer_index] if layer_index != -1 else layers[:-1]:
+            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code)
+        last = layers[layer_index]
+        keys, _ = self.keys_and_values(last, teacher)
+        return last.attention_probs(query, keys, teacher.valid, code)
+
+    @torch.no_grad()
+    def predictions(self, teacher: TeacherTokens, inst: Instances) -> Tensor:
+        """The auxiliary head's output after the last layer: float Tensor[B, K, 5] (idf logit,
+        then the box regression)."""
+        query, code = self.queries(inst), self.query_codes(inst)
+        for layer in self.layers:
+            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code)
+        return self.predictor(query)
+
+    def evaluate(
+        self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int], device: torch.device,
+    ) -> dict[str, float]:
+        """``icd/idf_auroc``, ``icd/attn_in_box``, ``icd/attn_in_box_uniform``, ``icd/attn_distinct``
+        (see :mod:`~icdistill.distill.icd_diagnostics`)."""
+        from icdistill.distill.icd_diagnostics import icd_diagnostics
+
+        return icd_diagnostics(self, teacher, dataset, levels, strides, device, max_images=self.diagnostic_images)
+
+    def warnings(self, metrics: dict[str, float]) -> list[str]:
+        from icdistill.distill.icd_diagnostics import diagnostic_warnings
+
+        return diagnostic_warnings(metrics)
 
     def save_pictures(
         self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int],

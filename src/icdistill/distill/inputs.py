@@ -56,6 +56,8 @@ class DistillInputs:
             stage (the student is not run).
         student_extras: what the student's training forward captured (the method's ``requires``).
         detach_student: the distillation warm-up: student features reach the method detached.
+        teacher_extra_names: the teacher extras computed together on the first read of any
+            (the method's ``requires``).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class DistillInputs:
         student_features: "OrderedDict[str, Tensor] | None",
         student_extras: dict[str, Any] | None = None,
         detach_student: bool = False,
+        teacher_extra_names: Sequence[str] = (),
     ) -> None:
         self.images = images
         self.image_sizes = image_sizes
@@ -87,6 +90,7 @@ class DistillInputs:
         self._student_extras = student_extras or {}
         self._teacher_extras: dict[str, Any] = {}
         self.detach_student = detach_student
+        self.teacher_extra_names = tuple(teacher_extra_names)
 
     @property
     def has_student(self) -> bool:
@@ -119,6 +123,8 @@ class DistillInputs:
         The student's must have been declared in the method's ``requires`` (it comes from the
         training forward); the teacher's is computed on first use."""
         if role == STUDENT:
+            if not self.has_student:
+                raise RuntimeError(f"the student's {name!r} extra does not exist in a method-only stage (the student is not run)")
             if name not in self._student_extras:
                 raise KeyError(
                     f"the student's {name!r} extra was not captured: add it to the method's `requires` "
@@ -128,8 +134,10 @@ class DistillInputs:
         if role != TEACHER:
             raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
         if name not in self._teacher_extras:
+            # Everything the method declared comes from one teacher pass (the head or RPN runs once).
+            names = {name} | (set(self.teacher_extra_names) & set(self.teacher.supported_extras))
             self._teacher_extras.update(self.teacher.extras(
-                self.images, self.image_sizes, self.all_teacher_features, [name], self.targets
+                self.images, self.image_sizes, self.all_teacher_features, sorted(names), self.targets
             ))
         return self._teacher_extras[name]
 

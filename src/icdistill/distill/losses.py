@@ -98,6 +98,24 @@ def axis_position_codes(valid: Tensor, num_feats: int = 128, temperature: float 
     return _sine_code(rows, num_feats, temperature), _sine_code(cols, num_feats, temperature)
 
 
+def point_position_code(centres: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
+    """The keys' 2-D sine code evaluated at points: [code_y | code_x] of normalised (cx, cy).
+
+    A token whose code is :func:`axis_position_codes`' [code_y(y) | code_x(x)] sits at the
+    normalised position ((x + 1) / n_x, (y + 1) / n_y) of its level, so a query at the centre
+    (cx, cy) is coded with the angles 2π·cy and 2π·cx (this project's position prior, see
+    :class:`~icdistill.distill.icd.DecoderLayer`).
+
+    Args:
+        centres: float Tensor[..., 2] normalised (cx, cy).
+    Returns:
+        float Tensor[..., 2·num_feats].
+    """
+    scale = 2 * math.pi
+    return torch.cat([_sine_code(centres[..., 1].float() * scale, num_feats, temperature),
+                      _sine_code(centres[..., 0].float() * scale, num_feats, temperature)], dim=-1)
+
+
 def level_position_encoding(valid: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
     """DETR-style 2-D sine position encoding over the valid region of one level (§4.2).
 

@@ -11,7 +11,9 @@ A method is an ``nn.Module`` that
   METHODS_SPEC §1.1);
 * may ask for a method-only stage before the main one (``method_only_iters``: ICD's decoder
   warm-up), in which the student is not run;
-* may write pictures of what it attended to at the end of a run (:meth:`save_pictures`).
+* may report numbers of its own at every evaluation (:meth:`evaluate`, keys ``<name>/...``)
+  with plain-sentence warnings about them (:meth:`warnings`), and write pictures of what it
+  attended to at the end of a run (:meth:`save_pictures`).
 
 The engine sums whatever a method returns; it never names one.
 """
@@ -39,12 +41,15 @@ class MethodOptim:
             clipping at ``clip_norm``) or ``student`` (added to the student's SGD with its LR,
             schedule and clipping).
         lr, weight_decay, clip_norm: for ``adamw`` only.
+        stage_lr: ``adamw`` only: the LR during the method-only stage (None: ``lr``); the
+            cosine schedule is the same, scaled by ``stage_lr / lr`` in that stage.
     """
 
     kind: str = OWN_ADAMW
     lr: float = 1e-4
     weight_decay: float = 1e-4
     clip_norm: float | None = None
+    stage_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in (OWN_ADAMW, STUDENT_SGD):
@@ -66,6 +71,16 @@ class DistillMethod(nn.Module):
         """Weighted losses ``distill/<name>/<term>`` (scalar tensors). In a method-only stage
         ``inputs.has_student`` is False: return the terms that need no student, or {}."""
         raise NotImplementedError
+
+    def evaluate(
+        self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int], device: torch.device,
+    ) -> dict[str, float]:
+        """The method's own numbers on held-out data (keys ``<name>/...``); none by default."""
+        return {}
+
+    def warnings(self, metrics: dict[str, float]) -> list[str]:
+        """Sentences about :meth:`evaluate`'s numbers that a user must read; none by default."""
+        return []
 
     def save_pictures(
         self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int],

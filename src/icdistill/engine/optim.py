@@ -149,9 +149,15 @@ def cosine_lambda(*, max_iter: int) -> Callable[[int], float]:
     return factor
 
 
-def build_method_scheduler(optimizer: torch.optim.Optimizer, *, max_iter: int) -> LambdaLR:
-    """Per-iteration cosine decay from the base LR to 0 over ``max_iter``."""
-    return LambdaLR(optimizer, cosine_lambda(max_iter=max_iter))
+def build_method_scheduler(
+    optimizer: torch.optim.Optimizer, *, max_iter: int, stage_iters: int = 0, stage_factor: float = 1.0
+) -> LambdaLR:
+    """Per-iteration cosine decay from the base LR to 0 over ``max_iter``; the first
+    ``stage_iters`` iterations (a method-only stage) scaled by ``stage_factor``."""
+    cosine = cosine_lambda(max_iter=max_iter)
+    if stage_iters <= 0 or stage_factor == 1.0:
+        return LambdaLR(optimizer, cosine)
+    return LambdaLR(optimizer, lambda it: cosine(it) * (stage_factor if it < stage_iters else 1.0))
 
 
 def scale_lr(base_lr_at_16: float, ims_per_batch: int) -> float:

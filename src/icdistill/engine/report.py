@@ -116,10 +116,20 @@ def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot
         save_checkpoint(run.last_checkpoint.parent / f"model_{next_iter:07d}.pt", state)
 
 
+def method_metrics(run: Run) -> dict[str, float]:
+    """The method's own numbers on the test set (main process only; {} without a method)."""
+    method, teacher = run.distiller.method, run.step.teacher
+    if method is None or teacher is None or not run.ctx.is_main:
+        return {}
+    return method.evaluate(teacher=teacher, dataset=run.test_set, levels=run.distiller.levels,
+                           strides=run.distiller.strides, device=run.ctx.device)
+
+
 def periodic_evaluation(run: Run, done: int) -> None:
-    """``eval/*`` metrics of the student at iteration ``done``, into the log."""
+    """``eval/*`` metrics of the student and the method's own at iteration ``done``, into the log."""
     metrics = evaluate_detector(run.distiller.student, run.test_loader, run.evaluator, run.ctx.device,
                                 progress=False, ctx=run.ctx)
+    metrics.update(method_metrics(run))
     run.log.log(done, metrics, prefix="eval/")
     run.distiller.train()
 
@@ -131,20 +141,24 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
     train_seconds = clock.train_seconds()
     metrics = evaluate_detector(distiller.student, run.test_loader, run.evaluator, ctx.device,
                                 progress=progress and ctx.is_main, ctx=ctx)
+    metrics.update(method_metrics(run))
+    warnings = distiller.method.warnings(metrics) if distiller.method is not None else []
     if ctx.is_main:
+        for note in warnings:
+            print(f"warning: {note}")
         metrics["time/train_s"] = round(train_seconds, 2)
         metrics["time/iter_s"] = round(train_seconds / max(run.total_iters, 1), 4)
         metrics["time/eval_s"] = round(clock.eval_seconds(), 2)  # periodic evaluations, not in train_s
         metrics["world_size"] = ctx.world_size
         write_metrics_json(run.out / "metrics.json", metrics, run.train_set.class_names)
-        final = {k: v for k, v in metrics.items() if k.startswith(("bbox/", "segm/"))}
+        final = {k: v for k, v in metrics.items() if "/" in k and not k.startswith("time/")}
         run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
         save_detector_file(run, run.out / DETECTOR_FILE)
         save_pictures(run)
     run.log.close()
     barrier(ctx)
     return RunResult(run.out, metrics, train_seconds, run.total_iters,
-                     extra={"rank": ctx.rank, "world_size": ctx.world_size})
+                     extra={"rank": ctx.rank, "world_size": ctx.world_size, "warnings": warnings})
 
 
 def save_detector_file(run: Run, path: Path) -> None:

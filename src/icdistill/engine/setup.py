@@ -147,7 +147,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
         teacher.to(device, memory_format=torch.channels_last) if channels_last else teacher.to(device)
     opts = build_optimisers(cfg, distiller, distiller.method_only_iters + solver.max_iter, device)
     step = StepContext(distiller, distiller, teacher, opts, ctx, amp=solver.amp, channels_last=channels_last,
-                       student_clip_value=cfg.distill.student_grad_clip_value, checkpoint_path=last)
+                       student_clip_value=solver.grad_clip_value, clip_plain_runs=solver.grad_clip_runs == "all",
+                       checkpoint_path=last)
     run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
     if resume:
         resume_from(run, load_checkpoint(last))

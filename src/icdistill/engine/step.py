@@ -90,7 +90,11 @@ def build_optimisers(cfg: Config, distiller: Distiller, total_iters: int, device
     opts = Optimisers(student, student_sched)
     if method is not None and method.optim.kind == OWN_ADAMW:
         opts.method = build_method_optimizer(method, lr=method.optim.lr, weight_decay=method.optim.weight_decay)
-        opts.method_sched = build_method_scheduler(opts.method, max_iter=total_iters)
+        stage_lr = method.optim.stage_lr
+        opts.method_sched = build_method_scheduler(
+            opts.method, max_iter=total_iters, stage_iters=method.method_only_iters,
+            stage_factor=stage_lr / method.optim.lr if stage_lr is not None else 1.0,
+        )
     if solver.amp == "fp16":
         opts.scaler = torch.amp.GradScaler(device.type)
     return opts
@@ -108,6 +112,7 @@ class StepContext:
     amp: str | None = None
     channels_last: bool = False
     student_clip_value: float | None = None
+    clip_plain_runs: bool = True
     checkpoint_path: Path | None = None
 
     @property
@@ -150,8 +155,8 @@ def train_step(step: StepContext, batch: Batch, iteration: int) -> tuple[Tensor,
 
 
 def _backward_and_step(step: StepContext, total: Tensor, method_only: bool) -> None:
-    """Backward, clipping (the student by value in distillation runs, the method's own
-    parameters by L2 norm), optimiser and schedule steps."""
+    """Backward, clipping (the student by value: ``solver.grad_clip_value`` in every run, or in
+    distillation runs only; the method's own parameters by L2 norm), optimiser and schedule steps."""
     opts, method = step.opts, step.distiller.method
     own = opts.method is not None
     opts.student.zero_grad(set_to_none=True)
@@ -164,9 +169,10 @@ def _backward_and_step(step: StepContext, total: Tensor, method_only: bool) -> N
     if opts.scaler is not None:
         for opt in stepped:
             opts.scaler.unscale_(opt)
-    if not method_only and method is not None and step.student_clip_value is not None:
+    clip_student = step.student_clip_value is not None and (method is not None or step.clip_plain_runs)
+    if not method_only and clip_student:
         # A method in the student's SGD is clipped with the student.
-        clipped = step.distiller.student.parameters() if own else step.distiller.parameters()
+        clipped = step.distiller.student.parameters() if own or method is None else step.distiller.parameters()
         clip_gradients(clipped, value=step.student_clip_value)
     if own and method.optim.clip_norm is not None:
         clip_gradients(method.parameters(), max_norm=method.optim.clip_norm)

@@ -1,0 +1,152 @@
+"""ICD's diagnostics on constructed cases, and this project's position prior in the decoder."""
+
+import math
+
+import pytest
+import torch
+
+from icdistill.distill.icd import ICDModule, code_heads
+from icdistill.distill.icd_diagnostics import (
+    attention_distinctness,
+    attention_in_boxes,
+    auroc,
+    diagnostic_warnings,
+    inside_boxes,
+    token_centres,
+    uniform_in_boxes,
+)
+from icdistill.distill.losses import point_position_code, split_heads
+from icdistill.distill.sampling import PriorTensors, build_instances
+
+
+def test_auroc_of_a_constant_a_perfect_and_an_inverted_predictor():
+    positive = torch.tensor([True, True, False, False, False])
+    assert auroc(torch.zeros(5), positive) == 0.5
+    assert auroc(torch.tensor([2.0, 3.0, 0.0, 1.0, -1.0]), positive) == 1.0
+    assert auroc(torch.tensor([-2.0, -3.0, 0.0, 1.0, -1.0]), positive) == 0.0
+    # one tie between a positive and a negative counts half
+    assert auroc(torch.tensor([1.0, 3.0, 1.0, 0.0, 0.0]), positive) == pytest.approx(5.5 / 6)
+    assert math.isnan(auroc(torch.ones(3), torch.tensor([True, True, True])))
+
+
+def test_attention_on_the_box_gives_mass_near_one_and_uniform_gives_the_area_share():
+    centres = token_centres([(4, 4), (2, 2)], [8, 16])  # a 32x32 image: 16 + 4 tokens
+    assert centres.shape == (20, 2) and centres[0].tolist() == [4.0, 4.0] and centres[16].tolist() == [8.0, 8.0]
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [16.0, 16.0, 32.0, 32.0]])
+    inside = inside_boxes(centres, boxes)
+    on_box = inside.float() / inside.sum(dim=1, keepdim=True)  # a decoder that attends to the box
+    assert attention_in_boxes(on_box, inside).tolist() == pytest.approx([1.0, 1.0])
+    valid = torch.ones(20, dtype=torch.bool)
+    uniform = torch.full((2, 20), 1 / 20)
+    assert attention_in_boxes(uniform, inside).tolist() == pytest.approx(uniform_in_boxes(inside, valid).tolist())
+    assert uniform_in_boxes(inside, valid).tolist() == pytest.approx([5 / 20, 5 / 20])  # 4 fine + 1 coarse each
+    assert attention_distinctness(on_box).tolist() == pytest.approx([1.0])  # disjoint maps
+    assert attention_distinctness(uniform).tolist() == pytest.approx([0.0])  # identical maps
+    assert attention_distinctness(uniform[:1]).numel() == 0
+
+
+def test_warnings_name_an_unlearned_decoder_and_stay_quiet_for_a_learned_one():
+    assert any("has not learned identification" in n for n in diagnostic_warnings({"icd/idf_auroc": 0.5}))
+    assert diagnostic_warnings({"icd/idf_auroc": 0.9, "icd/attn_in_box": 0.4, "icd/attn_in_box_uniform": 0.05}) == []
+    assert any("hardly on the instances" in n for n in diagnostic_warnings(
+        {"icd/idf_auroc": 0.9, "icd/attn_in_box": 0.06, "icd/attn_in_box_uniform": 0.05}))
+
+
+def prior():
+    return PriorTensors(torch.tensor([1.0, 1.0]), *(torch.full((2,), v) for v in (0.2, 0.05, 0.2, 0.05)))
+
+
+def module(**kw):
+    torch.manual_seed(0)
+    return ICDModule(num_classes=2, teacher_channels=16, student_channels=8, prior=prior(), hidden_dim=32,
+                     num_heads=4, **kw)
+
+
+def tokens_and_instances(icd):
+    torch.manual_seed(1)
+    feats = [torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4)]
+    teacher = icd.teacher_tokens(feats, [8, 16], [(64, 64)])
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0], [40.0, 40.0, 64.0, 64.0]]), "labels": torch.tensor([0, 1])}]
+    inst = build_instances(targets, [(64, 64)], icd.prior, fake_ratio=0, max_instances=0, jitter=0.0)
+    return feats, teacher, targets, inst
+
+
+def test_the_position_prior_adds_lambda_times_the_code_product_to_each_head_logit():
+    paper, ours = module(), module(position_prior=True)
+    ours.load_state_dict(paper.state_dict(), strict=False)  # same weights; ours adds only λ_h
+    with torch.no_grad():
+        ours.layers[0].position_scale.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    _, teacher, _, inst = tokens_and_instances(paper)
+    logp = paper.attention(teacher, inst).log()
+    logo = ours.attention(teacher, inst).log()
+    code_q = code_heads(point_position_code(inst.centres, 16), 4)  # [B, H, K, d_h]
+    code_k = code_heads(teacher.position_encoding(), 4)  # [B, H, S, d_h]
+    extra = (code_q @ code_k.transpose(-1, -2)) / math.sqrt(8) * torch.tensor([0.0, 1.0, 2.0, 3.0])[None, :, None, None]
+    # log-softmax differences remove the per-row constant
+    diff = (logo - logp) - (logo - logp).mean(dim=-1, keepdim=True)
+    want = extra - extra.mean(dim=-1, keepdim=True)
+    torch.testing.assert_close(diff, want, atol=1e-4, rtol=1e-4)
+
+
+def test_with_the_position_prior_the_fused_forward_and_the_chunked_weights_agree_with_the_explicit_attention():
+    icd = module(position_prior=True)
+    with torch.no_grad():
+        icd.layers[0].position_scale.fill_(40.0)
+    _, teacher, _, inst = tokens_and_instances(icd)
+    layer = icd.layers[0]
+    query, code = icd.queries(inst), icd.query_codes(inst)
+    keys, values = icd.keys_and_values(layer, teacher)
+    assert keys.shape[-1] == 2 * layer.head_dim
+    probs = layer.attention_probs(query, keys, teacher.valid, code)  # [B, H, K, S]
+    attended = (probs @ split_heads(values, 4)).transpose(1, 2).flatten(2)
+    u = layer.norm1(query + layer.out_proj(attended))
+    torch.testing.assert_close(layer(query, keys, values, teacher.valid, code), layer.norm2(u + layer.ffn(u)),
+                               atol=1e-5, rtol=1e-5)
+    weights = layer.real_instance_weights(query, keys, teacher.valid, inst.is_real, chunk=1, query_code=code)
+    torch.testing.assert_close(weights, probs.sum(dim=2), atol=1e-5, rtol=1e-5)
+    # a large λ makes each query look at its own corner of the image
+    centres = token_centres(teacher.level_shapes, [8, 16])
+    inside = inside_boxes(centres, torch.tensor([[0.0, 0, 24, 24], [32, 32, 64, 64]]))
+    mass = attention_in_boxes(probs.mean(dim=1)[0], inside)
+    assert (mass > 1.5 * uniform_in_boxes(inside, teacher.valid[0])).all()
+
+
+def test_every_head_gets_the_same_frequencies_of_both_axes():
+    code = torch.arange(16.0).view(1, 1, 16)  # y dims 0..7, x dims 8..15
+    heads = code_heads(code, 4)[0, :, 0]
+    assert heads.tolist() == [[0, 1, 8, 9], [2, 3, 10, 11], [4, 5, 12, 13], [6, 7, 14, 15]]
+
+
+def test_the_position_prior_learns_its_scale_and_the_paper_decoder_has_none():
+    assert module().layers[0].position_scale is None
+    icd = module(position_prior=True)
+    feats, _, targets, _ = tokens_and_instances(icd)
+    losses = icd.losses(feats, None, targets, [(64, 64)], [8, 16])
+    (losses["distill/icd/idf"] + losses["distill/icd/reg"]).backward()
+    assert icd.layers[0].position_scale.grad.abs().sum() > 0
+
+
+def test_diagnostics_of_a_run_on_real_images(tmp_path, shapes_root):
+    """End to end on the shapes data: all four numbers, in range, from a frozen teacher."""
+    from icdistill.config import DataConfig, ShapesConfig
+    from icdistill.data import build_datasets, compute_prior
+    from icdistill.detectors import build_detector, freeze_as_teacher
+    from icdistill.distill.build import prior_tensors
+    from icdistill.distill.icd_diagnostics import icd_diagnostics
+
+    data = DataConfig(format="shapes", shapes=ShapesConfig(root=str(shapes_root), num_train=12, num_test=6,
+                                                           image_height=64, image_width=96),
+                      min_sizes=(64,), max_size=96, test_size=64)
+    train, test = build_datasets(data, with_masks=False, progress=False)
+    torch.manual_seed(0)
+    teacher = freeze_as_teacher(build_detector("retinanet", backbone="resnet18", num_classes=train.num_classes,
+                                               fpn_channels=32, anchor_sizes=(16, 32, 64, 128, 256)))
+    icd = ICDModule(num_classes=train.num_classes, teacher_channels=32, student_channels=32,
+                    prior=prior_tensors(compute_prior(train)), hidden_dim=32, num_heads=4)
+    rng = torch.get_rng_state()
+    out = icd_diagnostics(icd, teacher, test, teacher.level_names, teacher.strides, torch.device("cpu"), max_images=4)
+    assert torch.equal(rng, torch.get_rng_state())  # the training stream is untouched
+    assert set(out) == {"icd/idf_auroc", "icd/attn_in_box", "icd/attn_in_box_uniform", "icd/attn_distinct"}
+    assert 0.0 <= out["icd/idf_auroc"] <= 1.0 and 0.0 < out["icd/attn_in_box_uniform"] < 1.0
+    assert out == icd_diagnostics(icd, teacher, test, teacher.level_names, teacher.strides, torch.device("cpu"),
+                                  max_images=4)  # reproducible
