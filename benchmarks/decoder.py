@@ -39,13 +39,16 @@ from icdistill.engine.optim import build_method_optimizer, clip_gradients
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
 RECIPES = {"synthetic": "configs/demo/icd.yaml", "bccd": "configs/voc/bccd_icd.yaml"}
-# name -> (distill.position_prior, LR): the paper's decoder at its LR and at 10x, and this
-# project's position prior at both.
+# name -> (distill.position_prior, LR, initial λ_h): the paper's decoder at its LR and at 10x,
+# and this project's position prior at both and with larger initial scales.
 VARIANTS = {
-    "paper_lr1e-4": (False, 1e-4),
-    "paper_lr1e-3": (False, 1e-3),
-    "position_lr1e-4": (True, 1e-4),
-    "position_lr1e-3": (True, 1e-3),
+    "paper_lr1e-4": (False, 1e-4, 1.0),
+    "paper_lr1e-3": (False, 1e-3, 1.0),
+    "position_lr1e-4": (True, 1e-4, 1.0),
+    "position_lr1e-3": (True, 1e-3, 1.0),
+    "position_lr1e-3_scale4": (True, 1e-3, 4.0),
+    "position_lr1e-3_scale16": (True, 1e-3, 16.0),
+    "position_lr1e-3_scale64": (True, 1e-3, 64.0),
 }
 
 
@@ -90,7 +93,7 @@ def cache_teacher_batches(teacher, train_part, levels, batch_size: int, count: i
     return cached
 
 
-def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, position: bool, lr: float,
+def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, position: bool, lr: float, scale: float,
                   iters: int, eval_every: int, seed: int, diagnostic_images: int) -> list[dict]:
     """Decoder-only training of one variant; the diagnostics every ``eval_every`` iterations."""
     d = cfg.distill
@@ -98,7 +101,8 @@ def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, p
     icd = ICDModule(num_classes=len(prior.freq), teacher_channels=teacher.out_channels,
                     student_channels=teacher.out_channels, prior=prior_tensors(prior), hidden_dim=d.hidden_dim,
                     num_heads=d.num_heads, num_layers=d.num_layers, fake_ratio=d.fake_ratio,
-                    max_instances=d.max_instances or 300, jitter=d.jitter, position_prior=position)
+                    max_instances=d.max_instances or 300, jitter=d.jitter, position_prior=position,
+                    position_scale=scale)
     opt = build_method_optimizer(icd, lr=lr, weight_decay=d.weight_decay)
     curve, started, cpu = [], time.perf_counter(), torch.device("cpu")
     for it in range(1, iters + 1):
@@ -110,7 +114,7 @@ def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, p
         opt.step()
         if it % eval_every == 0 or it == iters:
             point = {"iter": it, "train_s": round(time.perf_counter() - started, 1),
-                     **{k: round(float(v), 4) for k, v in losses.items()},
+                     **{k: round(float(v.detach()), 4) for k, v in losses.items()},
                      **icd_diagnostics(icd, teacher, validation, levels, strides, cpu, max_images=diagnostic_images)}
             curve.append(point)
             print(f"  it {it:5d}: " + "  ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in point.items()
@@ -124,7 +128,7 @@ def results_table(result: dict) -> str:
     for name, curve in result["variants"].items():
         last = curve[-1]
         rows.append(
-            f"| {name} | {' / '.join(f'{p['icd/idf_auroc']:.2f}' for p in curve)} | "
+            f"| {name} | {' / '.join(format(p['icd/idf_auroc'], '.2f') for p in curve)} | "
             f"{last['icd/attn_in_box']:.3f} ({last['icd/attn_in_box_uniform']:.3f}) | {last['icd/attn_distinct']:.3f} | "
             f"{last['train_s'] / last['iter']:.3f} |"
         )
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--teacher", required=True, help="the suite's teacher (a detector.pt)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=tuple(VARIANTS))
+    parser.add_argument("--merge", type=Path, help="an earlier --json whose variants are kept beside the new ones")
     parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--batches", type=int, default=40, help="cached teacher batches")
@@ -185,11 +190,14 @@ def main() -> None:
         "variants": {},
     }
     for name in args.variants:
-        position, lr = VARIANTS[name]
+        position, lr, scale = VARIANTS[name]
         print(f"{name}:", flush=True)
         result["variants"][name] = train_variant(
-            cfg, prior, teacher, cached, validation, levels, strides, position=position, lr=lr, iters=args.iters,
+            cfg, prior, teacher, cached, validation, levels, strides, position=position, lr=lr, scale=scale, iters=args.iters,
             eval_every=args.eval_every, seed=args.seed, diagnostic_images=args.diagnostic_images)
+    if args.merge and args.merge.is_file():
+        earlier = json.loads(args.merge.read_text())["variants"]
+        result["variants"] = {**{k: v for k, v in earlier.items() if k not in result["variants"]}, **result["variants"]}
     print(results_table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

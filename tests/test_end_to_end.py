@@ -86,7 +86,11 @@ def test_distill_end_to_end_and_resume_is_exact(teacher_run, tmp_path, tiny_over
     assert len(list((full / "viz").glob("attention_*.png"))) == 2
     assert len(list((full / "viz").glob("detections_*.png"))) == 2
     assert (full / "viz" / "training_curves.png").stat().st_size > 1000
-    assert json.loads((full / "metrics.json").read_text())["bbox/AP"] >= 0
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert metrics["bbox/AP"] >= 0
+    # the decoder diagnostics are part of every ICD run's final metrics
+    assert 0.0 <= metrics["icd/idf_auroc"] <= 1.0 and 0.0 < metrics["icd/attn_in_box_uniform"] < 1.0
+    assert {"icd/attn_in_box", "icd/attn_distinct"} <= set(metrics)
 
     # interrupted at iteration 2 (the periodic snapshot), then resumed: identical final weights
     resumed = tmp_path / "resumed"

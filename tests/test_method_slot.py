@@ -568,3 +568,29 @@ def test_shipped_methods_fill_the_slot(name, terms, retina, prior, images, monke
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     grads = torch.autograd.grad(sum(losses[k] for k in method_keys), list(method.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_student_gradient_clipping_applies_to_plain_runs_unless_the_release_behaviour_is_chosen():
+    """solver.grad_clip_runs: all clips the baseline's gradients too; distill leaves them alone."""
+    from icdistill.config import load_config
+    from icdistill.distill.distiller import Distiller
+    from icdistill.engine.distributed import DistContext
+    from icdistill.engine.step import StepContext, build_optimisers, train_step
+    from icdistill.structures import collate_batch
+
+    g = torch.Generator().manual_seed(0)
+    batch = collate_batch([(torch.rand(3, 64, 96, generator=g),
+                            {"boxes": torch.tensor([[4.0, 4, 40, 30]]), "labels": torch.tensor([1]), "image_id": 0})])
+    seen = {}
+    for runs in ("all", "distill"):
+        torch.manual_seed(0)
+        student = build_detector("retinanet", backbone="resnet18", num_classes=3, fpn_channels=32,
+                                 anchor_sizes=(16, 32, 64, 128, 256))
+        distiller = Distiller(student).train()
+        cfg = load_config(None, [f"solver.grad_clip_runs={runs}", "solver.grad_clip_value=0.000001", "solver.base_lr=0.0"])
+        opts = build_optimisers(cfg, distiller, total_iters=1, device=torch.device("cpu"))
+        step = StepContext(distiller, distiller, None, opts, DistContext(),
+                           student_clip_value=cfg.solver.grad_clip_value, clip_plain_runs=runs == "all")
+        train_step(step, batch, 0)
+        seen[runs] = max(float(p.grad.abs().max()) for p in student.parameters() if p.grad is not None)
+    assert seen["all"] <= 1e-6 < seen["distill"]

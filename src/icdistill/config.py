@@ -135,9 +135,11 @@ class DistillConfig:
     ``method: fitnet`` is the full-map imitation baseline (1x1 adapter, MSE, ``loss_weight``
     default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping.
 
-    ``position_prior`` (this project's design, not the paper's) adds the query's position to
-    ICD's attention logits; ``decoder_warmup_lr`` (null: ``lr``) is the ICD module's LR during
-    the decoder warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
+    ``position_prior`` (this project's design, not the paper's; on by default, chosen with
+    benchmarks/decoder.py on training data; false is the paper's decoder) adds the query's
+    position to ICD's attention logits (``position_scale``: the initial per-head λ);
+    ``decoder_warmup_lr`` (null: ``lr``, the paper's) is the ICD module's LR during the decoder
+    warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
     at every evaluation."""
 
     method: str = "none"
@@ -155,8 +157,9 @@ class DistillConfig:
     weight_decay: float = 1e-4
     grad_clip_norm: float = 0.01
     inherit: bool = False
-    position_prior: bool = False
-    decoder_warmup_lr: Optional[float] = None
+    position_prior: bool = True
+    position_scale: float = 64.0
+    decoder_warmup_lr: Optional[float] = 1e-3
     diagnostic_images: int = 32
 
 

@@ -75,6 +75,7 @@ def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
                           stage_lr=dcfg.decoder_warmup_lr),
         method_only_iters=dcfg.decoder_warmup_iters,
         position_prior=dcfg.position_prior,
+        position_scale=dcfg.position_scale,
         diagnostic_images=dcfg.diagnostic_images,
     )
 

@@ -91,13 +91,16 @@ class DecoderLayer(nn.Module):
     the attention logits of head h gain λ_h·⟨P_q, P_k⟩/√d_h: P_k is head h's slice of the
     token's own 2-D sine code (the code the keys are built from; each head takes the same
     frequencies of both axes, :func:`code_heads`), P_q the same code evaluated at the query's
-    jittered centre, λ_h a learned scale per head (initialised to 1). Queries then
+    jittered centre, λ_h a learned scale per head (initialised to ``position_scale``). Queries then
     carry their position into the attention directly, as in Conditional DETR / DAB-DETR, instead
     of only through the query MLP; it is implemented by appending [λ_h·P_q] to each head's query
     and [P_k] to its key (see :meth:`ICDModule.keys_and_values`).
     """
 
-    def __init__(self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024, position_prior: bool = False) -> None:
+    def __init__(
+        self, dim: int = 256, num_heads: int = 8, ffn_dim: int = 1024, position_prior: bool = False,
+        position_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden width {dim} is not divisible by {num_heads} heads")
@@ -110,7 +113,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
-        self.position_scale = nn.Parameter(torch.ones(num_heads)) if position_prior else None
+        self.position_scale = nn.Parameter(torch.full((num_heads,), float(position_scale))) if position_prior else None
 
     def query_heads(self, query: Tensor, query_code: Tensor | None = None) -> Tensor:
         """[B, K, d] -> [B, H, K, d_h] (with the position prior: [B, H, K, 2·d_h], the scaled
@@ -187,7 +190,8 @@ class ICDModule(DistillMethod):
         fake_ratio, max_instances, jitter: instance sampling (§2, §4.1).
         loss_weight: λ of the distillation loss.
         position_prior: this project's position term in the attention logits (see
-            :class:`DecoderLayer`); False is the paper's decoder.
+            :class:`DecoderLayer`); False is the paper's decoder. ``position_scale``: λ_h's
+            initial value.
         diagnostic_images: held-out images the diagnostics of :meth:`evaluate` use.
         optim: its own AdamW (ICD_SPEC §7: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
         method_only_iters: the decoder warm-up stage (``distill.decoder_warmup_iters``).
@@ -213,6 +217,7 @@ class ICDModule(DistillMethod):
         optim: MethodOptim = MethodOptim(clip_norm=0.01),
         method_only_iters: int = 0,
         position_prior: bool = False,
+        position_scale: float = 1.0,
         diagnostic_images: int = 32,
     ) -> None:
         super().__init__(optim, method_only_iters=method_only_iters)
@@ -244,7 +249,8 @@ class ICDModule(DistillMethod):
         self.pos_proj = nn.Linear(hidden_dim, hidden_dim)
         ffn_dim = ffn_dim or 4 * hidden_dim
         self.layers = nn.ModuleList(
-            DecoderLayer(hidden_dim, num_heads, ffn_dim, position_prior=position_prior) for _ in range(num_layers)
+            DecoderLayer(hidden_dim, num_heads, ffn_dim, position_prior=position_prior, position_scale=position_scale)
+            for _ in range(num_layers)
         )
         self.predictor = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True),
