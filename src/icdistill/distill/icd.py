@@ -163,17 +163,18 @@ class DecoderLayer(nn.Module):
         max_real = int(is_real.sum(dim=1).max()) if is_real.numel() else 0
         if max_real == 0:
             return weights
-        # One contiguous transposed copy for all chunks (a matmul cannot use the transposed view).
-        k_t = keys.detach().transpose(-1, -2).contiguous()
+        # Logits as keys @ queries^T ([B, H, S, chunk]): the large key tensor is the left operand
+        # as it is stored, so no transposed copy of it is ever made.
+        k = keys.detach()
         scale = 1.0 / math.sqrt(self.head_dim)
-        invalid = ~valid[:, None, None, :]
+        invalid = ~valid[:, None, :, None]
         for start in range(0, max_real, chunk):
             stop = min(start + chunk, max_real)
             code = query_code[:, start:stop] if query_code is not None else None
             q = self.query_heads(query[:, start:stop], code)
-            probs = (q @ k_t * scale).masked_fill(invalid, float("-inf")).softmax(dim=-1)
-            real = is_real[:, start:stop].to(probs.dtype)[:, None, :, None]
-            weights += (probs * real).sum(dim=2)
+            probs = (k @ q.transpose(-1, -2) * scale).masked_fill(invalid, float("-inf")).softmax(dim=-2)
+            real = is_real[:, start:stop].to(probs.dtype)[:, None, None, :]
+            weights += (probs * real).sum(dim=-1)
         return weights
 
 
