@@ -20,6 +20,7 @@ The engine sums whatever a method returns; it never names one.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -56,7 +57,7 @@ class MethodOptim:
             raise ValueError(f"MethodOptim.kind must be {OWN_ADAMW!r} or {STUDENT_SGD!r}, got {self.kind!r}")
 
 
-class DistillMethod(nn.Module):
+class DistillMethod(nn.Module, ABC):
     """Base class of the distillation methods (see the module docstring)."""
 
     name: ClassVar[str]
@@ -67,10 +68,10 @@ class DistillMethod(nn.Module):
         self.optim = optim
         self.method_only_iters = method_only_iters
 
-    def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:  # pragma: no cover - abstract
+    @abstractmethod
+    def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         """Weighted losses ``distill/<name>/<term>`` (scalar tensors). In a method-only stage
         ``inputs.has_student`` is False: return the terms that need no student, or {}."""
-        raise NotImplementedError
 
     def evaluate(
         self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int], device: torch.device,

@@ -159,6 +159,7 @@ def _backward_and_step(step: StepContext, total: Tensor, method_only: bool) -> N
     distillation runs only; the method's own parameters by L2 norm), optimiser and schedule steps."""
     opts, method = step.opts, step.distiller.method
     own = opts.method is not None
+    in_student_sgd = method is not None and not own
     opts.student.zero_grad(set_to_none=True)
     if own:
         opts.method.zero_grad(set_to_none=True)
@@ -172,7 +173,7 @@ def _backward_and_step(step: StepContext, total: Tensor, method_only: bool) -> N
     clip_student = step.student_clip_value is not None and (method is not None or step.clip_plain_runs)
     if not method_only and clip_student:
         # A method in the student's SGD is clipped with the student.
-        clipped = step.distiller.student.parameters() if own or method is None else step.distiller.parameters()
+        clipped = step.distiller.parameters() if in_student_sgd else step.distiller.student.parameters()
         clip_gradients(clipped, value=step.student_clip_value)
     if own and method.optim.clip_norm is not None:
         clip_gradients(method.parameters(), max_norm=method.optim.clip_norm)
