@@ -42,6 +42,9 @@ def tiny_overrides(shapes_root) -> list[str]:
         "solver.log_period=1",
         "eval.batch_size=3",
         "eval.viz_images=2",
+        # The tests distil from teachers trained for 4 iterations (AP ~ 0), which the teacher
+        # check would rightly stop; tests/test_teacher_check.py turns it back on.
+        "distill.check_teacher=false",
     ]
 
 
@@ -59,3 +62,15 @@ def empty_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "empty.yaml"
     path.write_text("{}\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tiny_overrides, empty_config) -> Path:
+    """``detector.pt`` of a tiny RetinaNet trained once per session with ``tiny_overrides``
+    (the teacher of the distillation CLI tests: give it with ``teacher.*`` = TINY_MODEL)."""
+    from icdistill.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(out),
+                 *[f"--set={s}" for s in tiny_overrides]]) == 0
+    return out / "detector.pt"

@@ -18,7 +18,7 @@ import yaml
 
 from icdistill.errors import ConfigError
 
-FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn")
+FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
@@ -113,6 +113,9 @@ class ModelConfig:
     or the full enum name), or a checkpoint path (a training ``checkpoints/last.pt`` or a
     ``detector.pt``). ``backbone_weights``: null or ``imagenet``. ``head_norm``: null (torchvision's
     RetinaNet head) or ``gn`` (GroupNorm head towers, for training from scratch).
+    ``box_batch_size_per_image`` / ``rpn_post_nms_top_n_test`` (two-stage families; null:
+    torchvision's 512 / 1000): sampled training RoIs and test-time proposals per image.
+    ``fpn_channels`` is ignored by the FPN-free families (``faster_rcnn_c4``, ``faster_rcnn_dc5``).
     """
 
     family: str = "retinanet"
@@ -126,6 +129,8 @@ class ModelConfig:
     detections_per_image: int = 100
     score_thresh: float = 0.05
     head_norm: Optional[str] = None
+    box_batch_size_per_image: Optional[int] = None
+    rpn_post_nms_top_n_test: Optional[int] = None
 
 
 @dataclass(frozen=True)

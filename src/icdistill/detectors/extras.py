@@ -98,12 +98,17 @@ class RoISamples:
         labels: per image int64 Tensor[R_b], model labels (0 background, 1..C the classes).
         matched_idxs: per image int64 Tensor[R_b], index of the matched ground-truth box.
         regression_targets: per image float Tensor[R_b, 4], encoded with weights (10, 10, 5, 5).
+        class_logits: float Tensor[sum R_b, C+1], the box head's logits on these RoIs from the
+            same training pass (the student's side; None on the teacher's, which has no pass).
+        box_regression: float Tensor[sum R_b, 4(C+1)], likewise.
     """
 
     boxes: list[Tensor]
     labels: list[Tensor]
     matched_idxs: list[Tensor]
     regression_targets: list[Tensor]
+    class_logits: Tensor | None = None
+    box_regression: Tensor | None = None
 
 
 def roi_align(

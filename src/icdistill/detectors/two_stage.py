@@ -110,4 +110,4 @@ def run_roi_heads_train(
             mask_logits, mask_boxes, [t["masks"] for t in targets], [t["labels"] for t in targets],
             [m[pos] for m, pos in zip(matched_idxs, positive)],
         )
-    return RoISamples(boxes, labels, matched_idxs, regression_targets), losses
+    return RoISamples(boxes, labels, matched_idxs, regression_targets, class_logits, box_regression), losses

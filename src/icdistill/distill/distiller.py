@@ -20,25 +20,34 @@ from icdistill.distill.method import DistillMethod
 from icdistill.errors import ModelMismatchError
 
 
+def describe_levels(detector: DetectorAdapter) -> str:
+    """``"p3 (8), p4 (16), ..."``: a detector's level names with their strides."""
+    return ", ".join(f"{n} ({s})" for n, s in zip(detector.level_names, detector.strides))
+
+
 def check_alignment(teacher: DetectorAdapter, student: DetectorAdapter, levels: Sequence[str]) -> list[int]:
     """Raise ModelMismatchError unless both detectors produce ``levels`` at the same strides.
 
-    Returns the strides of ``levels``.
+    Teacher and student may be of different families (FCOS -> RetinaNet, Mask R-CNN -> Faster
+    R-CNN): what must agree are the distilled levels' names and strides. The error lists both
+    detectors' levels with their strides. Returns the strides of ``levels``.
     """
+    both = (f"teacher ({teacher.family}) levels: {describe_levels(teacher)}; "
+            f"student ({student.family}) levels: {describe_levels(student)}")
     strides = []
     for name in levels:
         missing = [who for who, det in (("teacher", teacher), ("student", student)) if name not in det.level_names]
         if missing:
             raise ModelMismatchError(
-                f"distill.levels names '{name}', which the {' and '.join(missing)} does not produce "
-                f"(teacher levels: {', '.join(teacher.level_names)}; student levels: {', '.join(student.level_names)})"
+                f"distill.levels names '{name}', which the {' and '.join(missing)} does not produce ({both}); "
+                "distil levels both produce at the same strides (distill.levels), or pick a teacher whose levels align"
             )
         t_stride = teacher.strides[teacher.level_names.index(name)]
         s_stride = student.strides[student.level_names.index(name)]
         if t_stride != s_stride:
             raise ModelMismatchError(
-                f"feature level '{name}' has stride {t_stride} in the teacher ({teacher.family}) but "
-                f"{s_stride} in the student ({student.family}); distilled levels must align"
+                f"feature level '{name}' has stride {t_stride} in the teacher but {s_stride} in the student "
+                f"({both}); distilled levels must align"
             )
         strides.append(t_stride)
     if teacher.num_classes != student.num_classes:
@@ -102,7 +111,7 @@ class Distiller(nn.Module):
             method_only: the method-only stage: the student is not run.
         """
         losses: dict[str, Tensor] = {}
-        features, extras = None, {}
+        features, extras, det = None, {}, None
         if not method_only:
             features = self.student.features(images)
             wanted = self.method.requires if self.method is not None else ()
@@ -117,7 +126,7 @@ class Distiller(nn.Module):
             levels=self.levels, strides=self.strides, teacher=teacher,
             teacher_features=teacher.features(images), student=self.student, student_features=features,
             student_extras=extras, detach_student=iteration < self.warmup_iters,
-            teacher_extra_names=tuple(self.method.requires),
+            teacher_extra_names=tuple(self.method.requires), student_losses=det,
         )
         losses.update(self.method(inputs))
         return losses

@@ -1,8 +1,15 @@
-"""FitNet-style full-map feature imitation: the baseline ICD is measured against.
+"""FitNet-style full-map feature imitation (METHODS_SPEC §2): the baseline ICD is measured against.
 
-Every token of every distilled level is imitated equally: a shared 1x1 adapter maps the student's
-FPN width to the teacher's, and the loss is the mean squared error over all valid (unpadded)
-positions and channels, averaged over levels, times one weight.
+Every token of every distilled level is imitated equally. Variants (``distill.fitnet``):
+
+* ``adapter``: ``1x1`` (one conv shared by all levels: this project's default), ``3x3`` (one per
+  level, no ReLU: DeFeat's "all-neck") or ``none`` (UP's neck mimic; needs equal widths);
+* ``adapter_init``: ``default`` (PyTorch's) or ``trunc1e-4`` (DeFeat's N(0,1).fmod(2)·1e-4);
+* ``normalize``: ``none`` (this project: MSE mean over valid positions and channels),
+  ``defeat`` (Σ(A(s) − t)² / max(1, 2·B·H·W·C), padding included) or ``l2_per_image`` (UP:
+  each image's level, valid positions, flattened and L2-normalised; Σ_b ‖ŝ_b − t̂_b‖² / B).
+
+Each is averaged over levels and multiplied by one weight (default 1).
 """
 
 from __future__ import annotations
@@ -10,10 +17,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
 from icdistill.distill.inputs import DistillInputs
 from icdistill.distill.method import DistillMethod, MethodOptim
+from icdistill.distill.peer_parts import LevelAdapters
+
+NORMALIZATIONS = ("none", "defeat", "l2_per_image")
 
 
 def full_map_imitation_loss(
@@ -35,24 +46,70 @@ def full_map_imitation_loss(
     return torch.stack(per_level).mean()
 
 
+def defeat_full_map_loss(teacher_levels: Sequence[Tensor], adapted_student_levels: Sequence[Tensor]) -> Tensor:
+    """DeFeat's all-neck normalisation: per level Σ(A(s) − t)² / max(1, 2·B·H·W·C) over the
+    whole (padded) map, mean over levels. Shapes as :func:`full_map_imitation_loss`."""
+    per_level = [(s - t.detach()).pow(2).sum() / max(1, 2 * s.numel()) for t, s in zip(teacher_levels, adapted_student_levels)]
+    return torch.stack(per_level).mean()
+
+
+def l2_per_image_loss(
+    teacher_levels: Sequence[Tensor], adapted_student_levels: Sequence[Tensor], valid_masks: Sequence[Tensor]
+) -> Tensor:
+    """UP's neck mimic: per level, each image's map (padding zeroed) flattened and L2-normalised,
+    Σ_b ‖ŝ_b − t̂_b‖² / B; mean over levels. Invariant to scaling either side."""
+    per_level = []
+    for t, s, valid in zip(teacher_levels, adapted_student_levels, valid_masks):
+        keep = valid[:, None].to(s.dtype)
+        s_hat = F.normalize((s * keep).flatten(1), dim=1)
+        t_hat = F.normalize((t.detach() * keep).flatten(1), dim=1)
+        per_level.append((s_hat - t_hat).pow(2).sum() / s.shape[0])
+    return torch.stack(per_level).mean()
+
+
 class FitNet(DistillMethod):
-    """``distill.method: fitnet``. Args: student_channels C_s, teacher_channels C_t,
-    loss_weight (the one weight), optim (how the adapter is optimised)."""
+    """``distill.method: fitnet``.
+
+    Args:
+        student_channels, teacher_channels: C_s and C_t.
+        num_levels: distilled levels (per-level adapters for ``3x3``).
+        adapter, adapter_init, normalize: the variant (module docstring).
+        loss_weight: the one weight.
+        optim: how the adapter is optimised (own AdamW by default; ``student`` = the peers').
+    """
 
     name = "fitnet"
 
     def __init__(
-        self, *, student_channels: int, teacher_channels: int, loss_weight: float = 1.0,
+        self, *, student_channels: int, teacher_channels: int, num_levels: int = 1, adapter: str = "1x1",
+        adapter_init: str = "default", normalize: str = "none", loss_weight: float = 1.0,
         optim: MethodOptim = MethodOptim(),
     ) -> None:
         super().__init__(optim)
-        self.adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        self.adapters = LevelAdapters(adapter, student_channels, teacher_channels, num_levels,
+                                      shared=adapter == "1x1", init=adapter_init)
+        self.normalize = normalize
         self.loss_weight = loss_weight
+
+    @property
+    def adapter(self):
+        """The shared 1x1 conv (``adapter: 1x1``)."""
+        return self.adapters.convs[0]
+
+    def loss(self, teacher_levels: Sequence[Tensor], student_levels: Sequence[Tensor], valid_masks: Sequence[Tensor]) -> Tensor:
+        """The unweighted loss of the configured variant on float[B, C, H_l, W_l] levels."""
+        adapted = self.adapters(student_levels)
+        if self.normalize == "defeat":
+            return defeat_full_map_loss(teacher_levels, adapted)
+        if self.normalize == "l2_per_image":
+            return l2_per_image_loss(teacher_levels, adapted, valid_masks)
+        return full_map_imitation_loss(teacher_levels, adapted, valid_masks)
 
     def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
         """{"distill/fitnet/feature"}; {} without student features (nothing to warm up)."""
         if not inputs.has_student:
             return {}
-        adapted = [self.adapter(s) for s in inputs.student_levels]
-        loss = full_map_imitation_loss(inputs.teacher_levels, adapted, inputs.valid_masks)
+        loss = self.loss(inputs.teacher_levels, inputs.student_levels, inputs.valid_masks)
         return {"distill/fitnet/feature": self.loss_weight * loss}

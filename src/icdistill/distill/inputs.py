@@ -56,6 +56,9 @@ class DistillInputs:
             stage (the student is not run).
         student_extras: what the student's training forward captured (the method's ``requires``).
         detach_student: the distillation warm-up: student features reach the method detached.
+        student_losses: the student's detection losses of this step (un-prefixed torchvision
+            names, e.g. ``classification``, ``loss_objectness``), for methods that reweight a
+            hard loss (Chen et al. 2017's mu); None in a method-only stage.
         teacher_extra_names: the teacher extras computed together on the first read of any
             (the method's ``requires``).
     """
@@ -76,6 +79,7 @@ class DistillInputs:
         student_extras: dict[str, Any] | None = None,
         detach_student: bool = False,
         teacher_extra_names: Sequence[str] = (),
+        student_losses: dict[str, Tensor] | None = None,
     ) -> None:
         self.images = images
         self.image_sizes = image_sizes
@@ -91,6 +95,7 @@ class DistillInputs:
         self._teacher_extras: dict[str, Any] = {}
         self.detach_student = detach_student
         self.teacher_extra_names = tuple(teacher_extra_names)
+        self.student_losses = student_losses
 
     @property
     def has_student(self) -> bool:

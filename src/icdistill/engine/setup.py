@@ -28,6 +28,7 @@ from icdistill.data import (
     resolve_with_masks,
 )
 from icdistill.detectors import build_model, build_teacher, family_facts
+from icdistill.detectors.data_needs import require_masks
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.build import NO_METHOD, build_distiller
 from icdistill.distill.distiller import Distiller
@@ -69,6 +70,7 @@ def per_rank_batch_size(cfg: Config, ctx: DistContext) -> int:
 
 def load_data(cfg: Config, out: Path, ctx: DistContext, progress: bool) -> tuple[CocoDetection, CocoDetection]:
     """Training and test sets; the main process writes ``data_report.json`` and a summary."""
+    require_masks(cfg.model.family, cfg.data)  # before any loading: a mask family needs them
     with_masks = resolve_with_masks(cfg.data, family_facts(cfg.model.family).masks)
     train_set, test_set = build_datasets(cfg.data, with_masks=with_masks, progress=progress and ctx.is_main)
     if ctx.is_main:
