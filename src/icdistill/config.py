@@ -22,7 +22,7 @@ FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
-DISTILL_METHODS = ("icd", "fitnet", "none")
+DISTILL_METHODS = ("icd", "fitnet", "mimic", "fgfi", "chen2017", "fbkd", "gid", "defeat", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keys whose value must be one of a fixed set: dotted key -> choices.
@@ -35,6 +35,17 @@ CHOICES = {
     "teacher.family": FAMILIES,
     "teacher.backbone": BACKBONES,
     "distill.method": DISTILL_METHODS,
+    "distill.gid.gi_score": ("paper", "repro"),
+    "distill.gid.relation_scope": ("image", "batch"),
+    "distill.fitnet.adapter": ("1x1", "3x3", "none"),
+    "distill.fitnet.adapter_init": ("default", "trunc1e-4"),
+    "distill.fitnet.normalize": ("none", "defeat", "l2_per_image"),
+    "distill.fitnet.adapter_optim": ("adamw", "student"),
+    "distill.mimic.regions": ("proposals", "gt"),
+    "distill.mimic.proposal_source": ("teacher", "student"),
+    "distill.fgfi.level_mode": ("assigned", "joint"),
+    "distill.fgfi.norm": ("defeat", "paper"),
+    "distill.fgfi.adapter_init": ("default", "trunc1e-4"),
     "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
     "solver.amp": ("bf16", "fp16"),
@@ -62,11 +73,15 @@ class DataConfig:
     - ``voc``: ``root`` (a VOC year folder, or a VOCdevkit with ``train_years``/``test_years``),
       ``train_splits``/``test_splits`` of ImageSets/Main; difficult objects are excluded from
       training and ignored by the evaluators unless ``keep_difficult``.
-    - ``voc_folder``: ``root`` with images + VOC XML files, no ImageSets: a split seeded by
-      ``split_seed`` with ``test_fraction`` of the images for testing.
+    - ``voc_folder``: ``root`` with images + VOC XML files, no ImageSets, in a layout found
+      there (``images/`` + ``annotations/``, ``JPEGImages/`` + ``Annotations/``, mixed) or named
+      by ``image_dir`` / ``ann_dir`` (relative to ``root``); split folders (``train/``, ``test/``
+      or ``valid/``) give the split, else a split seeded by ``split_seed`` with
+      ``test_fraction`` of the images for testing.
     - ``yolo``: ``root`` with ``images/<split>``, ``labels/<split>`` and a class names file
       (``names_file``, default classes.txt / obj.names / data.yaml); ``train_splits[0]`` and
-      ``test_splits[0]`` name the splits.
+      ``test_splits[0]`` name the splits; or an Ultralytics data.yaml (with ``train:``) in
+      ``root`` or named by ``names_file``.
     - ``cityscapes``: ``root`` with ``leftImg8bit/`` and ``gtFine/`` (polygons); the eight
       instance classes; ``train_splits[0]`` / ``test_splits[0]`` name the splits (train / val).
     - ``shapes``: the generated demo data set (``shapes`` section).
@@ -93,6 +108,8 @@ class DataConfig:
     test_fraction: float = 0.2
     split_seed: int = 0
     names_file: Optional[str] = None
+    image_dir: Optional[str] = None
+    ann_dir: Optional[str] = None
     skip_unreadable: bool = False
     validate_images: bool = True
     with_masks: Optional[bool] = None
@@ -139,13 +156,21 @@ class DistillConfig:
     3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage.
     ``method: fitnet`` is the full-map imitation baseline (1x1 adapter, MSE, ``loss_weight``
     default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping.
+    ``fitnet``, ``mimic``, ``fgfi`` and ``chen2017`` read their options from their own sections
+    (``FitNetConfig`` ... below; METHODS_SPEC §2-§4, §8; [ADAPT] marks this project's
+    adaptations, docs/method.md); ``loss_weight`` null is the method's default.
 
     ``position_prior`` (this project's design, not the paper's; on by default, chosen with
     benchmarks/decoder.py on training data; false is the paper's decoder) adds the query's
     position to ICD's attention logits (``position_scale``: the initial per-head λ);
     ``decoder_warmup_lr`` (null: ``lr``, the paper's) is the ICD module's LR during the decoder
     warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
-    at every evaluation."""
+    at every evaluation.
+
+    ``check_teacher`` (this project's pre-flight check, not the paper's): before the first step
+    of a distillation run the teacher is evaluated on up to ``check_teacher_images`` test
+    images; a box AP (percent) below ``check_teacher_min_ap`` or class names in the teacher's
+    file that differ from the data's stop the run (engine/teacher_check.py)."""
 
     method: str = "none"
     loss_weight: Optional[float] = None
@@ -166,6 +191,141 @@ class DistillConfig:
     position_scale: float = 64.0
     decoder_warmup_lr: Optional[float] = 1e-3
     diagnostic_images: int = 32
+    check_teacher: bool = True
+    check_teacher_images: int = 50
+    check_teacher_min_ap: float = 1.0
+    fitnet: "FitNetConfig" = field(default_factory=lambda: FitNetConfig())
+    mimic: "MimicConfig" = field(default_factory=lambda: MimicConfig())
+    fgfi: "FGFIConfig" = field(default_factory=lambda: FGFIConfig())
+    chen2017: "Chen2017Config" = field(default_factory=lambda: Chen2017Config())
+    fbkd: "FBKDConfig" = field(default_factory=lambda: FBKDConfig())
+    gid: "GIDConfig" = field(default_factory=lambda: GIDConfig())
+    defeat: "DeFeatConfig" = field(default_factory=lambda: DeFeatConfig())
+
+
+@dataclass(frozen=True)
+class FitNetConfig:
+    """``distill.method: fitnet`` (METHODS_SPEC §2; docs/method.md). ``adapter``: ``1x1`` (one
+    conv shared by the levels: this project's default), ``3x3`` (one per level: DeFeat's
+    all-neck) or ``none`` (UP's neck mimic, equal widths); ``adapter_init``: ``default`` or
+    ``trunc1e-4`` (DeFeat's); ``normalize``: ``none`` (MSE over valid positions), ``defeat``
+    (Σ/2BHWC, padding included) or ``l2_per_image`` (UP's); ``adapter_optim``: ``adamw`` (the
+    adapter's own AdamW at ``distill.lr``: this project's) or ``student`` (the student's SGD,
+    as the peers train adapters)."""
+
+    adapter: str = "1x1"
+    adapter_init: str = "default"
+    normalize: str = "none"
+    adapter_optim: str = "adamw"
+
+
+@dataclass(frozen=True)
+class MimicConfig:
+    """``distill.method: mimic`` (Li et al. 2017, METHODS_SPEC §3). ``regions``: ``proposals``
+    (Faster R-CNN: RPN proposals; RetinaNet/FCOS: pseudo-proposals from the dense head, this
+    project's adaptation [ADAPT]) or ``gt``; ``proposal_source``: ``teacher`` (UP's) or
+    ``student``; at most ``max_proposals`` per image; the [ADAPT] pseudo-proposals keep the
+    top ``pre_nms_top_n`` scores before NMS at ``nms_thresh``."""
+
+    regions: str = "proposals"
+    proposal_source: str = "teacher"
+    max_proposals: int = 1000
+    pre_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+
+
+@dataclass(frozen=True)
+class FGFIConfig:
+    """``distill.method: fgfi`` (Wang et al. 2019, METHODS_SPEC §4). ``psi``: the mask's
+    relative IoU threshold; ``level_mode``: ``assigned`` (one level per box, DeFeat's FPN port)
+    or ``joint`` (all levels at once); ``norm``: ``defeat`` (÷2·N_p·C; weight 3) or ``paper``
+    (÷2·N_p; weight 0.01); per-level 3×3 adapters with ``adapter_init`` and, if
+    ``adapter_relu``, the original's ReLU. FCOS uses virtual anchors (8·stride squares), this
+    project's adaptation [ADAPT]."""
+
+    psi: float = 0.5
+    level_mode: str = "assigned"
+    norm: str = "defeat"
+    adapter_init: str = "trunc1e-4"
+    adapter_relu: bool = False
+
+
+@dataclass(frozen=True)
+class Chen2017Config:
+    """``distill.method: chen2017`` (Chen et al. 2017, METHODS_SPEC §8). ``mu``: the hard
+    loss's share (μ; unverified default); ``temperature`` T; ``margin`` m of the bounded
+    regression; ``nu`` ν: its weight; ``hint_weight`` γ; ``bg_weight``: the background class's
+    weight in the soft cross-entropy. The FPN hint and the RetinaNet/FCOS form are this
+    project's adaptation [ADAPT]."""
+
+    mu: float = 0.5
+    temperature: float = 1.0
+    margin: float = 0.0
+    nu: float = 0.5
+    hint_weight: float = 0.5
+    bg_weight: float = 1.5
+
+
+@dataclass(frozen=True)
+class FBKDConfig:
+    """``distill.method: fbkd`` (Zhang & Ma 2021, METHODS_SPEC §5). Nulls take the family's
+    column: one-stage (the supplement: T = T_c = 0.1, channel mask on, weights am 4.2e-4, at
+    0.024, nld 4.2e-4) or two-stage (MMRazor: T = 0.5, no channel mask, 7e-5, 4e-3, 7e-5).
+    ``distill.loss_weight`` multiplies all three. ``faithful_padding`` includes padded tokens in
+    the masks and norms as the originals do (default: valid tokens only)."""
+
+    temperature: Optional[float] = None
+    channel_temperature: Optional[float] = None
+    channel_mask: Optional[bool] = None
+    am_weight: Optional[float] = None
+    at_weight: Optional[float] = None
+    nld_weight: Optional[float] = None
+    faithful_padding: bool = False
+
+
+@dataclass(frozen=True)
+class GIDConfig:
+    """``distill.method: gid`` (Dai et al. 2021, METHODS_SPEC §6; defaults: the first author's
+    reproduction, unverified against the paper). ``gi_score``: ``paper`` (max_c |P_t - P_s|) or
+    ``repro`` (|max_c P_t - max_c P_s|); GISM keeps ``top_k`` boxes per image after
+    ``pre_nms_top_k``, dropping sides <= ``min_box_size`` px, NMS at ``nms_iou``;
+    ``relation_scope``: ``image`` or ``batch`` (the reproduction's); ``adapter``: the shared
+    3x3 conv on the student's maps (false needs equal FPN widths). On Faster/Mask R-CNN GISM
+    runs on the RPN (the paper's description, from a secondary summary). ``distill.loss_weight``
+    multiplies all four weights."""
+
+    gi_score: str = "paper"
+    top_k: int = 10
+    pre_nms_top_k: int = 3000
+    nms_iou: float = 0.3
+    min_box_size: float = 10.0
+    pool_size: int = 10
+    relation_scope: str = "image"
+    feature_weight: float = 0.005
+    relation_weight: float = 40.0
+    response_cls_weight: float = 0.1
+    response_reg_weight: float = 0.1
+    adapter: bool = True
+
+
+@dataclass(frozen=True)
+class DeFeatConfig:
+    """``distill.method: defeat`` (Guo et al. 2021, METHODS_SPEC §7). Neck weights ``fg_weight``
+    α_obj and ``bg_weight`` α_bg (UP's COCO recipe, ramped linearly over ``ramp_iters``);
+    ``roi_cls`` (Faster/Mask R-CNN only; RetinaNet/FCOS are neck-only) adds the RoI
+    classification KL on the teacher's sampled RoIs with weights β and temperatures T per
+    foreground / background (the DeFeat VOC config's values, unverified). ``distill.loss_weight``
+    multiplies every term. ``faithful_padding``: the background term includes padding."""
+
+    fg_weight: float = 4.0
+    bg_weight: float = 16.0
+    roi_cls: bool = False
+    roi_fg_weight: float = 2.0
+    roi_bg_weight: float = 2.0
+    roi_fg_temperature: float = 1.0
+    roi_bg_temperature: float = 1.0
+    ramp_iters: int = 2000
+    faithful_padding: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,7 +342,10 @@ class SolverConfig:
     ``grad_clip_value`` clips the student's gradients elementwise (null: off) in every run
     (``grad_clip_runs: all``, teachers and baselines too, so every gain is measured against a
     baseline trained the same way) or only in distillation runs (``distill``, what ICD's release
-    does)."""
+    does).
+
+    ``keep_checkpoints``: the newest N periodic snapshots ``checkpoints/model_<iter>.pt`` are
+    kept (``last.pt`` always); null keeps every one."""
 
     max_iter: int = 90000
     ims_per_batch: int = 16
@@ -194,6 +357,7 @@ class SolverConfig:
     steps: tuple[float, ...] = (2 / 3, 8 / 9)
     gamma: float = 0.1
     checkpoint_period: int = 5000
+    keep_checkpoints: Optional[int] = 3
     log_period: int = 20
     seed: int = 0
     device: str = "auto"
@@ -202,6 +366,12 @@ class SolverConfig:
     sync_bn: bool = True
     grad_clip_value: Optional[float] = 1.0
     grad_clip_runs: str = "all"
+
+    def __post_init__(self) -> None:
+        keep = self.keep_checkpoints
+        if keep is not None and keep < 1:
+            raise ConfigError(f"config key 'solver.keep_checkpoints' must be a positive integer or null "
+                              f"(keep every snapshot), got {keep!r}")
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from icdistill.data.prior import DatasetPrior
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.detectors.families import family_facts
 from icdistill.detectors.weights import FrozenTeacher
+from icdistill.distill.builders_2021 import build_defeat, build_fbkd, build_gid
 from icdistill.distill.distiller import Distiller, check_alignment
-from icdistill.distill.fitnet import FitNet
 from icdistill.distill.icd import ICDModule
 from icdistill.distill.inherit import InheritReport, inherit_weights
 from icdistill.distill.method import DistillMethod, MethodOptim
+from icdistill.distill.peer_builders import build_chen2017, build_fgfi, build_fitnet, build_mimic
 from icdistill.distill.sampling import PriorTensors
 from icdistill.errors import ConfigError
 
@@ -80,17 +81,15 @@ def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
     )
 
 
-def build_fitnet(dcfg: DistillConfig, ctx: MethodContext) -> FitNet:
-    """FitNet full-map imitation (1x1 adapter, MSE; weight default 1)."""
-    return FitNet(
-        student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
-        loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else 1.0, optim=_own_adamw(dcfg),
-    )
-
-
 METHODS: dict[str, Callable[[DistillConfig, MethodContext], DistillMethod]] = {
     "icd": build_icd,
     "fitnet": build_fitnet,
+    "mimic": build_mimic,
+    "fgfi": build_fgfi,
+    "chen2017": build_chen2017,
+    "fbkd": build_fbkd,
+    "gid": build_gid,
+    "defeat": build_defeat,
 }
 
 
