@@ -137,15 +137,20 @@ def _datasets(cfg, args: argparse.Namespace):
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from icdistill.data import compute_prior
+    """``stats``: the class table of both splits, what the data report found, and the prior
+    (written to ``--out``, default prior.json)."""
+    from icdistill.data import compute_prior, data_report
+    from icdistill.data.stats import class_table, format_class_table, format_data_report
 
     cfg = _load(args)
-    train_set, _ = _datasets(cfg, args)
+    train_set, test_set = _datasets(cfg, args)
+    print(format_class_table(class_table(train_set, test_set), len(train_set), len(test_set)))
+    print(format_data_report(data_report(train_set, test_set)))
     prior = compute_prior(train_set)
     out = Path(args.out) if args.out else Path("prior.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     prior.save(out)
-    print(f"{prior.num_images} training images")
+    print(f"prior of {prior.num_images} training images (box sizes relative to the image):")
     for i, name in enumerate(prior.names):
         print(
             f"  {name:>16}: {prior.freq[i]:.3f} per image, w {prior.w_mean[i]:.3f}±{prior.w_std[i]:.3f}, "

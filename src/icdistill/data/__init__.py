@@ -14,8 +14,9 @@ from .loader import ShardSampler, TrainSampler, aug_seed_for, build_test_loader,
 from .prior import DatasetPrior, compute_prior
 from .synthetic import SHAPE_CLASSES, ShapesPaths, generate_shapes
 from .transforms import DetectionTransforms, build_transforms
-from .voc import VOC_CLASSES, load_voc, load_voc_folder
-from .yolo import load_yolo
+from .voc import VOC_CLASSES, load_voc
+from .voc_folder import load_voc_folder, read_voc_folder
+from .yolo import load_yolo, read_yolo_yaml
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -38,6 +39,8 @@ __all__ = [
     "load_voc",
     "load_voc_folder",
     "load_yolo",
+    "read_voc_folder",
+    "read_yolo_yaml",
     "load_cityscapes",
     "resolve_with_masks",
 ]

@@ -8,6 +8,8 @@ before any training step.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,26 @@ from .cityscapes import load_cityscapes
 from .coco import CocoDetection, Transform
 from .synthetic import generate_shapes
 from .transforms import build_transforms
-from .voc import load_voc, load_voc_folder
-from .yolo import load_yolo
+from .voc import load_voc
+from .voc_folder import read_voc_folder
+from .yolo import find_data_yaml, read_yolo, read_yolo_yaml, yaml_split_keys
 
 __all__ = ["build_datasets", "data_report", "resolve_with_masks"]
 
-#: ``(coco_dict, image_root, source)`` of one split read by a non-COCO reader.
-_Split = tuple[dict, Path, str]
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+
+
+@dataclass
+class _Split:
+    """One split read by a non-COCO reader: the COCO dict, the folder its ``file_name`` are
+    relative to, what errors name (``source``), what the reader found (``info``: layout, how
+    the split was made) and the files it left out, by reason (``skipped``)."""
+
+    coco: dict
+    image_root: Path
+    source: str
+    info: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
 
 
 def resolve_with_masks(data_cfg: DataConfig, family_has_masks: bool) -> bool:
@@ -79,7 +94,8 @@ def data_report(train: CocoDetection, test: CocoDetection) -> dict[str, Any]:
 def _load_datasets(
     data: DataConfig, train_tf: Transform, test_tf: Transform, *, with_masks: bool, progress: bool
 ) -> tuple[CocoDetection, CocoDetection]:
-    """The two datasets as read, before filtering and checks."""
+    """The two datasets as read, before filtering and checks, with what their reader found
+    (``report["reader"]``: format, layout, how the split was made)."""
     options = {"skip_unreadable": data.skip_unreadable, "with_masks": with_masks}
     if data.format == "shapes":
         s = data.shapes
@@ -87,45 +103,85 @@ def _load_datasets(
             s.root, num_train=s.num_train, num_test=s.num_test,
             image_size=(s.image_height, s.image_width), seed=s.seed, progress=progress,
         )
-        return (CocoDetection(paths.train_images, paths.train_json, train_tf, **options),
+        pair = (CocoDetection(paths.train_images, paths.train_json, train_tf, **options),
                 CocoDetection(paths.test_images, paths.test_json, test_tf, **options))
+        return _with_info(pair, {"format": "shapes", "split": "generated (data.shapes)"})
     if data.format == "coco":
         for key in ("train_images", "train_ann", "test_images", "test_ann"):
             if not getattr(data, key):
                 raise ConfigError(f"config key 'data.{key}' is required for data.format 'coco'")
-        return (CocoDetection(data.train_images, data.train_ann, train_tf, **options),
+        pair = (CocoDetection(data.train_images, data.train_ann, train_tf, **options),
                 CocoDetection(data.test_images, data.test_ann, test_tf, **options))
-    (train_dict, train_root, train_src), (test_dict, test_root, test_src) = _coco_dicts(data)
-    return (CocoDetection.from_dict(train_dict, train_root, train_tf, source=train_src, **options),
-            CocoDetection.from_dict(test_dict, test_root, test_tf, source=test_src, **options))
+        return _with_info(pair, {"format": "coco", "split": "files: data.train_ann, data.test_ann"})
+    train, test = _coco_dicts(data)
+    out = []
+    for read, tf in ((train, train_tf), (test, test_tf)):
+        ds = CocoDetection.from_dict(read.coco, read.image_root, tf, source=read.source, **options)
+        ds.add_reader_report({"format": data.format, **read.info}, read.skipped)
+        out.append(ds)
+    return out[0], out[1]
+
+
+def _with_info(pair: tuple[CocoDetection, CocoDetection], info: dict[str, Any]
+               ) -> tuple[CocoDetection, CocoDetection]:
+    for ds in pair:
+        ds.add_reader_report(info, {})
+    return pair
+
+
+def _given(data: DataConfig, key: str) -> tuple[str, ...] | None:
+    """``data.<key>`` when the config sets it to something else than its default, else None
+    (the reader then finds the splits itself)."""
+    value = getattr(data, key)
+    return None if value == _DEFAULTS[key] else value
 
 
 def _coco_dicts(data: DataConfig) -> tuple[_Split, _Split]:
-    """(coco_dict, image_root, source) of the training and test split of a non-COCO format."""
+    """The training and test split of a non-COCO format, as read."""
+    if data.format == "yolo" and not data.root and data.names_file:
+        return _yolo_splits(data)
     if not data.root:
-        raise ConfigError(f"config key 'data.root' is required for data.format '{data.format}'")
+        hint = " (or data.names_file: an Ultralytics data.yaml)" if data.format == "yolo" else ""
+        raise ConfigError(f"config key 'data.root' is required for data.format '{data.format}'{hint}")
     if data.format == "voc":
         return _voc_dicts(data)
     if data.format == "cityscapes":
         train_split, test_split = data.train_splits[0], data.test_splits[0]
-        return (
-            (*load_cityscapes(data.root, split=train_split), f"{data.root} ({train_split})"),
-            (*load_cityscapes(data.root, split=test_split), f"{data.root} ({test_split})"),
-        )
+        how = {"split": f"folders: {train_split}, {test_split}"}
+        return (_Split(*load_cityscapes(data.root, split=train_split), f"{data.root} ({train_split})", how),
+                _Split(*load_cityscapes(data.root, split=test_split), f"{data.root} ({test_split})", how))
     if data.format == "voc_folder":
-        names = list(data.class_names) if data.class_names else None
+        return _voc_folder_splits(data)
+    return _yolo_splits(data)
 
-        def split(name: str) -> tuple[dict, Path]:
-            return load_voc_folder(data.root, class_names=names, split=name, test_fraction=data.test_fraction,
-                                   seed=data.split_seed, keep_difficult=data.keep_difficult)
 
-        return (*split("train"), f"{data.root} (train)"), (*split("test"), f"{data.root} (test)")
-    # yolo
-    train_split, test_split = data.train_splits[0], data.test_splits[0]
-    return (
-        (*load_yolo(data.root, split=train_split, names_file=data.names_file), f"{data.root} ({train_split})"),
-        (*load_yolo(data.root, split=test_split, names_file=data.names_file), f"{data.root} ({test_split})"),
-    )
+def _voc_folder_splits(data: DataConfig) -> tuple[_Split, _Split]:
+    """Both splits of a plain VOC-XML folder in one read (split folders or the seeded split)."""
+    got = read_voc_folder(
+        data.root, image_dir=data.image_dir, ann_dir=data.ann_dir,
+        class_names=list(data.class_names) if data.class_names else None,
+        test_fraction=data.test_fraction, seed=data.split_seed, keep_difficult=data.keep_difficult,
+        train_folders=_given(data, "train_splits"), test_folders=_given(data, "test_splits"))
+    return tuple(  # type: ignore[return-value]
+        _Split(s.coco, s.image_root, f"{data.root} ({name})",
+               {"layout": s.layout, "split": s.split}, s.skipped)
+        for name, s in ((n, got[n]) for n in ("train", "test")))
+
+
+def _yolo_splits(data: DataConfig) -> tuple[_Split, _Split]:
+    """A YOLO folder (``images/<split>``) or an Ultralytics data yaml (``data.root`` holding
+    ``data.yaml``, or ``data.names_file`` naming it)."""
+    yaml_path = find_data_yaml(data.root or None, data.names_file)
+    if yaml_path is not None:
+        keys = yaml_split_keys(yaml_path, *(v[0] if v else None for v in (
+            _given(data, "train_splits"), _given(data, "test_splits"))))
+        reads = [(read_yolo_yaml(yaml_path, k), f"{yaml_path} ({k})") for k in keys]
+    else:
+        reads = [(read_yolo(data.root, split=split, names_file=data.names_file), f"{data.root} ({split})")
+                 for split in (data.train_splits[0], data.test_splits[0])]
+    return tuple(  # type: ignore[return-value]
+        _Split(r.coco, r.image_root, source, {"layout": r.layout, "split": r.split, **r.info})
+        for r, source in reads)
 
 
 def _voc_dicts(data: DataConfig) -> tuple[_Split, _Split]:
@@ -137,8 +193,9 @@ def _voc_dicts(data: DataConfig) -> tuple[_Split, _Split]:
     train_names = [c["name"] for c in sorted(train[0]["categories"], key=lambda c: c["id"])]
     test = load_voc(data.root, data.test_splits, years=data.test_years, class_names=train_names,
                     keep_difficult=data.keep_difficult)
-    return ((*train, f"{data.root} {_split_tag(data.train_splits, data.train_years)}"),
-            (*test, f"{data.root} {_split_tag(data.test_splits, data.test_years)}"))
+    how = {"split": "ImageSets/Main: data.train_splits, data.test_splits"}
+    return (_Split(*train, f"{data.root} {_split_tag(data.train_splits, data.train_years)}", how),
+            _Split(*test, f"{data.root} {_split_tag(data.test_splits, data.test_years)}", how))
 
 
 def _split_tag(splits: tuple[str, ...], years: tuple[str, ...] | None) -> str:

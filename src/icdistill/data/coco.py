@@ -199,8 +199,9 @@ class CocoDetection(Dataset):
         self.skip_unreadable = bool(skip_unreadable)
         self.source = source
 
+        grouping = _drop_grouping_category(data)
         self._index_categories(data["categories"], label)
-        self._images, by_id = _image_records(data["images"], label, self.with_masks)
+        self._images, by_id = _image_records(data["images"], label, self.with_masks, self.image_dir)
         counts, files = self._attach_annotations(data["annotations"], by_id, label)
         if self.skip_unreadable:
             self._drop_unreadable(counts, files)
@@ -213,6 +214,10 @@ class CocoDetection(Dataset):
             "counts": counts,
             "files": {p: sorted(v) for p, v in files.items()},
         }
+        if grouping:
+            self.report["grouping_category"] = grouping
+            log.info("%s: left out category %r: it groups all the others and has no box",
+                     self.source, grouping)
         if any(n for p, n in counts.items() if p != "crowd"):  # crowd boxes are normal in COCO
             log.warning("%s: %s", self.source, self.report_summary())
 
@@ -226,7 +231,7 @@ class CocoDetection(Dataset):
             cats = sorted(categories, key=lambda c: int(c["id"]))
             self.contiguous_to_cat_id: list[int] = [int(c["id"]) for c in cats]
             self.class_names: list[str] = [str(c.get("name", c["id"])) for c in cats]
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as e:
             raise DataError(f"{label}: malformed 'categories' entry "
                             f"({e!r}); each needs an integer 'id' and a 'name'") from e
         if len(set(self.contiguous_to_cat_id)) != len(self.contiguous_to_cat_id):
@@ -358,6 +363,15 @@ class CocoDetection(Dataset):
                 parts.append(f"{n} {p.replace('_', ' ')} ({shown})")
         return "; ".join(parts) if parts else "no problems"
 
+    def add_reader_report(self, info: dict[str, Any], skipped: dict[str, list[str]]) -> None:
+        """Add what a folder reader found before the COCO dict to :attr:`report`: ``info``
+        under ``"reader"`` (e.g. ``layout``, ``split``: how the split was made) and each
+        ``skipped`` reason (e.g. ``images_without_xml``) as a problem with its count and files."""
+        self.report["reader"] = dict(info)
+        for problem, names in skipped.items():
+            self.report["counts"][problem] = len(names)
+            self.report["files"][problem] = sorted(names)
+
     def annotation_records(self) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
         """Per image, without decoding it: ``(width, height, boxes, labels)``.
 
@@ -452,26 +466,41 @@ class CocoDetection(Dataset):
         return image, target
 
 
+def _drop_grouping_category(data: dict) -> str | None:
+    """Leave out the one category that only groups the others (this project's repair, not
+    COCO's): Roboflow's COCO export adds a category named after the data set, without any box,
+    that is the ``supercategory`` of every other category; kept, it would be a class that is
+    never seen. Returns its name (``data["categories"]`` modified), or ``None``."""
+    cats = data["categories"]
+    if len(cats) < 2 or not all(isinstance(c, dict) for c in cats):
+        return None
+    used = {_as_int(a.get("category_id")) for a in data["annotations"] if isinstance(a, dict)}
+    found = [c for c in cats
+             if isinstance(c.get("name"), str) and _as_int(c.get("id")) not in used
+             and all(o.get("supercategory") == c["name"] for o in cats if o is not c)]
+    if len(found) != 1:
+        return None
+    data["categories"] = [c for c in cats if c is not found[0]]
+    return found[0]["name"]
+
+
 def _as_int(v: Any) -> int | None:
     try:
         return int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         return None
 
 
-def _image_records(images: list, label: str, with_masks: bool) -> tuple[list[dict[str, Any]], dict[int, int]]:
+def _image_records(
+    images: list, label: str, with_masks: bool, image_dir: Path
+) -> tuple[list[dict[str, Any]], dict[int, int]]:
     """Checked image records (``id``, ``file_name``, ``width``, ``height`` and empty ``boxes`` /
     ``labels``, plus ``segs`` with masks) in json order, and the position of each image id."""
     records: list[dict[str, Any]] = []
     by_id: dict[int, int] = {}
     for img in images:
-        try:
-            rec = {"id": int(img["id"]), "file_name": str(img["file_name"]),
-                   "width": int(img["width"]), "height": int(img["height"])}
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{label}: malformed 'images' entry "
-                            f"{str(img)[:200]} ({e!r}); each needs 'id', 'file_name', "
-                            f"'width' and 'height'") from e
+        rec = _image_record(img, label, image_dir)
+        img.update(file_name=rec["file_name"], width=rec["width"], height=rec["height"])  # for the GT
         if rec["width"] <= 0 or rec["height"] <= 0:
             raise DataError(f"{label}: image {rec['file_name']} has "
                             f"non-positive size {rec['width']}x{rec['height']}")
@@ -483,6 +512,42 @@ def _image_records(images: list, label: str, with_masks: bool) -> tuple[list[dic
             rec["segs"] = []
         records.append(rec)
     return records, by_id
+
+
+def _image_record(img: Any, label: str, image_dir: Path) -> dict[str, Any]:
+    """``{"id", "file_name", "width", "height"}`` of one ``images`` entry.
+
+    What annotation tools write is accepted: ``file_name`` with subfolders (relative to the
+    image folder) or Windows separators (``a\\b.jpg`` read as ``a/b.jpg`` when only that
+    exists); ``width`` / ``height`` missing or null are read from the image header.
+    """
+    try:
+        if not isinstance(img, dict):
+            raise TypeError(f"expected an object, got {type(img).__name__}")
+        file_name = img["file_name"]
+        if not isinstance(file_name, str) or not file_name:
+            raise TypeError(f"'file_name' must be a non-empty string, got {file_name!r}")
+        if "\\" in file_name and not os.path.exists(image_dir / file_name):
+            file_name = file_name.replace("\\", "/")
+        width, height = img.get("width"), img.get("height")
+        if width is None or height is None:
+            width, height = _header_size(image_dir / file_name, label)
+        return {"id": int(img["id"]), "file_name": file_name,
+                "width": int(width), "height": int(height)}
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{label}: malformed 'images' entry "
+                        f"{str(img)[:200]} ({e!r}); each needs 'id', 'file_name', "
+                        f"'width' and 'height'") from e
+
+
+def _header_size(path: Path, label: str) -> tuple[int, int]:
+    """``(width, height)`` from an image header, for an entry that does not give them."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{label}: image {path} has no width/height in the annotations and "
+                        f"its header cannot be read: {e}") from e
 
 
 def _clip_box(
@@ -552,6 +617,11 @@ def _check_segmentation(seg: Any, h: int, w: int) -> list[list[float]] | dict | 
             raise ValueError(f"RLE size {size} differs from the image size [{h}, {w}] (h, w)")
         counts = seg["counts"]
         if isinstance(counts, (str, bytes)):
+            # pycocotools' C decoder trusts the string: a malformed one reads or writes past
+            # its buffers, so the counts are checked here first.
+            total = sum(_rle_string_counts(counts))
+            if total != h * w:
+                raise ValueError(f"compressed RLE counts sum to {total}, not h*w = {h * w}")
             return {"size": [h, w], "counts": counts}
         if isinstance(counts, (list, tuple)) and all(
                 isinstance(c, (int, np.integer)) and c >= 0 for c in counts):
@@ -572,10 +642,51 @@ def _check_segmentation(seg: Any, h: int, w: int) -> list[list[float]] | dict | 
             if len(coords) % 2 or not all(math.isfinite(v) for v in coords):
                 raise ValueError(f"polygon #{k} needs an even number of finite coordinates, "
                                  f"got {len(coords)}")
+            # pycocotools rasterises polygons with C ints: far-off points overflow them
+            reach = 10 * max(h, w) + 10_000
+            if any(abs(v) > reach for v in coords):
+                raise ValueError(f"polygon #{k} has a point more than {reach} px outside the "
+                                 f"image")
             if len(coords) >= 6:
                 polys.append(coords)
         return polys or None
     raise ValueError(f"expected a list of polygons or an RLE dict, got {type(seg).__name__}")
+
+
+def _rle_string_counts(counts: str | bytes) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``: 5-bit
+    groups offset by 48, bit 0x20 = more groups, bit 0x10 of the last = negative; from the
+    third run on, deltas to the run two before).
+
+    Raises:
+        ValueError: a character outside ``'0'..'o'``, a number cut off, or a negative run.
+    """
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError as e:
+            raise ValueError("compressed RLE counts are not ASCII") from e
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise ValueError("compressed RLE counts end inside a number")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE counts hold {counts[p]!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError("compressed RLE counts hold a negative run")
+        runs.append(x)
+    return runs
 
 
 def _decode_masks(

@@ -1,5 +1,8 @@
 """Pascal VOC readers: VOC-layout folders (and VOCdevkit 07+12 joins) to an in-memory COCO dict.
 
+Plain folders of images and XMLs (no ``ImageSets``) are read by :mod:`icdistill.data.voc_folder`
+with the XML parser and the conversion here.
+
 The dict is served by :meth:`icdistill.data.coco.CocoDetection.from_dict`, so transforms, the
 prior, the report, COCO evaluation and training work unchanged::
 
@@ -38,8 +41,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import DataError
+from .layouts import IMAGE_EXTS
 
-__all__ = ["VOC_CLASSES", "load_voc", "load_voc_folder", "parse_voc_xml"]
+__all__ = ["VOC_CLASSES", "load_voc", "parse_voc_xml"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )
 
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -88,7 +91,7 @@ def parse_voc_xml(path: str | os.PathLike) -> VOCRecord:
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: unknown encoding
         raise DataError(f"VOC annotation {path} is not well-formed XML: {e}") from e
     except OSError as e:
         raise DataError(f"cannot read VOC annotation {path}: {e}") from e
@@ -98,7 +101,7 @@ def parse_voc_xml(path: str | os.PathLike) -> VOCRecord:
             raise ValueError("no <size> element")
         width = int(float(_text(size, "width")))
         height = int(float(_text(size, "height")))
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise DataError(f"VOC annotation {path}: missing or malformed image size "
                         f"(size/width, size/height): {e}") from e
     if width <= 0 or height <= 0:
@@ -115,7 +118,7 @@ def parse_voc_xml(path: str | os.PathLike) -> VOCRecord:
                 raise ValueError(f"non-finite coordinate in {box}")
             diff_text = (obj.findtext("difficult") or "0").strip() or "0"
             difficult = bool(int(float(diff_text)))
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise DataError(f"VOC annotation {path}: object #{k + 1} is malformed: {e}") from e
         rec.objects.append(VOCObject(name, box, difficult))  # type: ignore[arg-type]
     return rec
@@ -200,14 +203,16 @@ def _image_file(jpeg_dir: Path, stem: str, xml_filename: str) -> str:
     """Name of the image of ``stem`` in ``jpeg_dir``: ``<stem>.jpg`` (VOC's rule) if it exists,
     else the XML's ``<filename>`` if that exists, else ``<stem>`` with another image extension
     found, else ``<stem>.jpg`` (then :class:`CocoDetection` reports the missing file)."""
+    # os.path.isfile, not Path.is_file: a <filename> too long for the file system is a name
+    # that does not exist, not an OSError.
     default = f"{stem}.jpg"
-    if (jpeg_dir / default).is_file():
+    if os.path.isfile(jpeg_dir / default):
         return default
-    if xml_filename and (jpeg_dir / xml_filename).is_file():
+    if xml_filename and os.path.isfile(jpeg_dir / xml_filename):
         return xml_filename
-    for ext in _IMAGE_EXTS:
+    for ext in IMAGE_EXTS:
         for cand in (stem + ext, stem + ext.upper()):
-            if (jpeg_dir / cand).is_file():
+            if os.path.isfile(jpeg_dir / cand):
                 return cand
     return default
 
@@ -219,7 +224,7 @@ def _all_names(ann_dir: Path) -> set[str]:
     for xml in sorted(ann_dir.glob("*.xml")):
         try:
             root = ET.parse(xml).getroot()
-        except (ET.ParseError, OSError):
+        except (ET.ParseError, LookupError, ValueError, OSError):
             continue
         for obj in root.findall("object"):
             n = (obj.findtext("name") or "").strip()
@@ -354,86 +359,3 @@ def _voc_class_names(
     if class_names is None and not set(found) <= set(VOC_CLASSES):
         fallback = sorted(set().union(*(_all_names(f / "Annotations") for f, _ in folders)))
     return _resolve_classes(class_names, found, fallback)
-
-
-def load_voc_folder(
-    root: str | os.PathLike,
-    *,
-    image_dir: str | os.PathLike | None = None,
-    ann_dir: str | os.PathLike | None = None,
-    class_names: Sequence[str] | None = None,
-    split: str = "all",
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    keep_difficult: bool = False,
-) -> tuple[dict, Path]:
-    """Read a plain folder of images and VOC XML files (no ``ImageSets``) into a COCO dict.
-
-    Every ``*.xml`` of ``ann_dir`` is one image (an image without an XML is not loaded). Its
-    image is the XML's ``<filename>`` in ``image_dir`` when that exists, else the image of the
-    same stem. The train/test split is deterministic: XMLs sorted by file name are permuted
-    with ``numpy.random.default_rng(seed)``; the first ``round(test_fraction * N)`` (halves up)
-    are the test split, the rest the train split; each split keeps file-name order. Image ids
-    are the 1-based positions in file-name order, so an image has the same id in every split.
-
-    Args:
-        root: the folder.
-        image_dir: image folder (relative to ``root`` or absolute); default ``root/JPEGImages``
-            if it exists, else ``root``.
-        ann_dir: XML folder (relative to ``root`` or absolute); default ``root/Annotations`` if
-            it exists, else ``root``.
-        class_names: class order; default as in :func:`load_voc`, over all XMLs of the folder
-            (whatever the split), so train and test get the same classes.
-        split: ``"train"``, ``"test"`` or ``"all"``.
-        test_fraction: share of the images in the test split, in [0, 1].
-        seed: permutation seed.
-        keep_difficult: as in :func:`load_voc`.
-
-    Returns:
-        ``(coco_dict, image_root)`` with ``image_root`` the image folder, boxes COCO
-        ``[x, y, w, h]`` 0-based pixels, converted from VOC's 1-based boxes as in
-        :func:`load_voc`.
-
-    Raises:
-        DataError: a folder is missing or holds no XML, an argument is out of range, or an XML
-            is broken (file named).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"VOC folder not found: {root}")
-    if split not in ("train", "test", "all"):
-        raise DataError(f"load_voc_folder: split must be 'train', 'test' or 'all', got {split!r}")
-    if not 0.0 <= float(test_fraction) <= 1.0:
-        raise DataError(f"load_voc_folder: test_fraction must be in [0, 1], got {test_fraction}")
-    img_dir = _sub_dir(root, image_dir, "JPEGImages")
-    xml_dir = _sub_dir(root, ann_dir, "Annotations")
-    for d, what in ((img_dir, "image"), (xml_dir, "annotation")):
-        if not d.is_dir():
-            raise DataError(f"VOC {what} folder not found: {d}")
-    xmls = sorted(xml_dir.glob("*.xml"), key=lambda p: p.name)
-    if not xmls:
-        raise DataError(f"no VOC annotation (*.xml) in {xml_dir}")
-    records = [parse_voc_xml(x) for x in xmls]
-    names = _resolve_classes(class_names, sorted({o.name for r in records for o in r.objects}))
-
-    n = len(xmls)
-    n_test = int(math.floor(float(test_fraction) * n + 0.5))
-    order = np.random.default_rng(int(seed)).permutation(n)
-    test_idx = set(int(i) for i in order[:n_test])
-    if split == "all":
-        keep = range(n)
-    elif split == "test":
-        keep = sorted(test_idx)
-    else:
-        keep = [i for i in range(n) if i not in test_idx]
-    chosen = [(i + 1, _image_file(img_dir, xmls[i].stem, records[i].filename), records[i])
-              for i in keep]
-    extra = [{"voc_id": xmls[i].stem} for i in keep]
-    return _to_coco(chosen, names, keep_difficult, extra), img_dir
-
-
-def _sub_dir(root: Path, given: str | os.PathLike | None, default: str) -> Path:
-    if given is not None:
-        p = Path(given)
-        return p if p.is_absolute() else root / p
-    return root / default if (root / default).is_dir() else root
