@@ -316,3 +316,27 @@ def test_method_from_the_cli(method, tiny_teacher, tmp_path, tiny_overrides, emp
     logged = {k for row in log for k in row if k.startswith(f"distill/{method}/")}
     assert logged, f"no distill/{method}/* loss logged"
     assert "bbox/AP" in json.loads((run / "metrics.json").read_text())
+
+
+# ---- the recipes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["fitnet", "mimic", "fgfi", "chen2017"])
+def test_recipes_follow_the_protocols(method):
+    """VOC: Table 7's protocol (R-101 -> R-50, 18k iterations) for both families; COCO (Table
+    13's fgfi and chen2017): R-101 3x teachers, 1x students; BCCD: the suite's FCOS pair."""
+    from icdistill.demo import demo_config_path
+
+    root = demo_config_path("student").parents[1]
+    for family in ("faster_rcnn", "retinanet"):
+        voc = load_config(root / "voc" / f"{family}_R50_{method}.yaml")
+        assert (voc.distill.method, voc.solver.max_iter, voc.model.family, voc.teacher.family) == \
+            (method, 18000, family, family)
+        assert (voc.teacher.backbone, voc.model.backbone) == ("resnet101", "resnet50")
+        if method in ("fgfi", "chen2017"):
+            coco = load_config(root / "coco" / f"{family}_R50_1x_{method}.yaml")
+            assert coco.distill.method == method and coco.teacher.backbone == "resnet101"
+            assert coco.solver.max_iter == 90000
+    bccd = load_config(root / "voc" / f"bccd_{method}.yaml")
+    assert bccd.distill.method == method and bccd.model.family == bccd.teacher.family == "fcos"
+    assert bccd.distill.warmup_iters == {"fitnet": 10, "mimic": 0, "fgfi": 50, "chen2017": 0}[method]
