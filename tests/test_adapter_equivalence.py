@@ -40,7 +40,13 @@ LOSS_KEYS = {
     "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
     "faster_rcnn": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
     "mask_rcnn": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"},
+    # The FPN-free variants have no torchvision builder of their own, but they are torchvision
+    # FasterRCNN models (custom backbone and box head), so their own forward is the reference.
+    "faster_rcnn_c4": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
+    "faster_rcnn_dc5": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
 }
+# C4 runs res5 on every RoI: fewer of them keeps it at CPU seconds.
+ROI_COUNTS = {"faster_rcnn_c4": (16, 20)}  # family -> (sampled RoIs per image, test proposals)
 
 
 def test_every_family_is_covered():
@@ -74,8 +80,9 @@ def make_adapter(family: str, seed: int) -> DetectorAdapter:
             # Fewer proposals and sampled RoIs than torchvision's defaults, only to save CPU time:
             # the adapter reads these same attributes.
             model.rpn._pre_nms_top_n = {"training": 600, "testing": 300}
-            model.rpn._post_nms_top_n = {"training": 300, "testing": 100}
-            model.roi_heads.fg_bg_sampler.batch_size_per_image = 64
+            sampled, test_proposals = ROI_COUNTS.get(family, (64, 100))
+            model.rpn._post_nms_top_n = {"training": 300, "testing": test_proposals}
+            model.roi_heads.fg_bg_sampler.batch_size_per_image = sampled
     # Make GeneralizedRCNNTransform a no-op on these images: no normalisation, resize factor
     # min(MIN_SIZE / short, MAX_SIZE / long) == 1 for every image of SIZES.
     model.transform.image_mean = [0.0, 0.0, 0.0]

@@ -125,17 +125,22 @@ def norm_layer_for(is_pretrained: bool) -> Callable[..., nn.Module]:
     return misc_nn_ops.FrozenBatchNorm2d if is_pretrained else nn.BatchNorm2d
 
 
-def resnet_fpn(
-    body: models.ResNet, spec: LevelSpec, fpn_channels: int, trainable_layers: int
-) -> BackboneWithFPN:
-    """ResNet body + FPN over the stages at ``spec.body_strides`` (layer1 = stride 4 ... layer4 = 32)."""
-    # Same freezing rule as torchvision.models.detection.backbone_utils._resnet_fpn_extractor.
+def freeze_resnet_stages(body: models.ResNet, trainable_layers: int) -> None:
+    """Freeze all but the last ``trainable_layers`` stages of ``body`` (layer4, layer3, layer2,
+    layer1, conv1+bn1) in place: torchvision's rule in ``_resnet_fpn_extractor``."""
     layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         layers_to_train.append("bn1")
     for name, parameter in body.named_parameters():
         if all(not name.startswith(layer) for layer in layers_to_train):
             parameter.requires_grad_(False)
+
+
+def resnet_fpn(
+    body: models.ResNet, spec: LevelSpec, fpn_channels: int, trainable_layers: int
+) -> BackboneWithFPN:
+    """ResNet body + FPN over the stages at ``spec.body_strides`` (layer1 = stride 4 ... layer4 = 32)."""
+    freeze_resnet_stages(body, trainable_layers)
     stage_of_stride = {4: 1, 8: 2, 16: 3, 32: 4}
     returned = [stage_of_stride[s] for s in spec.body_strides]
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned)}
@@ -199,6 +204,25 @@ def max_trainable_layers(backbone: str) -> int:
     return 5 if backbone in RESNETS else 6
 
 
+def load_body_state(body: nn.Module, backbone: str, body_state_dict: dict[str, Tensor]) -> None:
+    """Load classification-network weights into ``body``; its ``fc``/``classifier`` keys are
+    ignored (not part of a detector), everything else must match (ModelMismatchError)."""
+    head_prefixes = ("fc.", "classifier.")
+    filtered = {k: v for k, v in body_state_dict.items() if not k.startswith(head_prefixes)}
+    expected = {k for k in body.state_dict() if not k.startswith(head_prefixes)}
+    try:
+        result = body.load_state_dict(filtered, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        raise ModelMismatchError(f"backbone weights do not fit {backbone}: {exc}; check `backbone`") from None
+    missing = sorted(set(result.missing_keys) & expected)
+    if missing or result.unexpected_keys:
+        raise ModelMismatchError(
+            f"backbone weights do not fit {backbone}: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}); "
+            "check `backbone`"
+        )
+
+
 def build_backbone_fpn(
     backbone: str,
     spec: LevelSpec,
@@ -226,21 +250,7 @@ def build_backbone_fpn(
     is_pretrained = is_pretrained or body_state_dict is not None
     body = build_body(backbone, norm_layer_for(is_pretrained))
     if body_state_dict is not None:
-        # The classifier head is not part of the detector; everything else must match exactly.
-        head_prefixes = ("fc.", "classifier.")
-        filtered = {k: v for k, v in body_state_dict.items() if not k.startswith(head_prefixes)}
-        expected = {k for k in body.state_dict() if not k.startswith(head_prefixes)}
-        try:
-            result = body.load_state_dict(filtered, strict=False)
-        except RuntimeError as exc:  # shape mismatches raise even with strict=False
-            raise ModelMismatchError(f"backbone weights do not fit {backbone}: {exc}; check `backbone`") from None
-        missing = sorted(set(result.missing_keys) & expected)
-        if missing or result.unexpected_keys:
-            raise ModelMismatchError(
-                f"backbone weights do not fit {backbone}: missing {missing[:5]} ({len(missing)}), "
-                f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}); "
-                "check `backbone`"
-            )
+        load_body_state(body, backbone, body_state_dict)
     trainable = check_trainable_layers(
         trainable_layers, is_pretrained=is_pretrained, max_value=max_trainable_layers(backbone)
     )

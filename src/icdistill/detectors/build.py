@@ -6,7 +6,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, ModelMismatchError
 from ..files import detector_state_from_checkpoint, load_checkpoint, saved_model_config
 from .base import DetectorAdapter
-from .builders import build_detector
+from .builders import FPN_FREE_FAMILIES, build_detector
 from .weights import FrozenTeacher, freeze_as_teacher, is_checkpoint_path, load_detector_state
 
 # Keys of a model section that change the architecture: a checkpoint must agree on them.
@@ -38,11 +38,15 @@ def build_model(model_cfg: ModelConfig, num_classes: int, role: str = "model") -
         detections_per_image=model_cfg.detections_per_image,
         score_thresh=model_cfg.score_thresh,
         head_norm=model_cfg.head_norm,
+        box_batch_size_per_image=model_cfg.box_batch_size_per_image,
+        rpn_post_nms_top_n_test=model_cfg.rpn_post_nms_top_n_test,
     )
     if checkpoint:
         ckpt = load_checkpoint(checkpoint)
         saved = saved_model_config(ckpt)
         for key in ARCHITECTURE_KEYS:
+            if key == "fpn_channels" and model_cfg.family in FPN_FREE_FAMILIES:
+                continue  # no FPN: the width is the ResNet's own, whatever the key says
             if key in saved and saved[key] != getattr(model_cfg, key):
                 raise ModelMismatchError(
                     f"{checkpoint} holds a {saved.get('family')}/{saved.get('backbone')} detector with "

@@ -26,8 +26,10 @@ from .backbones import P3_P7, build_backbone_fpn, validate_backbone_name
 from .base import DetectorAdapter, model_num_classes
 from .families import family_facts
 from .faster_rcnn import FasterRCNNAdapter
+from .faster_rcnn_single import faster_rcnn_c4, faster_rcnn_dc5
 from .fcos import FCOSAdapter
 from .mask_rcnn import MaskRCNNAdapter
+from .resnet_trunks import build_resnet_parts
 from .retinanet import RetinaNetAdapter
 from .weights import (
     ZERO_EPS_WEIGHTS,
@@ -137,7 +139,15 @@ BUILDERS: dict[str, Callable[..., DetectorAdapter]] = {
     "fcos": _fcos,
     "faster_rcnn": _faster_rcnn,
     "mask_rcnn": _mask_rcnn,
+    "faster_rcnn_c4": faster_rcnn_c4,
+    "faster_rcnn_dc5": faster_rcnn_dc5,
 }
+# family -> backbone builder, for the families without an FPN (default: build_backbone_fpn).
+BACKBONE_BUILDERS: dict[str, Callable[..., object]] = {
+    "faster_rcnn_c4": build_resnet_parts,
+    "faster_rcnn_dc5": build_resnet_parts,
+}
+FPN_FREE_FAMILIES = frozenset(BACKBONE_BUILDERS)  # their `fpn_channels` is ignored
 
 
 def build_detector(
@@ -153,6 +163,8 @@ def build_detector(
     detections_per_image: int = 100,
     score_thresh: float = 0.05,
     head_norm: str | None = None,
+    box_batch_size_per_image: int | None = None,
+    rpn_post_nms_top_n_test: int | None = None,
 ) -> DetectorAdapter:
     """Build a torchvision detector wrapped in its adapter.
 
@@ -179,6 +191,8 @@ def build_detector(
         head_norm: RetinaNet only: None for torchvision's v1 head (what COCO_V1 weights fit),
             "gn" for GroupNorm in the head towers (torchvision's v2 head; trains from scratch and
             with narrow FPNs). FCOS's head always has GroupNorm.
+        box_batch_size_per_image, rpn_post_nms_top_n_test: two-stage only: sampled training RoIs
+            and test-time proposals per image (None: torchvision's 512 / 1000).
 
     Returns:
         The adapter, in train mode. BatchNorm2d in the body when nothing is pretrained,
@@ -192,12 +206,13 @@ def build_detector(
     facts = family_facts(family)
     anchor_sizes = _check_build_args(family, backbone, num_classes, fpn_channels, anchor_sizes,
                                      detections_per_image, head_norm)
+    roi_counts = _check_roi_counts(family, box_batch_size_per_image, rpn_post_nms_top_n_test)
     # Fetch first: a missing download should fail before minutes of model construction.
     det_state, det_source, zero_eps = _detector_weights(family, backbone, weights, fpn_channels)
     if det_state is not None and backbone_weights is not None:
         logger.info("backbone_weights=%s ignored: weights=%s already cover the backbone", backbone_weights, weights)
     body_state = _backbone_weights(backbone, backbone_weights) if det_state is None else None
-    body_fpn = build_backbone_fpn(
+    body_fpn = BACKBONE_BUILDERS.get(family, build_backbone_fpn)(
         backbone,
         facts.levels,
         fpn_channels=fpn_channels,
@@ -207,6 +222,7 @@ def build_detector(
     )
     adapter = BUILDERS[family](body_fpn, num_classes, anchor_sizes, detections_per_image, score_thresh,
                                head_norm=head_norm)
+    _set_roi_counts(adapter, *roi_counts)
     adapter.weights_skipped = []
     if det_state is not None:
         adapter.weights_skipped = load_pretrained_detector(adapter, det_state, source=det_source)
@@ -239,6 +255,27 @@ def _check_build_args(
         # P7 map of a single image still has more than one value per group.
         raise ConfigError(f"head_norm 'gn' needs fpn_channels a multiple of 32 and at least 64, got {fpn_channels}")
     return anchor_sizes
+
+
+def _check_roi_counts(family: str, box_batch: int | None, post_nms_test: int | None) -> tuple[int | None, int | None]:
+    """ConfigError unless the RoI/proposal counts are null or positive, and null for one-stage families."""
+    for key, value in (("box_batch_size_per_image", box_batch), ("rpn_post_nms_top_n_test", post_nms_test)):
+        if value is None:
+            continue
+        if not family_facts(family).two_stage:
+            raise ConfigError(f"{key} applies to two-stage families only ({family} has no RoI heads)")
+        if int(value) < 1:
+            raise ConfigError(f"{key} must be a positive integer or null, got {value}")
+    return box_batch, post_nms_test
+
+
+def _set_roi_counts(adapter: DetectorAdapter, box_batch: int | None, post_nms_test: int | None) -> None:
+    """Set the counts where torchvision's constructor stores ``box_batch_size_per_image`` and
+    ``rpn_post_nms_top_n_test`` (the RoI sampler, the RPN's ``testing`` top-n)."""
+    if box_batch is not None:
+        adapter.model.roi_heads.fg_bg_sampler.batch_size_per_image = int(box_batch)
+    if post_nms_test is not None:
+        adapter.model.rpn._post_nms_top_n["testing"] = int(post_nms_test)
 
 
 def _detector_weights(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .backbones import P2_P6, P3_P7, LevelSpec
+from .resnet_trunks import C4, DC5
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ FAMILY_TABLE: dict[str, FamilyFacts] = {
         FamilyFacts("faster_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02,
                     distill_loss_weight=3.0, max_instances=100),
         FamilyFacts("mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
+        # FPN-free Faster R-CNN (appendix Table 10): Faster R-CNN's defaults on the one map.
+        FamilyFacts("faster_rcnn_c4", C4, two_stage=True, masks=False, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
+        FamilyFacts("faster_rcnn_dc5", DC5, two_stage=True, masks=False, reference_lr=0.02,
                     distill_loss_weight=3.0, max_instances=100),
     )
 }

@@ -30,10 +30,13 @@ class InheritReport:
         skipped: (name, reason) for neck/head tensors left as they were, e.g.
             ``("backbone.fpn.layer_blocks.0.0.weight", "shape (256,256,3,3) vs (128,128,3,3)")``
             (teacher vs student) or ``("head.x.weight", "not in teacher")``.
+        unused: the teacher's neck/head tensors the student has no tensor of that name for
+            (e.g. a Mask R-CNN teacher's ``roi_heads.mask_head.*`` for a Faster R-CNN student).
     """
 
     copied: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
 
     def summary(self, max_listed: int = 5) -> str:
         """One line, e.g. ``"copied 48 tensors, skipped 2: a (shape ...), b (not in teacher)"``."""
@@ -42,6 +45,10 @@ class InheritReport:
             listed = ", ".join(f"{name} ({reason})" for name, reason in self.skipped[:max_listed])
             more = f", ... and {len(self.skipped) - max_listed} more" if len(self.skipped) > max_listed else ""
             text += f": {listed}{more}"
+        if self.unused:
+            listed = ", ".join(self.unused[:max_listed])
+            more = f", ... and {len(self.unused) - max_listed} more" if len(self.unused) > max_listed else ""
+            text += f"; {len(self.unused)} teacher tensors have no student counterpart: {listed}{more}"
         return text
 
 
@@ -56,7 +63,9 @@ def inherit_weights(teacher: DetectorAdapter, student: DetectorAdapter) -> Inher
     Only tensors under ``backbone.fpn.*`` (lateral, output and extra-level convs) and the heads
     (``head.*`` for RetinaNet/FCOS, ``rpn.*`` and ``roi_heads.*`` for Faster R-CNN) are considered,
     and only when the teacher has a tensor of the same name and shape; dtype and device follow the
-    student. Works across families, widths and class counts: whatever does not match is skipped.
+    student. Works across families, widths and class counts: whatever does not match is skipped,
+    and teacher tensors without a student counterpart are listed (``unused``). For Faster R-CNN C4
+    the box head is res5 (``roi_heads.box_head.res5.*``), so it is inherited with the heads.
 
     Returns:
         An :class:`InheritReport` listing copied and skipped student tensor names.
@@ -77,4 +86,5 @@ def inherit_weights(teacher: DetectorAdapter, student: DetectorAdapter) -> Inher
         else:
             target.copy_(source)
             report.copied.append(name)
+    report.unused = [n for n in teacher_state if n.startswith(INHERITED_PREFIXES) and n not in student_state]
     return report

@@ -1,0 +1,140 @@
+"""Teachers of another family than the student (the paper's Table 9): FCOS -> RetinaNet and
+Mask R-CNN -> Faster R-CNN distil whenever the distilled levels align; inheriting copies what
+matches and reports the rest; misaligned pairs and mask families without masks are reported
+before any training step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from icdistill.cli import main
+from icdistill.config import DataConfig, DistillConfig
+from icdistill.data.prior import DatasetPrior
+from icdistill.detectors import build_detector, freeze_as_teacher
+from icdistill.detectors.data_needs import require_masks
+from icdistill.distill.build import build_distiller
+from icdistill.distill.distiller import check_alignment
+from icdistill.distill.inherit import inherit_weights
+from icdistill.errors import ConfigError, ModelMismatchError
+
+NUM_CLASSES = 3
+PRIOR = DatasetPrior(names=["a", "b", "c"], freq=[1.0, 1.0, 0.5], w_mean=[0.3] * 3, w_std=[0.1] * 3,
+                     h_mean=[0.3] * 3, h_std=[0.1] * 3, num_images=10)
+
+
+def tiny(family: str, width: int = 32, **kw):
+    return build_detector(family, backbone="resnet18", num_classes=NUM_CLASSES, fpn_channels=width,
+                          anchor_sizes=(16, 32, 64, 128, 256), **kw)
+
+
+def batch():
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 96)
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4, 40, 30]]), "labels": torch.tensor([0])},
+        {"boxes": torch.tensor([[10.0, 10, 30, 50], [40, 5, 60, 25]]), "labels": torch.tensor([1, 2])},
+    ]
+    return images, [(64, 96), (60, 70)], targets
+
+
+@pytest.mark.parametrize("teacher_family,student_family", [("fcos", "retinanet"), ("mask_rcnn", "faster_rcnn")])
+def test_icd_across_families_distils_in_one_step(teacher_family, student_family):
+    """ICD between different heads on the shared pyramid: the student's detection losses, ICD's
+    losses, gradients into the student; inheriting copies the matching neck/head tensors."""
+    torch.manual_seed(0)
+    teacher = freeze_as_teacher(tiny(teacher_family, width=64))
+    student = tiny(student_family)
+    dcfg = DistillConfig(method="icd", inherit=True, warmup_iters=0, decoder_warmup_iters=0, hidden_dim=64)
+    distiller, report = build_distiller(dcfg, student, teacher, prior=PRIOR)
+    assert distiller.levels == student.level_names == teacher.level_names
+    assert report is not None and report.skipped  # the FPN widths differ (64 vs 32): reported
+    images, sizes, targets = batch()
+    losses = distiller.train()(images, sizes, targets, teacher=teacher, iteration=0)
+    assert any(k.startswith("det/") for k in losses) and "distill/icd/feature" in losses
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.model.backbone.body.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_inheriting_mask_rcnn_into_faster_rcnn_copies_all_and_lists_the_mask_head():
+    teacher, student = tiny("mask_rcnn"), tiny("faster_rcnn")
+    report = inherit_weights(teacher, student)
+    assert not report.skipped  # every neck/head tensor of the student has a teacher twin
+    assert "roi_heads.box_head.fc6.weight" in report.copied and "backbone.fpn.layer_blocks.0.0.weight" in report.copied
+    assert report.unused and all(name.startswith("roi_heads.mask_") for name in report.unused)
+    assert "no student counterpart: roi_heads.mask_head" in report.summary()
+    for name in report.copied:
+        assert torch.equal(student.model.state_dict()[name], teacher.model.state_dict()[name]), name
+
+
+def test_inheriting_fcos_into_retinanet_copies_the_fpn_and_reports_the_heads():
+    report = inherit_weights(tiny("fcos"), tiny("retinanet"))
+    assert all(n.startswith("backbone.fpn.") for n in report.copied) and report.copied
+    skipped = dict(report.skipped)
+    assert skipped["head.classification_head.cls_logits.weight"].startswith("shape")  # 1 point vs 9 anchors
+    assert "head.regression_head.bbox_ctrness.weight" in report.unused  # FCOS's centre-ness branch
+
+
+def test_inheriting_a_c4_teacher_copies_res5_in_the_box_head():
+    teacher = build_detector("faster_rcnn_c4", backbone="resnet18", num_classes=NUM_CLASSES)
+    student = build_detector("faster_rcnn_c4", backbone="resnet18", num_classes=NUM_CLASSES)
+    report = inherit_weights(teacher, student)
+    assert not report.skipped and not report.unused
+    assert any(n.startswith("roi_heads.box_head.res5.") for n in report.copied)
+    assert not any(n.startswith("backbone.body.") for n in report.copied)
+
+
+@pytest.mark.parametrize("teacher_family,student_family", [
+    ("faster_rcnn_c4", "faster_rcnn"),  # c4 (16) vs p2..p6
+    ("faster_rcnn_dc5", "faster_rcnn_c4"),  # same stride, other map (res5 vs res4)
+    ("retinanet", "faster_rcnn"),  # p3..p7 vs p2..p6
+])
+def test_misaligned_pairs_name_both_level_lists_with_strides(teacher_family, student_family):
+    kw = {} if teacher_family.endswith(("c4", "dc5")) else {"fpn_channels": 32}
+    teacher = build_detector(teacher_family, backbone="resnet18", num_classes=NUM_CLASSES, **kw)
+    student = tiny(student_family) if not student_family.endswith("c4") else build_detector(
+        student_family, backbone="resnet18", num_classes=NUM_CLASSES)
+    with pytest.raises(ModelMismatchError) as err:
+        check_alignment(teacher, student, student.level_names)
+    message = str(err.value)
+    for det in (teacher, student):
+        assert det.family in message
+        for name, stride in zip(det.level_names, det.strides):
+            assert f"{name} ({stride})" in message
+
+
+def test_aligned_pairs_return_their_strides():
+    assert check_alignment(tiny("fcos"), tiny("retinanet"), ("p3", "p4", "p5", "p6", "p7")) == [8, 16, 32, 64, 128]
+    assert check_alignment(tiny("mask_rcnn"), tiny("faster_rcnn"), ("p2", "p3")) == [4, 8]
+
+
+def test_a_mask_family_without_masks_names_the_dataset(tmp_path, tiny_overrides, empty_config, capsys):
+    with pytest.raises(ConfigError, match=r"data\.with_masks.*coco data /d/train\.json"):
+        require_masks("mask_rcnn", DataConfig(train_ann="/d/train.json", with_masks=False))
+    require_masks("faster_rcnn", DataConfig(with_masks=False))  # box families need none
+    sets = [f"--set={s}" for s in [*tiny_overrides, "model.family=mask_rcnn", "data.with_masks=false"]]
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(tmp_path / "run"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "shapes data" in err and "with_masks" in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_fcos_teacher_distils_a_retinanet_student_from_the_cli(tmp_path, tiny_overrides, empty_config):
+    """Table 9's FCOS -> RetinaNet pair: a few-iteration FCOS teacher, then ICD into RetinaNet."""
+    common = [*tiny_overrides, "solver.max_iter=2", "eval.viz_images=0"]
+    teacher = tmp_path / "fcos"
+    sets = [f"--set={s}" for s in [*common, "model.family=fcos"]]
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(teacher), *sets]) == 0
+    sets = [f"--set={s}" for s in [
+        *common, "distill.method=icd", "distill.warmup_iters=0", "distill.decoder_warmup_iters=1", "distill.inherit=true",
+        "teacher.family=fcos", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
+        "teacher.anchor_sizes=[16, 32, 64, 128, 256]", f"teacher.weights={teacher / 'detector.pt'}",
+    ]]
+    student = tmp_path / "retinanet"
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(student), *sets]) == 0
+    assert "bbox/AP" in json.loads((student / "metrics.json").read_text())
+    log = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert any("distill/icd/feature" in e for e in log) and "det/classification" in log[-1]
