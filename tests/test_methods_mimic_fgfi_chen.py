@@ -79,6 +79,14 @@ def test_fitnet_normalisations_on_constant_maps_and_padding():
     torch.testing.assert_close(fit.loss(teacher, [student], valid), fit.loss(teacher, [3 * student], valid))
 
 
+def test_fitnet_reads_checkpoints_of_earlier_versions():
+    """Before the variants, the shared 1x1 conv was ``adapter``: such a state dict loads."""
+    old = {"adapter.weight": torch.randn(6, 4, 1, 1), "adapter.bias": torch.randn(6)}
+    fit = FitNet(student_channels=4, teacher_channels=6)
+    fit.load_state_dict(old)
+    assert torch.equal(fit.adapter.weight, old["adapter.weight"]) and torch.equal(fit.adapter.bias, old["adapter.bias"])
+
+
 def test_trunc_init_is_small_and_adapter_none_needs_equal_widths(tmp_path):
     adapters = LevelAdapters("3x3", 4, 6, 2, init="trunc1e-4")
     assert len(adapters.convs) == 2 and all(c.weight.abs().max() <= 2e-4 for c in adapters.convs)
@@ -194,14 +202,17 @@ def test_chen_mu_one_keeps_the_hard_loss_and_identity_hint_is_zero():
 
 
 def test_assign_matches_the_detectors_own_rules():
-    """RetinaNet: IoU ≥ 0.5 foreground, < 0.4 background, between ignored; FCOS: points inside
-    the box near its centre; no boxes: all background."""
+    """RetinaNet: IoU ≥ 0.5 foreground, < 0.4 background, between ignored; the RPN: 0.7 / 0.3;
+    FCOS: points inside the box near its centre; no boxes: all background."""
     retina = tiny("retinanet", 32)
-    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 4.5], [50, 50, 60, 60]])
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 6], [0, 0, 10, 4.5], [50, 50, 60, 60]])  # IoU 1, .6, .45, 0
     (matched,) = assign(retina, [anchors], [4], [torch.tensor([[0.0, 0, 10, 10]])])
     assert matched.tolist() == [0, 0, IGNORED, BACKGROUND]
     (none,) = assign(retina, [anchors], [4], [torch.zeros(0, 4)])
     assert (none == BACKGROUND).all()
+    frcnn = tiny("faster_rcnn", 32)  # the RPN's matcher: 0.7 / 0.3
+    (matched,) = assign(frcnn, [anchors], [4], [torch.tensor([[0.0, 0, 10, 10]])])
+    assert matched.tolist() == [0, IGNORED, IGNORED, BACKGROUND]
     fcos = tiny("fcos", 32)
     points = torch.tensor([[16.0, 16, 24, 24], [60, 60, 68, 68]])  # FCOS anchors: stride-sized squares
     (matched,) = assign(fcos, [points], [2], [torch.tensor([[0.0, 0, 40, 40]])])

@@ -93,6 +93,13 @@ class FitNet(DistillMethod):
         self.normalize = normalize
         self.loss_weight = loss_weight
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints of earlier versions name the shared 1x1 conv ``adapter``.
+        for name in ("weight", "bias"):
+            if f"{prefix}adapter.{name}" in state_dict:
+                state_dict[f"{prefix}adapters.convs.0.{name}"] = state_dict.pop(f"{prefix}adapter.{name}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def adapter(self):
         """The shared 1x1 conv (``adapter: 1x1``)."""
