@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo demo-quick test wheel-check install clean
+.PHONY: demo demo-quick test wheel-check install clean chromium
 
 install: $(STAMP)
 
@@ -18,7 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q 'setuptools>=64'
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# Headless Chromium + chromedriver for tests/test_report_html.py (the report pages in a real
+# browser): Debian's packages, installed with apt-get where missing and root or sudo is there;
+# elsewhere a note, and that test skips.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: no chromium/chromedriver and no apt-get: tests/test_report_html.py will skip"; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	  if [ "$$sudo" = none ]; then \
+	    echo "note: chromium/chromedriver missing and no root or sudo to install them (apt-get install chromium chromium-driver): tests/test_report_html.py will skip"; \
+	  else \
+	    $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null \
+	      || echo "note: apt-get could not install chromium chromium-driver: tests/test_report_html.py will skip"; \
+	  fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/icdistill demo --out $(DEMO_OUT)

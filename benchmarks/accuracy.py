@@ -19,7 +19,8 @@ one resumes from its last checkpoint. ``--jobs N`` trains students in N spawned 
 threads/N threads each (threads: $OMP_NUM_THREADS or the CPU count); the teacher runs first, alone.
 
 Writes ``--json`` (teacher metrics; per student the seeds' metrics, their mean and sample std;
-``meta``), an AP-vs-iteration plot, and (unless ``--no-results``; ``--quick`` only with
+``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
+and (unless ``--no-results``; ``--quick`` only with
 ``--results``) the suite's section of docs/RESULTS.md with the PNG in docs/.
 ``--quick`` is a smoke run on tiny data and schedules: the numbers mean nothing.
 """
@@ -286,6 +287,16 @@ def plot(path: Path, suite: str, students: list[Run], teacher_ap: float | None) 
     return path
 
 
+def compare_page(out: Path, runs: list[Run]) -> Path:
+    """``<out>/compare.html`` of the suite's runs (icdistill compare: the table with the share of
+    the teacher–baseline gap each student closes, baseline of the same seed; curves overlaid)."""
+    from icdistill.reporting import write_compare
+
+    page, _ = write_compare([r.out for r in runs], out)
+    print(f"compare page: {page}")
+    return page
+
+
 def describe(run: Run) -> str:
     """A table row's model, e.g. ``fcos mobilenet_v2, 250 it + 80 decoder warm-up``."""
     cfg = run.cfg
@@ -386,12 +397,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     to_docs = not args.no_results and (args.results or not args.quick)
     png = (ROOT / "docs" if to_docs else out) / f"accuracy_{args.suite}.png"
     plot(png, args.suite, [r for r in students if r.name not in res["skipped"]], res["teacher"].get("bbox/AP"))
+    compare = compare_page(out, [teacher, *(r for r in students if r.name not in res["skipped"])])
     meta = {"suite": args.suite, "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": hardware(), "layout": res["layout"], "seeds": args.seeds,
             "recipes": {k: str(r.relative_to(RECIPES.parent)) for k, r in suite_recipes(args.suite).items()},
             "evaluator": teacher.cfg.eval.evaluator, "models": {r.name: describe(r) for r in [teacher, *students]}, "quick": args.quick, "skipped": res["skipped"],
             "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
-            "wall_s": round(time.perf_counter() - started, 1), "plot": str(png)}
+            "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "compare": str(compare)}
     data = {"meta": meta, "teacher": res["teacher"], "students": res["students"]}
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))

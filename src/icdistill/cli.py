@@ -1,4 +1,4 @@
-"""The ``icdistill`` command line: demo | train | distill | eval | stats | export.
+"""The ``icdistill`` command line: demo | train | distill | eval | stats | export | report | compare.
 
 User mistakes (bad config key, missing file, mismatched teacher) print one clear line and exit
 with status 2, without a traceback.
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="extract the detector file (detector.pt) from a training checkpoint")
     export.add_argument("checkpoint", help="checkpoints/last.pt of a run")
     export.add_argument("--out", required=True, help="where to write the detector file")
+
+    report = sub.add_parser("report", help="(re)write a run directory's report.html")
+    report.add_argument("run_dir", help="a run directory (holds metrics.json / metrics.jsonl)")
+    compare = sub.add_parser("compare", help="write compare.html of several runs and print their table")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    compare.add_argument("--out", help="folder for compare.html (default: the runs' common parent)")
+    compare.add_argument("--baseline", help="the baseline run (default: the one with distill.method none)")
+    compare.add_argument("--teacher", help="the teacher run (default: the run the students name as teacher.weights)")
     return parser
 
 
@@ -185,6 +193,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from icdistill.reporting import write_run_report
+
+    print(f"wrote {write_run_report(args.run_dir)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from icdistill.reporting import write_compare
+
+    page, table = write_compare(args.run_dirs, args.out, baseline=args.baseline, teacher=args.teacher)
+    print(table, end="")
+    print(f"wrote {page}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -196,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "stats":
             return cmd_stats(args)
+        if args.command in ("report", "compare"):
+            return cmd_report(args) if args.command == "report" else cmd_compare(args)
         return cmd_export(args)
     except ICDistillError as exc:
         print(f"icdistill: error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from icdistill.engine.distributed import barrier, reduce_for_logging
 from icdistill.engine.evaluate import evaluate_detector, save_detection_examples, write_metrics_json
 from icdistill.files import DETECTOR_FILE, TRAIN_CHECKPOINT_FORMAT, capture_rng_state, detector_file, save_checkpoint
+from icdistill.reporting import write_run_report
 from icdistill.viz import save_training_curves
 
 if TYPE_CHECKING:  # the setup imports this module
@@ -136,7 +137,8 @@ def periodic_evaluation(run: Run, done: int) -> None:
 
 def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
     """Final evaluation; the main process writes ``metrics.json``, ``per_class.md``, the
-    detector file and ``viz/`` (training curves, detections, the method's pictures)."""
+    detector file, ``viz/`` (training curves, detections, the method's pictures) and
+    ``report.html`` (with ``pr_curves.json``, :mod:`icdistill.reporting`)."""
     ctx, distiller = run.ctx, run.distiller
     train_seconds = clock.train_seconds()
     metrics = evaluate_detector(distiller.student, run.test_loader, run.evaluator, ctx.device,
@@ -155,6 +157,7 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
         run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
         save_detector_file(run, run.out / DETECTOR_FILE)
         save_pictures(run)
+        write_run_report(run.out, pr_curves=getattr(run.evaluator, "pr_curves", None))  # report.html
     run.log.close()
     barrier(ctx)
     return RunResult(run.out, metrics, train_seconds, run.total_iters,

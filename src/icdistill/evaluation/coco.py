@@ -117,12 +117,15 @@ class COCOEvaluator:
             )
         self.class_names = [str(n) for n in class_names]
         self.summary: str = ""
+        # Per task, the precision/recall curves of the last evaluate() (see pr_curve_data).
+        self.pr_curves: dict[str, dict[str, Any]] = {}
         self._predictions: list[dict[str, Any]] = []
 
     def reset(self) -> None:
         """Forget every processed prediction (call before each evaluation pass)."""
         self._predictions = []
         self.summary = ""
+        self.pr_curves = {}
 
     def process(
         self,
@@ -238,6 +241,7 @@ class COCOEvaluator:
         """
         img_ids = sorted({p["image_id"] for p in self._predictions})
         results = [inst for p in self._predictions for inst in p["instances"]]
+        self.pr_curves = {}
         if not results:
             logger.warning(
                 "COCOEvaluator: no detections on %d processed images; all metrics are 0",
@@ -302,6 +306,7 @@ class COCOEvaluator:
         # area index 0 is "all", the last maxDets is 100.
         precision = coco_eval.eval["precision"]
         cat_ids = list(coco_eval.params.catIds)
+        self.pr_curves[task] = pr_curve_data(precision, coco_eval.params, self.class_names, self.contiguous_to_cat_id)
         for name, cat_id in zip(self.class_names, self.contiguous_to_cat_id):
             if cat_id not in cat_ids:
                 metrics[f"{task}/AP-{name}"] = float("nan")
@@ -310,6 +315,41 @@ class COCOEvaluator:
             p = p[p > -1]
             metrics[f"{task}/AP-{name}"] = float(np.mean(p)) * 100.0 if p.size else float("nan")
         return metrics, summary
+
+
+def pr_curve_data(
+    precision: np.ndarray, params: Any, class_names: Sequence[str], contiguous_to_cat_id: Sequence[int]
+) -> dict[str, Any]:
+    """Per-class precision/recall curves from COCOeval's accumulated ``precision``.
+
+    Args:
+        precision: ``coco_eval.eval["precision"]``, [T IoU thresholds, R recall points,
+            K categories, A area ranges, M maxDets]; -1 where undefined.
+        params: ``coco_eval.params`` (``recThrs``, ``iouThrs``, ``catIds``).
+
+    Returns:
+        ``{"recall": [R], "classes": {name: {"AP50": [R], "AP": [R]}}}``: precision at each
+        recall point, area "all", the largest maxDets; ``AP50`` at IoU 0.5, ``AP`` the mean over
+        IoU 0.50:0.95 (the curve whose mean is COCO AP). A class without ground truth (or not
+        scored) is ``None`` instead of a list. Values are rounded to 4 decimals (a JSON file of
+        them stays small).
+    """
+    cat_ids = list(params.catIds)
+    iou50 = int(np.argmin(np.abs(np.asarray(params.iouThrs) - 0.5)))
+    classes: dict[str, Any] = {}
+    for name, cat_id in zip(class_names, contiguous_to_cat_id):
+        p = precision[:, :, cat_ids.index(cat_id), 0, -1] if cat_id in cat_ids else None
+        if p is None or (p < 0).all():
+            classes[name] = None
+            continue
+        p = np.where(p < 0, np.nan, p)
+        classes[name] = {"AP50": [_round_or_none(v) for v in p[iou50]],
+                         "AP": [_round_or_none(v) for v in np.nanmean(p, axis=0)]}
+    return {"recall": [round(float(r), 4) for r in params.recThrs], "classes": classes}
+
+
+def _round_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 4)
 
 
 def check_known_images(coco_gt: COCO, img_ids: Sequence[int]) -> None:
