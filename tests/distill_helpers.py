@@ -28,6 +28,19 @@ PRIOR = DatasetPrior(names=["a", "b", "c"], freq=[2.0, 1.0, 1.0], w_mean=[0.2] *
                      h_mean=[0.2] * 3, h_std=[0.05] * 3, num_images=10)
 
 
+def targets_for(family: str) -> list[dict]:
+    """TARGETS, with box-filling instance masks (uint8 [N, h, w]) for Mask R-CNN."""
+    if family != "mask_rcnn":
+        return TARGETS
+    out = []
+    for t, (h, w) in zip(TARGETS, SIZES):
+        masks = torch.zeros(len(t["boxes"]), h, w, dtype=torch.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, t["boxes"].long().tolist()):
+            m[y1:y2, x1:x2] = 1
+        out.append({**t, "masks": masks})
+    return out
+
+
 def inputs_for(teacher, student, sizes, strides, *, targets=(), iteration=10, names=None) -> DistillInputs:
     """DistillInputs holding features only (no detectors): per level float[B, C, H, W]."""
     names = names or [f"p{3 + i}" for i in range(len(teacher))]
@@ -55,7 +68,7 @@ def method_step(method: str, family: str, *sets: str, teacher_width: int = 64, s
     ctx = MethodContext(teacher, student, PRIOR, levels, tuple(student.strides[student.level_names.index(n)] for n in levels))
     distiller = Distiller(student, build_method(dcfg, ctx), levels=levels, strides=ctx.strides).train()
     images = torch.randn(2, 3, 64, 96)
-    losses = distiller(images, SIZES, TARGETS, teacher=teacher, iteration=5000)
+    losses = distiller(images, SIZES, targets_for(family), teacher=teacher, iteration=5000)
     sum(losses.values()).backward()
     return losses, distiller, teacher
 

@@ -73,8 +73,9 @@ def test_weights_ramp_linearly_and_adapters_start_small():
     assert float(method.adapters[0].weight.detach().abs().max()) <= 2e-4 and method.optim.kind == "student"
 
 
-def test_faster_rcnn_with_the_roi_term():
-    losses, distiller, teacher = method_step("defeat", "faster_rcnn", "distill.defeat.roi_cls=true")
+@pytest.mark.parametrize("family", ["faster_rcnn", "mask_rcnn"])
+def test_two_stage_with_the_roi_term(family):
+    losses, distiller, teacher = method_step("defeat", family, "distill.defeat.roi_cls=true")
     defeat = {k: v for k, v in losses.items() if k.startswith("distill/defeat/")}
     assert set(defeat) == {f"distill/defeat/{t}" for t in ("neck_fg", "neck_bg", "roi_fg", "roi_bg")}
     assert distiller.method.levels == ("p2", "p3", "p4", "p5", "p6")

@@ -2,6 +2,7 @@
 families, and one CLI run."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ from distill_helpers import (
     assert_gradients_reach_only_student_and_method, cli_distill, inputs_for, method_step,
 )
 from icdistill.config import load_config
+from icdistill.distill.build import MethodContext, build_method
 from icdistill.demo import demo_config_path
 from icdistill.distill.fbkd import COLUMNS, FBKD, NonLocal2d, channel_mask, spatial_mask
+from icdistill.errors import ConfigError
 
 
 def identity_fbkd(column: str, channels: int = 2) -> FBKD:
@@ -81,12 +84,12 @@ def test_non_local_block_is_identity_at_init_and_handles_tiny_maps():
     torch.testing.assert_close(block(y), y)
 
 
-@pytest.mark.parametrize("family", ["faster_rcnn", "fcos"])
+@pytest.mark.parametrize("family", ["faster_rcnn", "mask_rcnn", "fcos"])
 def test_one_step_on_each_other_family(family):
     losses, distiller, teacher = method_step("fbkd", family)
     method = distiller.method
     assert method.optim.kind == "student"
-    if family == "faster_rcnn":  # the two-stage column: p2-p5, no channel mask
+    if family != "fcos":  # the two-stage column: p2-p5, no channel mask
         assert method.levels == ("p2", "p3", "p4", "p5") and not method.column.channel_mask
     else:
         assert method.levels == ("p3", "p4", "p5", "p6", "p7") and method.column.temperature == 0.1
@@ -95,6 +98,14 @@ def test_one_step_on_each_other_family(family):
     assert_gradients_reach_only_student_and_method(distiller, teacher, fbkd)
     # The teacher-side non-local block is the method's and trains.
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parts[0].teacher_nl.parameters())
+
+
+@pytest.mark.parametrize("method", ["fbkd", "gid", "defeat"])
+def test_a_family_outside_the_spec_is_a_config_error_naming_the_defined_ones(method):
+    c4 = SimpleNamespace(family="faster_rcnn_c4", out_channels=1024)
+    ctx = MethodContext(c4, c4, None, ("c4",), (16,))
+    with pytest.raises(ConfigError, match=r"not defined for the faster_rcnn_c4 family; it is for: .*retinanet"):
+        build_method(load_config(None, [f"distill.method={method}"]).distill, ctx)
 
 
 def test_fbkd_from_the_cli(tmp_path, tiny_teacher, tiny_overrides, empty_config):

@@ -72,14 +72,14 @@ def test_identical_features_give_zero_feature_and_relation_and_empty_mask_zero_r
     assert inside_any(torch.tensor([[5.0, 5], [50, 5]]), torch.tensor([[0.0, 0, 10, 10]])).tolist() == [True, False]
 
 
-@pytest.mark.parametrize("family", ["fcos", "faster_rcnn"])
+@pytest.mark.parametrize("family", ["fcos", "faster_rcnn", "mask_rcnn"])
 def test_one_step_on_each_other_family(family):
     losses, distiller, teacher = method_step("gid", family, "distill.gid.min_box_size=2")
     gid = {k: v for k, v in losses.items() if k.startswith("distill/gid/")}
     assert set(gid) == {f"distill/gid/{t}" for t in ("feature", "relation", "response_cls", "response_reg")}
     assert float(gid["distill/gid/feature"].detach()) > 0 and float(gid["distill/gid/response_cls"].detach()) > 0
     assert distiller.method.optim.kind == "student"
-    assert distiller.method.levels == (("p2", "p3", "p4", "p5") if family == "faster_rcnn" else
+    assert distiller.method.levels == (("p2", "p3", "p4", "p5") if family != "fcos" else
                                        ("p3", "p4", "p5", "p6", "p7"))
     assert_gradients_reach_only_student_and_method(distiller, teacher, gid)
 

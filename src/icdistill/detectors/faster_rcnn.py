@@ -78,7 +78,11 @@ class FasterRCNNAdapter(DetectorAdapter):
             raise ValueError("the roi_samples extra needs targets")
         images_l = image_list(images, image_sizes)
         feats = fpn_levels(features, self.spec)
-        tv_targets = model_targets(targets) if targets is not None else None
+        tv_targets = None
+        if targets is not None:
+            # A Mask R-CNN's sampler checks that every target carries masks (it reads none).
+            with_masks = all("masks" in t for t in targets)
+            tv_targets = self._model_targets(targets, image_sizes) if with_masks else model_targets(targets)
         rpn_out, _ = run_rpn(self.model.rpn, images_l, list(feats.values()), tv_targets)
         out: dict[str, Any] = {ANCHORS: rpn_out.anchors, RPN: rpn_out}
         if ROI_SAMPLES in names:
