@@ -272,7 +272,9 @@ class FBKDConfig:
     column: one-stage (the supplement: T = T_c = 0.1, channel mask on, weights am 4.2e-4, at
     0.024, nld 4.2e-4) or two-stage (MMRazor: T = 0.5, no channel mask, 7e-5, 4e-3, 7e-5).
     ``distill.loss_weight`` multiplies all three. ``faithful_padding`` includes padded tokens in
-    the masks and norms as the originals do (default: valid tokens only)."""
+    the masks and norms as the originals do (default: valid tokens only). This project's
+    adaptations [ADAPT]: adapters for C_s != C_t, the non-local width C/4, C/2 at any C, the
+    max-pool shrunk on small maps (docs/method.md)."""
 
     temperature: Optional[float] = None
     channel_temperature: Optional[float] = None
@@ -291,8 +293,9 @@ class GIDConfig:
     ``pre_nms_top_k``, dropping sides <= ``min_box_size`` px, NMS at ``nms_iou``;
     ``relation_scope``: ``image`` or ``batch`` (the reproduction's); ``adapter``: the shared
     3x3 conv on the student's maps (false needs equal FPN widths). On Faster/Mask R-CNN GISM
-    runs on the RPN (the paper's description, from a secondary summary). ``distill.loss_weight``
-    multiplies all four weights."""
+    runs on the RPN (the paper's description, from a secondary summary; the RPN response and
+    p2-p5 pooling are this project's adaptation [ADAPT]). ``distill.loss_weight`` multiplies
+    all four weights."""
 
     gi_score: str = "paper"
     top_k: int = 10

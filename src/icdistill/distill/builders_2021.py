@@ -20,12 +20,13 @@ from icdistill.errors import ConfigError
 if TYPE_CHECKING:
     from icdistill.distill.build import MethodContext
 
-PAPER = "paper (GISM on the RPN; secondary summary)"
+PAPER = "paper [2nd]"
+PAPER_RPN = "paper [2nd] / [ADAPT] (GISM on the RPN)"
 NECK_ONLY = "neck only"
 # METHODS_SPEC §10: where each method is defined.
 FAMILY_SUPPORT: dict[str, dict[str, str]] = {
     "fbkd": {"faster_rcnn": NATIVE, "mask_rcnn": NATIVE, "retinanet": NATIVE, "fcos": NATIVE},
-    "gid": {"retinanet": NATIVE, "fcos": PAPER, "faster_rcnn": PAPER, "mask_rcnn": PAPER},
+    "gid": {"retinanet": NATIVE, "fcos": PAPER, "faster_rcnn": PAPER_RPN, "mask_rcnn": PAPER_RPN},
     "defeat": {"faster_rcnn": NATIVE, "mask_rcnn": NATIVE, "retinanet": NECK_ONLY, "fcos": NECK_ONLY},
 }
 # torchvision's RoI pooler and MMRazor's FBKD use p2-p5 of the two-stage pyramid (its p6 is a
