@@ -26,3 +26,8 @@ class WeightsUnavailableError(ICDistillError):
 
 class TrainingDivergedError(ICDistillError):
     """A loss became NaN or infinite; the last good checkpoint is left intact."""
+
+
+class OutputError(ICDistillError):
+    """A file of the run cannot be written (disk full, read-only or forbidden folder); the
+    message names the path, and the file it would have replaced is left intact."""

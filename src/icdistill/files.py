@@ -8,22 +8,47 @@
   it loads with torchvision alone. Files named ``student.pt`` (``format: icdistill-student``) of
   earlier versions read the same.
 * Both are written atomically (:func:`save_checkpoint`) and read with :func:`load_checkpoint`.
+
+Crash safety (ours): a write that fails for lack of space or permission is an :class:`OutputError`
+naming the file, with the previous file left as it was; ``--resume`` takes the newest *valid*
+checkpoint (:func:`find_resume_checkpoint`: ``last.pt``, else the newest periodic snapshot);
+:func:`prune_snapshots` keeps the newest ``solver.keep_checkpoints`` snapshots.
 """
 
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import re
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from icdistill.errors import DataError, ModelMismatchError
+from icdistill.errors import ConfigError, DataError, ModelMismatchError, OutputError
+
+
+# Why a write failed, in words a user acts on; any other OSError propagates unchanged.
+OUTPUT_ERRNOS = {
+    code: words
+    for code, words in [
+        (errno.ENOSPC, "no space left on the device"),
+        (getattr(errno, "EDQUOT", None), "disk quota exceeded"),  # not on every platform
+        (errno.EROFS, "the file system is read-only"),
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "operation not permitted"),
+    ]
+    if code is not None
+}
+# Test hook (tests/test_crash_safety.py only): see _pause_before_rename.
+PAUSE_IN_SAVE_ENV = "ICDISTILL_TEST_PAUSE_IN_SAVE"
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -36,19 +61,35 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 
     Returns:
         The checkpoint path.
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable (``OUTPUT_ERRNOS``); the
+            message names ``path``, which still holds its previous content (if any).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        error = _output_error(path, exc)
+        if error is None:
+            raise
+        raise error from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        _pause_before_rename(path, tmp_name)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        # torch.save reports a failed write as a RuntimeError whose context is the OSError.
+        cause = _os_error_in(exc)
+        error = _output_error(path, cause) if cause is not None else None
+        if error is not None:
+            raise error from exc
         raise
     # Persist the rename itself; not possible on every platform/file system, so best effort.
     with contextlib.suppress(OSError):
@@ -58,6 +99,78 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
         finally:
             os.close(dir_fd)
     return path
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError in ``exc``'s chain of causes and contexts (``exc`` itself included)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError | None:
+    """An :class:`OutputError` naming ``path`` for a full / read-only / forbidden folder, else None."""
+    reason = OUTPUT_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    kept = f"the previous {path} is intact" if path.is_file() else f"no partial {path.name} was left"
+    return OutputError(
+        f"cannot write {path}: {reason} ({errno.errorcode.get(exc.errno, exc.errno)}); {kept}. "
+        f"Free space in (or make writable) {path.parent}, or choose another output folder"
+    )
+
+
+def _pause_before_rename(path: Path, tmp_name: str) -> None:
+    """Test hook, inert unless ``ICDISTILL_TEST_PAUSE_IN_SAVE`` names a marker file: a save that
+    replaces an existing file writes the temp file's name to the marker and sleeps up to a minute
+    between the complete temp file and the rename, so a test can SIGKILL the process in the
+    middle of a checkpoint write (tests/test_crash_safety.py)."""
+    marker = os.environ.get(PAUSE_IN_SAVE_ENV)
+    if not marker or not path.exists():
+        return
+    Path(marker).write_text(tmp_name)
+    time.sleep(60)
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (a run's output folder) and check that files can be written into it.
+
+    Raises:
+        OutputError: it cannot be created or written (read-only, full, no permission).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"icdistill")
+            probe.flush()
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        raise OutputError(
+            f"cannot write into the output folder {path}: {OUTPUT_ERRNOS[exc.errno]} "
+            f"({errno.errorcode.get(exc.errno, exc.errno)}); choose another --out or make it writable"
+        ) from exc
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -127,6 +240,107 @@ def detector_state_from_checkpoint(ckpt: dict[str, Any], source: str) -> dict[st
 def saved_model_config(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The ``model`` config section a detector file or training checkpoint was written with."""
     return ckpt.get("model_config") or (ckpt.get("config") or {}).get("model") or {}
+
+
+LAST_CHECKPOINT = "last.pt"
+# Periodic snapshots: checkpoints/model_<iteration, 7 digits>.pt.
+SNAPSHOT_PATTERN = re.compile(r"model_(\d+)\.pt")
+
+
+def snapshot_name(iteration: int) -> str:
+    """The periodic snapshot's file name at ``iteration``: ``model_0000042.pt``."""
+    return f"model_{iteration:07d}.pt"
+
+
+def periodic_snapshots(checkpoint_dir: str | os.PathLike[str]) -> list[Path]:
+    """The periodic snapshots in ``checkpoint_dir``, oldest (lowest iteration) first."""
+    checkpoint_dir = Path(checkpoint_dir)
+    found = []
+    for p in checkpoint_dir.iterdir() if checkpoint_dir.is_dir() else []:
+        m = SNAPSHOT_PATTERN.fullmatch(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def prune_snapshots(checkpoint_dir: str | os.PathLike[str], keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` periodic snapshots (``None``: keep all); ``last.pt``
+    is never touched. Returns the deleted paths."""
+    if keep is None:
+        return []
+    if keep < 1:
+        raise ConfigError(f"solver.keep_checkpoints must be a positive integer or null, got {keep!r}")
+    doomed = periodic_snapshots(checkpoint_dir)[:-keep]
+    for p in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return doomed
+
+
+def remove_stale_temp_files(checkpoint_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files (``.<name>.<random>.tmp``) a killed :func:`save_checkpoint`
+    left behind; their content never reached a checkpoint name. Returns the removed paths."""
+    stale = [p for p in Path(checkpoint_dir).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint ``--resume`` continues from, and the newer ones passed over as invalid
+    (``rejected``: (path, why) pairs, newest first)."""
+
+    path: Path
+    state: dict[str, Any]
+    rejected: tuple[tuple[Path, str], ...] = ()
+
+    def fallback_message(self) -> str | None:
+        """A line naming the invalid file(s) and the one taken instead; None when none was skipped."""
+        if not self.rejected:
+            return None
+        skipped = "; ".join(f"{p} ({why})" for p, why in self.rejected)
+        return (f"warning: not a valid training checkpoint: {skipped}; resuming from {self.path} "
+                f"(iteration {self.state['iteration']}) instead")
+
+
+def find_resume_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> ResumePoint:
+    """The newest valid training checkpoint in ``checkpoint_dir``: ``last.pt`` if it loads,
+    else the newest periodic snapshot that does (a truncated or corrupt file is skipped).
+
+    Raises:
+        ConfigError: there is no checkpoint at all.
+        DataError: none of the checkpoints there is valid (each is named with why).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    last = checkpoint_dir / LAST_CHECKPOINT
+    candidates = [p for p in [last, *reversed(periodic_snapshots(checkpoint_dir))] if p.is_file()]
+    if not candidates:
+        raise ConfigError(f"--resume: no checkpoint at {last}")
+    rejected: list[tuple[Path, str]] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except DataError as exc:
+            rejected.append((path, _short_reason(exc)))
+            continue
+        if "trainable" not in state or "iteration" not in state:
+            rejected.append((path, f"format {state.get('format')!r}, not {TRAIN_CHECKPOINT_FORMAT!r}"))
+            continue
+        return ResumePoint(path, state, tuple(rejected))
+    listed = "; ".join(f"{p.name}: {why}" for p, why in rejected)
+    raise DataError(
+        f"--resume: no valid training checkpoint in {checkpoint_dir} ({listed}); "
+        "start afresh without --resume or into another --out"
+    )
+
+
+def _short_reason(exc: DataError) -> str:
+    cause = exc.__cause__
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    text = " ".join(text.split())
+    return "truncated or corrupt: " + (text if len(text) <= 120 else text[:117] + "...")
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -15,7 +15,17 @@ from torch.utils.tensorboard import SummaryWriter
 
 from icdistill.engine.distributed import barrier, reduce_for_logging
 from icdistill.engine.evaluate import evaluate_detector, save_detection_examples, write_metrics_json
-from icdistill.files import DETECTOR_FILE, TRAIN_CHECKPOINT_FORMAT, capture_rng_state, detector_file, save_checkpoint
+from icdistill.errors import OutputError
+from icdistill.files import (
+    DETECTOR_FILE,
+    TRAIN_CHECKPOINT_FORMAT,
+    capture_rng_state,
+    detector_file,
+    prune_snapshots,
+    save_checkpoint,
+    snapshot_name,
+    write_text_atomic,
+)
 from icdistill.reporting import write_run_report
 from icdistill.viz import save_training_curves
 
@@ -38,11 +48,13 @@ class RunResult:
 class RunLog:
     """``metrics.jsonl`` + TensorBoard, written by the main process only."""
 
-    def __init__(self, out: Path, enabled: bool, fresh: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, fresh: bool, resume_at: int | None = None) -> None:
         self.path = out / "metrics.jsonl"
         self.enabled = enabled
         if enabled and fresh and self.path.exists():
             self.path.unlink()
+        if enabled and resume_at is not None and self.path.exists():
+            drop_records_after(self.path, resume_at)
         self.writer = SummaryWriter(str(out / "tb")) if enabled else None
 
     def log(self, step: int, record: dict[str, float], prefix: str = "", jsonl: bool = True) -> None:
@@ -62,6 +74,21 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def drop_records_after(path: Path, iteration: int) -> None:
+    """Remove the ``metrics.jsonl`` records past ``iteration``: a run killed after its last
+    checkpoint logged steps that its resume runs (and logs) again. A torn last line goes too."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = record.get("iter") if isinstance(record, dict) else None
+        if isinstance(step, int) and step <= iteration:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 class Clock:
@@ -97,7 +124,13 @@ def log_step(run: Run, done: int, total, losses: dict, bar) -> None:
 
 def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot: bool) -> None:
     """``checkpoints/last.pt`` (what ``--resume`` reads) and, with ``snapshot``, a periodic
-    ``checkpoints/model_<iter>.pt`` beside it; both atomic."""
+    ``checkpoints/model_<iter>.pt`` beside it; both atomic. Snapshots beyond the newest
+    ``solver.keep_checkpoints`` are deleted.
+
+    Raises:
+        OutputError: a full, read-only or forbidden folder; names the file and the last good
+            checkpoint, which is left intact.
+    """
     cfg = run.cfg.to_dict()
     state = {
         "format": TRAIN_CHECKPOINT_FORMAT,
@@ -112,9 +145,16 @@ def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot
         "model_config": cfg["model"],
         "class_names": run.train_set.class_names,
     }
-    save_checkpoint(run.last_checkpoint, state)
-    if snapshot:
-        save_checkpoint(run.last_checkpoint.parent / f"model_{next_iter:07d}.pt", state)
+    last = run.last_checkpoint
+    try:
+        save_checkpoint(last, state)
+        if snapshot:
+            save_checkpoint(last.parent / snapshot_name(next_iter), state)
+            prune_snapshots(last.parent, run.cfg.solver.keep_checkpoints)
+    except OutputError as exc:
+        kept = (f"the last good checkpoint {last} is kept: run again with --resume once it can be written"
+                if last.is_file() else "no checkpoint of this run was written yet")
+        raise OutputError(f"{exc}; {kept}") from exc
 
 
 def method_metrics(run: Run) -> dict[str, float]:

@@ -37,7 +37,13 @@ from icdistill.engine.report import RunLog
 from icdistill.engine.step import StepContext, build_optimisers
 from icdistill.errors import ConfigError
 from icdistill.evaluation import COCOEvaluator, build_evaluator
-from icdistill.files import load_checkpoint, restore_rng_state
+from icdistill.files import (
+    ResumePoint,
+    ensure_writable_dir,
+    find_resume_checkpoint,
+    remove_stale_temp_files,
+    restore_rng_state,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,15 +133,15 @@ class Run:
 
 def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     """Data, models, optimisers, loaders and log of a run; with ``resume`` the state of
-    ``out/checkpoints/last.pt``. Under torchrun the trainable whole is wrapped in DDP."""
+    ``out/checkpoints/last.pt`` (or, when that is truncated or corrupt, of the newest valid
+    periodic snapshot). Under torchrun the trainable whole is wrapped in DDP."""
     last = out / "checkpoints" / "last.pt"
-    if resume and not last.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {last}")
+    point = find_resume_checkpoint(last.parent) if resume else None  # before any work: it may fail
     ctx = init_distributed(resolve_device(cfg.solver.device))
     device, solver = ctx.device, cfg.solver
     per_rank_batch = per_rank_batch_size(cfg, ctx)
     if ctx.is_main:
-        last.parent.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(last.parent)  # a read-only or full --out stops here, naming it
         save_config(cfg, out / "config.yaml")
     seed_everything(solver.seed)  # the same initial weights on every rank (DDP checks them)
     train_set, test_set = load_data(cfg, out, ctx, progress)
@@ -152,8 +158,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
                        student_clip_value=solver.grad_clip_value, clip_plain_runs=solver.grad_clip_runs == "all",
                        checkpoint_path=last)
     run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
-    if resume:
-        resume_from(run, load_checkpoint(last))
+    if point is not None:
+        resume_from(run, point)
     step.model = wrap_for_distributed(distiller, run)
     run.train_loader = build_train_loader(
         train_set, batch_size=per_rank_batch, seed=solver.seed, start_iter=run.start_iter,
@@ -161,13 +167,15 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     )
     run.test_loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                                         rank=ctx.rank, world_size=ctx.world_size)
-    run.log = RunLog(out, enabled=ctx.is_main, fresh=not resume)
+    run.log = RunLog(out, enabled=ctx.is_main, fresh=not resume, resume_at=run.start_iter if resume else None)
     distiller.train()
     return run
 
 
-def resume_from(run: Run, state: dict) -> None:
-    """Restore the trainable whole, optimisers, RNG and clocks from a training checkpoint."""
+def resume_from(run: Run, point: ResumePoint) -> None:
+    """Restore the trainable whole, optimisers, RNG and clocks from a training checkpoint; the
+    main process removes the temp files of a checkpoint write that was killed."""
+    state = point.state
     run.distiller.load_state_dict(state["trainable"])
     run.step.opts.load_state_dict(state)
     restore_rng_state(state["rng"])
@@ -175,7 +183,10 @@ def resume_from(run: Run, state: dict) -> None:
     run.train_seconds_before = state.get("train_seconds", 0.0)
     run.eval_seconds_before = state.get("eval_seconds", 0.0)
     if run.ctx.is_main:
-        print(f"resumed from {run.last_checkpoint} at iteration {run.start_iter}")
+        if point.fallback_message():
+            print(point.fallback_message())
+        remove_stale_temp_files(point.path.parent)
+        print(f"resumed from {point.path} at iteration {run.start_iter}")
 
 
 def wrap_for_distributed(distiller: Distiller, run: Run) -> torch.nn.Module:
