@@ -68,7 +68,9 @@ QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "
          "bccd": ["data.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
                   "data.max_size=96", "data.test_size=64"],
          "teacher": ["solver.max_iter=8"], "student": ["solver.max_iter=6"],
-         "icd": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2"]}
+         # an 8-iteration teacher scores ~0 AP: the teacher check would stop the smoke run
+         "icd": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2",
+                 "distill.check_teacher=false"]}
 
 
 @dataclasses.dataclass

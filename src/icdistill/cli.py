@@ -97,9 +97,13 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     """The box metrics on one line, then the distillation method's own numbers on another."""
     keys = [k for k in ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl") if k in metrics]
     print("  ".join(f"{k.split('/')[1]} {metrics[k]:.2f}" for k in keys))
-    own = {k: v for k, v in metrics.items() if "/" in k and not k.startswith(("bbox/", "segm/", "time/"))}
+    own = {k: v for k, v in metrics.items() if "/" in k and not k.startswith(("bbox/", "segm/", "time/", "teacher/"))}
     if own:
         print("  ".join(f"{k} {v:.3f}" for k, v in own.items() if isinstance(v, (int, float))))
+    teacher = [k for k in ("AP", "AP50", "AP75") if isinstance(metrics.get(f"teacher/bbox/{k}"), (int, float))]
+    if teacher:  # the teacher check (engine/teacher_check.py)
+        print(f"teacher on {metrics.get('teacher/images')} test images: "
+              + "  ".join(f"{k} {metrics[f'teacher/bbox/{k}']:.2f}" for k in teacher))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -20,6 +20,11 @@ class ModelMismatchError(ICDistillError):
     """Teacher, student and data disagree (classes, feature levels, checkpoint contents)."""
 
 
+class TeacherCheckError(ModelMismatchError):
+    """The teacher check before distilling failed: the teacher's box AP on test images is below
+    ``distill.check_teacher_min_ap`` or its saved class names differ from the data's."""
+
+
 class WeightsUnavailableError(ICDistillError):
     """Pretrained weights were asked for but cannot be loaded (no download possible, bad file)."""
 

@@ -144,6 +144,7 @@ def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot
         "config": cfg,
         "model_config": cfg["model"],
         "class_names": run.train_set.class_names,
+        "teacher_check": run.teacher_metrics,  # teacher/* of the teacher check; a resume reuses them
     }
     last = run.last_checkpoint
     try:
@@ -188,6 +189,7 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
     if ctx.is_main:
         for note in warnings:
             print(f"warning: {note}")
+        metrics.update(run.teacher_metrics)  # the teacher check's teacher/* ({} when off)
         metrics["time/train_s"] = round(train_seconds, 2)
         metrics["time/iter_s"] = round(train_seconds / max(run.total_iters, 1), 4)
         metrics["time/eval_s"] = round(clock.eval_seconds(), 2)  # periodic evaluations, not in train_s

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from icdistill.distill.distiller import Distiller
 from icdistill.engine.distributed import DistContext, init_distributed
 from icdistill.engine.report import RunLog
 from icdistill.engine.step import StepContext, build_optimisers
+from icdistill.engine.teacher_check import check_teacher
 from icdistill.errors import ConfigError
 from icdistill.evaluation import COCOEvaluator, build_evaluator
 from icdistill.files import (
@@ -117,6 +118,7 @@ class Run:
     start_iter: int = 0
     train_seconds_before: float = 0.0
     eval_seconds_before: float = 0.0
+    teacher_metrics: dict[str, float] = field(default_factory=dict)  # the teacher check's teacher/*
 
     @property
     def distiller(self) -> Distiller:
@@ -160,6 +162,10 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
     if point is not None:
         resume_from(run, point)
+    teacher_known = bool(run.teacher_metrics)
+    if teacher is not None:  # before any step; a resumed run reuses the checkpoint's numbers
+        run.teacher_metrics = check_teacher(cfg.distill, cfg.eval, teacher, cfg.teacher.weights, test_set, device,
+                                            known=run.teacher_metrics, verbose=ctx.is_main)
     step.model = wrap_for_distributed(distiller, run)
     run.train_loader = build_train_loader(
         train_set, batch_size=per_rank_batch, seed=solver.seed, start_iter=run.start_iter,
@@ -168,6 +174,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     run.test_loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                                         rank=ctx.rank, world_size=ctx.world_size)
     run.log = RunLog(out, enabled=ctx.is_main, fresh=not resume, resume_at=run.start_iter if resume else None)
+    if run.teacher_metrics and not teacher_known:
+        run.log.log(run.start_iter, run.teacher_metrics)
     distiller.train()
     return run
 
@@ -182,6 +190,7 @@ def resume_from(run: Run, point: ResumePoint) -> None:
     run.start_iter = state["iteration"]
     run.train_seconds_before = state.get("train_seconds", 0.0)
     run.eval_seconds_before = state.get("eval_seconds", 0.0)
+    run.teacher_metrics = dict(state.get("teacher_check") or {})
     if run.ctx.is_main:
         if point.fallback_message():
             print(point.fallback_message())
