@@ -7,7 +7,6 @@ with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -76,18 +75,11 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace, *, distill: bool) -> int:
-    from icdistill.distill.build import DEFAULT_METHOD, NO_METHOD
-    from icdistill.engine.trainer import train
+    """``train`` / ``distill``: the Python API's :func:`icdistill.api.train` / ``distill``."""
+    from icdistill import api
 
-    cfg = _load(args)
-    method = cfg.distill.method
-    if distill and method == NO_METHOD:
-        method = DEFAULT_METHOD
-    if not distill and method != NO_METHOD:
-        print(f"note: 'train' ignores distill.method={method}; use 'icdistill distill' to distil")
-        method = NO_METHOD
-    cfg = cfg.replace(distill=dataclasses.replace(cfg.distill, method=method))
-    result = train(cfg, _run_dir(args), resume=args.resume, progress=not args.no_progress)
+    run = api.distill if distill else api.train
+    result = run(args.config, _run_dir(args), args.overrides, resume=args.resume, progress=not args.no_progress)
     _print_metrics(result.metrics)
     print(f"run directory: {result.out_dir}")
     return 0
@@ -107,31 +99,12 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+    """``eval``: the Python API's :func:`icdistill.api.evaluate`, writing ``<out>/metrics.json``."""
+    from icdistill import api
 
-    from icdistill.data import build_test_loader
-    from icdistill.detectors import build_model
-    from icdistill.engine.evaluate import evaluate_detector, write_metrics_json
-    from icdistill.engine.setup import resolve_device
-    from icdistill.evaluation import build_evaluator
-
-    cfg = _load(args)
-    if not Path(args.weights).is_file():
-        raise ICDistillError(f"--weights: file not found: {args.weights}")
-    cfg = cfg.replace(model=dataclasses.replace(cfg.model, weights=str(args.weights)))
-    with_masks = _with_masks(cfg)
-    _, test_set = _datasets(cfg, args)
-    device = resolve_device(cfg.solver.device)
-    detector = build_model(cfg.model, test_set.num_classes, "model").to(device)
-    loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers)
-    evaluator = build_evaluator(cfg.eval, test_set, with_masks=with_masks)
-    with torch.no_grad():
-        metrics = evaluate_detector(detector, loader, evaluator, device, progress=not args.no_progress)
-    out = _run_dir(args)
-    out.mkdir(parents=True, exist_ok=True)
-    write_metrics_json(out / "metrics.json", metrics, test_set.class_names)
-    _print_metrics(metrics)
-    print(f"wrote {out / 'metrics.json'}")
+    result = api.evaluate(args.config, args.weights, _run_dir(args), args.overrides, progress=not args.no_progress)
+    _print_metrics(result.metrics)
+    print(f"wrote {result.metrics_file}")
     return 0
 
 
