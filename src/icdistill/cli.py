@@ -50,9 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="write the training set's prior (class frequencies, box sizes)")
     _add_config_args(stats)
 
-    export = sub.add_parser("export", help="extract the detector file (detector.pt) from a training checkpoint")
-    export.add_argument("checkpoint", help="checkpoints/last.pt of a run")
-    export.add_argument("--out", required=True, help="where to write the detector file")
+    export = sub.add_parser("export", help="write a trained detector as a detector file (torchvision) or ONNX")
+    export.add_argument("checkpoint", metavar="RUN_OR_FILE",
+                        help="a run directory, its detector.pt or a training checkpoint (checkpoints/last.pt)")
+    export.add_argument("--format", dest="fmt", choices=("torchvision", "onnx"), default="torchvision",
+                        help="torchvision: the detector file (default); onnx: FILE.onnx + FILE.json (how to feed it)")
+    export.add_argument("--out", required=True, metavar="FILE", help="where to write the file")
+    export.add_argument("--score-thresh", type=float, default=None,
+                        help="onnx only: score threshold baked into the file (default: the detector's model.score_thresh)")
 
     report = sub.add_parser("report", help="(re)write a run directory's report.html")
     report.add_argument("run_dir", help="a run directory (holds metrics.json / metrics.jsonl)")
@@ -146,20 +151,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from icdistill.files import (
-        detector_file,
-        detector_state_from_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-        saved_model_config,
-    )
+    """``export``: :func:`icdistill.export.export` (the detector file, or ONNX + its sidecar)."""
+    from icdistill.export import export
 
-    ckpt = load_checkpoint(args.checkpoint)
-    state = detector_state_from_checkpoint(ckpt, args.checkpoint)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, detector_file(state, saved_model_config(ckpt), ckpt.get("class_names", [])))
-    print(f"wrote {out} ({len(state)} tensors)")
+    for path in export(args.checkpoint, args.out, args.fmt, score_thresh=args.score_thresh):
+        print(f"wrote {path}")
     return 0
 
 

@@ -36,3 +36,8 @@ class TrainingDivergedError(ICDistillError):
 class OutputError(ICDistillError):
     """A file of the run cannot be written (disk full, read-only or forbidden folder); the
     message names the path, and the file it would have replaced is left intact."""
+
+
+class ExportError(ICDistillError):
+    """``icdistill export`` cannot write the asked-for format: a family without an ONNX path, the
+    ONNX packages missing (``pip install icdistill[export]``), or the exporter failing."""
