@@ -293,6 +293,23 @@ def _check_chen_blend(distiller, teacher, images):
     torch.testing.assert_close(losses["det/loss_objectness"] + losses["distill/chen2017/rpn_cls"], soft)
 
 
+def test_chen_hint_on_the_backbones_last_stage(images):
+    """``hint_layer: c5``: the hint imitates the teacher's C5 (taken in the same forward pass)
+    through a 1x1 adapter C5_s -> C5_t; its gradient reaches the student's last backbone stage."""
+    torch.manual_seed(0)
+    teacher, student = freeze_as_teacher(tiny("retinanet", 48)), tiny("retinanet", 32)
+    cfg = load_config(None, ["distill.method=chen2017", "distill.warmup_iters=0", "distill.chen2017.hint_layer=c5"])
+    distiller, _ = build_distiller(cfg.distill, student, teacher, prior=PRIOR)
+    (adapter,) = distiller.method.adapters.convs
+    assert adapter.in_channels == adapter.out_channels == 512  # resnet18's C5
+    losses = distiller.train()(images, SIZES, TARGETS, teacher, iteration=0)
+    c5 = distiller.method.taps[1].value
+    assert c5.shape[-2:] == (2, 3)  # 64x96 at stride 32
+    layer4 = student.model.backbone.body.layer4[-1].conv2.weight
+    (grad,) = torch.autograd.grad(losses["distill/chen2017/hint"], [layer4])
+    assert grad.abs().sum() > 0
+
+
 def test_one_stage_methods_need_matching_teachers():
     cfg = load_config(None, ["distill.method=chen2017"]).distill
     with pytest.raises(ConfigError, match="both be one-stage or both two-stage"):
@@ -314,12 +331,12 @@ def _build_checked(dcfg, student_family, teacher_family):
 
 @pytest.mark.parametrize("method", ["mimic", "fgfi", "chen2017"])
 def test_method_from_the_cli(method, tiny_teacher, tmp_path, tiny_overrides, empty_config):
-    """RetinaNet (tiny) -> RetinaNet: 4 iterations, one of warm-up; metrics.json has box AP."""
+    """RetinaNet (tiny) -> RetinaNet: 2 iterations, one of warm-up; metrics.json has box AP."""
     run = tmp_path / method
     sets = [f"--set={s}" for s in tiny_overrides]
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(run), *sets,
                  f"--set=distill.method={method}", "--set=distill.warmup_iters=1",
-                 "--set=distill.mimic.max_proposals=100", "--set=eval.viz_images=0",
+                 "--set=distill.mimic.max_proposals=100", "--set=eval.viz_images=0", "--set=solver.max_iter=2",
                  "--set=teacher.family=retinanet", "--set=teacher.backbone=resnet18",
                  "--set=teacher.fpn_channels=32", "--set=teacher.anchor_sizes=[16, 32, 64, 128, 256]",
                  f"--set=teacher.weights={tiny_teacher}"]) == 0

@@ -46,6 +46,7 @@ CHOICES = {
     "distill.fgfi.level_mode": ("assigned", "joint"),
     "distill.fgfi.norm": ("defeat", "paper"),
     "distill.fgfi.adapter_init": ("default", "trunc1e-4"),
+    "distill.chen2017.hint_layer": ("fpn", "c5"),
     "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
     "solver.amp": ("bf16", "fp16"),
@@ -255,8 +256,9 @@ class Chen2017Config:
     """``distill.method: chen2017`` (Chen et al. 2017, METHODS_SPEC §8). ``mu``: the hard
     loss's share (μ; unverified default); ``temperature`` T; ``margin`` m of the bounded
     regression; ``nu`` ν: its weight; ``hint_weight`` γ; ``bg_weight``: the background class's
-    weight in the soft cross-entropy. The FPN hint and the RetinaNet/FCOS form are this
-    project's adaptation [ADAPT]."""
+    weight in the soft cross-entropy; ``hint_layer``: ``fpn`` (every distilled FPN level) or
+    ``c5`` (the backbone's last stage, the paper's). The FPN hint and the RetinaNet/FCOS form
+    are this project's adaptation [ADAPT]."""
 
     mu: float = 0.5
     temperature: float = 1.0
@@ -264,6 +266,7 @@ class Chen2017Config:
     nu: float = 0.5
     hint_weight: float = 0.5
     bg_weight: float = 1.5
+    hint_layer: str = "fpn"
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,12 @@ class FBKDConfig:
     at_weight: Optional[float] = None
     nld_weight: Optional[float] = None
     faithful_padding: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "channel_temperature"):
+            _require_number("distill.fbkd", name, getattr(self, name), positive=True)
+        for name in ("am_weight", "at_weight", "nld_weight"):
+            _require_number("distill.fbkd", name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -310,6 +319,14 @@ class GIDConfig:
     response_reg_weight: float = 0.1
     adapter: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("top_k", "pre_nms_top_k", "pool_size", "nms_iou"):
+            _require_number("distill.gid", name, getattr(self, name), positive=True)
+        if self.nms_iou > 1:
+            raise ConfigError(f"config key 'distill.gid.nms_iou' must be in (0, 1], got {self.nms_iou!r}")
+        for name in ("min_box_size", "feature_weight", "relation_weight", "response_cls_weight", "response_reg_weight"):
+            _require_number("distill.gid", name, getattr(self, name))
+
 
 @dataclass(frozen=True)
 class DeFeatConfig:
@@ -329,6 +346,20 @@ class DeFeatConfig:
     roi_bg_temperature: float = 1.0
     ramp_iters: int = 2000
     faithful_padding: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("roi_fg_temperature", "roi_bg_temperature"):
+            _require_number("distill.defeat", name, getattr(self, name), positive=True)
+        for name in ("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"):
+            _require_number("distill.defeat", name, getattr(self, name))
+
+
+def _require_number(section: str, name: str, value: Optional[float], *, positive: bool = False) -> None:
+    """ConfigError unless ``value`` (None passes) is > 0 (``positive``) or >= 0."""
+    if value is None or (value > 0 if positive else value >= 0):
+        return
+    rule = "a positive number" if positive else "a number >= 0"
+    raise ConfigError(f"config key '{section}.{name}' must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ This project's adaptation [ADAPT] to torchvision FPN detectors:
 
 * hint: every distilled FPN level, a per-level 1×1 adapter (used even when widths match, as the
   paper does), MSE averaged over valid positions and channels, mean over levels;
+  ``hint_layer: c5`` imitates the backbone's last stage instead (the paper's last shared conv
+  map, taken with :class:`~icdistill.detectors.taps.LastStageTap`, stride 32);
 * RPN: the student's 256 sampled anchors per image; the teacher's objectness at the same
   anchors; one logit = a 2-class softmax, so L_soft = −[1.5·(1 − p_t) log(1 − p_s) + p_t log p_s],
   averaged over the sampled anchors; bounded regression on the positive ones, summed and
@@ -43,8 +45,9 @@ from torch import Tensor
 
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, ROI_SAMPLES, RPN, DenseOutputs
+from icdistill.detectors.taps import LastStageTap
 from icdistill.distill.fitnet import full_map_imitation_loss
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs
+from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
 from icdistill.distill.method import DistillMethod, MethodOptim
 from icdistill.distill.peer_parts import LevelAdapters
 from icdistill.errors import ModelMismatchError
@@ -95,6 +98,8 @@ class Chen2017(DistillMethod):
         two_stage: Faster R-CNN / Mask R-CNN (native) or RetinaNet / FCOS ([ADAPT]).
         student_channels, teacher_channels, num_levels: the hint adapters (one 1×1 per level).
         mu, temperature, margin, nu, hint_weight, bg_weight: μ, T, m, ν, γ, w_background.
+        taps: (teacher, student) :class:`LastStageTap` for the C5 hint (then the channel
+            arguments are the C5 widths and ``num_levels`` is 1); None: the FPN levels.
         loss_weight: λ on every KD term (default 1).
         optim: the adapters' optimisation (the student's SGD, METHODS_SPEC §1.1).
     """
@@ -105,9 +110,10 @@ class Chen2017(DistillMethod):
         self, *, two_stage: bool, student_channels: int, teacher_channels: int, num_levels: int,
         mu: float = 0.5, temperature: float = 1.0, margin: float = 0.0, nu: float = 0.5,
         hint_weight: float = 0.5, bg_weight: float = 1.5, loss_weight: float = 1.0,
-        optim: MethodOptim = MethodOptim(kind="student"),
+        optim: MethodOptim = MethodOptim(kind="student"), taps: tuple[LastStageTap, LastStageTap] | None = None,
     ) -> None:
         super().__init__(optim)
+        self.taps = taps
         self.adapters = LevelAdapters("1x1", student_channels, teacher_channels, num_levels)
         self.two_stage = two_stage
         self.mu, self.temperature, self.margin, self.nu = mu, temperature, margin, nu
@@ -119,12 +125,23 @@ class Chen2017(DistillMethod):
         ``{hint, cls, reg}`` (one-stage); only ``hint`` in the warm-up; {} without a student."""
         if not inputs.has_student:
             return {}
-        adapted = self.adapters(inputs.student_levels)
-        hint = full_map_imitation_loss(inputs.teacher_levels, adapted, inputs.valid_masks)
-        out = {"hint": self.loss_weight * self.hint_weight * hint}
+        out = {"hint": self.loss_weight * self.hint_weight * self.hint(inputs)}
         if not inputs.detach_student:
             out.update(self.two_stage_terms(inputs) if self.two_stage else self.one_stage_terms(inputs))
         return {f"distill/chen2017/{k}": v for k, v in out.items()}
+
+    def hint(self, inputs: DistillInputs) -> Tensor:
+        """L_hint: MSE over valid positions and channels of the adapted student map(s) against
+        the teacher's (FPN levels, mean over levels; or C5 at stride 32)."""
+        if self.taps is None:
+            adapted = self.adapters(inputs.student_levels)
+            return full_map_imitation_loss(inputs.teacher_levels, adapted, inputs.valid_masks)
+        teacher, student = (tap.value for tap in self.taps)
+        if teacher is None or student is None:
+            raise RuntimeError("the C5 hint's taps saw no forward pass of both detectors")
+        student = student.detach() if inputs.detach_student else student
+        valid = valid_token_mask([tuple(teacher.shape[-2:])], [32], inputs.image_sizes, teacher.device)
+        return full_map_imitation_loss([teacher.detach()], self.adapters([student]), valid)
 
     def _hard(self, inputs: DistillInputs, name: str) -> Tensor:
         if inputs.student_losses is None or name not in inputs.student_losses:

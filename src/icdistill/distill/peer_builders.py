@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from icdistill.config import DistillConfig
 from icdistill.detectors.families import FAMILY_TABLE, family_facts
+from icdistill.detectors.taps import LastStageTap
 from icdistill.distill.chen2017 import Chen2017
 from icdistill.distill.fgfi import DEFAULT_WEIGHT as FGFI_WEIGHTS
 from icdistill.distill.fgfi import FGFI
@@ -91,9 +92,11 @@ def build_chen2017(dcfg: DistillConfig, ctx: "MethodContext") -> Chen2017:
             f"distill.method 'chen2017' on one-stage detectors compares the heads anchor by anchor: the "
             f"teacher must be a {family} too, got {ctx.teacher.family}"
         )
+    taps = (LastStageTap(ctx.teacher), LastStageTap(ctx.student)) if cfg.hint_layer == "c5" else None
+    widths = (taps[1].channels, taps[0].channels) if taps else (ctx.student.out_channels, ctx.teacher.out_channels)
     return Chen2017(
-        two_stage=family_facts(family).two_stage, student_channels=ctx.student.out_channels,
-        teacher_channels=ctx.teacher.out_channels, num_levels=len(ctx.levels), mu=cfg.mu,
+        two_stage=family_facts(family).two_stage, student_channels=widths[0], teacher_channels=widths[1],
+        num_levels=1 if taps else len(ctx.levels), taps=taps, mu=cfg.mu,
         temperature=cfg.temperature, margin=cfg.margin, nu=cfg.nu, hint_weight=cfg.hint_weight,
         bg_weight=cfg.bg_weight, loss_weight=_weight(dcfg, 1.0), optim=STUDENT_OPTIM,
     )
