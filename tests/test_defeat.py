@@ -112,3 +112,8 @@ def test_defeat_recipes_follow_the_paper_protocols(family):
     assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
     assert coco.solver.max_iter == 90000
     assert load_config(root / "voc" / "bccd_defeat.yaml").distill.method == "defeat"
+
+
+def test_defeat_bad_values_are_config_errors_naming_the_key():
+    with pytest.raises(ConfigError, match="distill.defeat.ramp_iters"):
+        load_config(None, ["distill.method=defeat", "distill.defeat.ramp_iters=-1"])

@@ -125,3 +125,8 @@ def test_fbkd_recipes_follow_the_paper_protocols(family):
     assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
     assert coco.solver.max_iter == 90000
     assert load_config(root / "voc" / "bccd_fbkd.yaml").distill.method == "fbkd"
+
+
+def test_fbkd_bad_values_are_config_errors_naming_the_key():
+    with pytest.raises(ConfigError, match="distill.fbkd.temperature"):
+        load_config(None, ["distill.method=fbkd", "distill.fbkd.temperature=0"])

@@ -109,3 +109,8 @@ def test_gid_recipes_follow_the_paper_protocols(family):
     assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
     assert coco.solver.max_iter == 90000
     assert load_config(root / "voc" / "bccd_gid.yaml").distill.method == "gid"
+
+
+def test_gid_bad_values_are_config_errors_naming_the_key():
+    with pytest.raises(ConfigError, match="distill.gid.nms_iou"):
+        load_config(None, ["distill.method=gid", "distill.gid.nms_iou=1.5"])

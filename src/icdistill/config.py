@@ -234,6 +234,11 @@ class MimicConfig:
     pre_nms_top_n: int = 2000
     nms_thresh: float = 0.7
 
+    def __post_init__(self) -> None:
+        for name in ("max_proposals", "pre_nms_top_n", "nms_thresh"):
+            _require_number("distill.mimic", name, getattr(self, name), positive=True)
+        _require_at_most_one("distill.mimic", "nms_thresh", self.nms_thresh)
+
 
 @dataclass(frozen=True)
 class FGFIConfig:
@@ -249,6 +254,10 @@ class FGFIConfig:
     norm: str = "defeat"
     adapter_init: str = "trunc1e-4"
     adapter_relu: bool = False
+
+    def __post_init__(self) -> None:
+        _require_number("distill.fgfi", "psi", self.psi, positive=True)
+        _require_at_most_one("distill.fgfi", "psi", self.psi)
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,12 @@ class Chen2017Config:
     hint_weight: float = 0.5
     bg_weight: float = 1.5
     hint_layer: str = "fpn"
+
+    def __post_init__(self) -> None:
+        _require_number("distill.chen2017", "temperature", self.temperature, positive=True)
+        for name in ("mu", "margin", "nu", "hint_weight", "bg_weight"):
+            _require_number("distill.chen2017", name, getattr(self, name))
+        _require_at_most_one("distill.chen2017", "mu", self.mu)
 
 
 @dataclass(frozen=True)
@@ -352,6 +367,12 @@ class DeFeatConfig:
             _require_number("distill.defeat", name, getattr(self, name), positive=True)
         for name in ("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"):
             _require_number("distill.defeat", name, getattr(self, name))
+
+
+def _require_at_most_one(section: str, name: str, value: float) -> None:
+    """ConfigError unless ``value`` <= 1 (a fraction or an IoU)."""
+    if value > 1:
+        raise ConfigError(f"config key '{section}.{name}' must be at most 1, got {value!r}")
 
 
 def _require_number(section: str, name: str, value: Optional[float], *, positive: bool = False) -> None:
