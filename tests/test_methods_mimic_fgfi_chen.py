@@ -349,6 +349,17 @@ def test_method_from_the_cli(method, tiny_teacher, tmp_path, tiny_overrides, emp
 # ---- the recipes ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("key", "value", "rule"), [
+    ("distill.fgfi.psi", 1.5, "at most 1"), ("distill.fgfi.psi", 0, "positive"),
+    ("distill.mimic.max_proposals", 0, "positive"), ("distill.mimic.nms_thresh", 2, "at most 1"),
+    ("distill.chen2017.mu", -0.1, ">= 0"), ("distill.chen2017.temperature", 0, "positive"),
+    ("distill.chen2017.hint_layer", "c4", "fpn, c5"), ("distill.fitnet.normalize", "l1", "none, defeat, l2_per_image"),
+])
+def test_bad_method_options_are_config_errors_naming_the_key(key, value, rule):
+    with pytest.raises(ConfigError, match=rf"'{key}'.*{rule}"):
+        load_config(None, [f"{key}={value}"])
+
+
 @pytest.mark.parametrize("method", ["fitnet", "mimic", "fgfi", "chen2017"])
 def test_recipes_follow_the_protocols(method):
     """VOC: Table 7's protocol (R-101 -> R-50, 18k iterations) for both families; COCO (Table
