@@ -165,7 +165,7 @@ def test_cli_exports_a_run_to_onnx_and_torchvision(retinanet_run, tmp_path, caps
     assert meta["class_names"] == ["circle", "square", "triangle", "cross"] and meta["score_thresh"] == thresh
     assert meta["outputs"]["labels"].startswith("int64")
     session = session_for(out)
-    assert assert_same_detections(session, adapter, images) > 0  # 64 x 96: not the traced size
+    assert assert_same_detections(session, adapter, images) > 0  # shapes sizes vary; traced at 64 x 85
     assert assert_same_detections(session, adapter, other) > 0
     run_readme_example(out, images[0], tmp_path)
     # --format torchvision (the default) from the same run: the detector file, unchanged.
