@@ -22,6 +22,7 @@ from icdistill.config import load_config
 from icdistill.errors import ConfigError, DataError, OutputError
 from icdistill.files import (
     PAUSE_IN_SAVE_ENV,
+    append_line,
     find_resume_checkpoint,
     load_checkpoint,
     prune_snapshots,
@@ -206,6 +207,12 @@ def test_a_full_disk_is_an_error_naming_the_file_and_keeps_the_previous_one(tmp_
             save_checkpoint(folder / "last.pt", {"iteration": 2, "big": torch.zeros(1 << 19)})
         assert load_checkpoint(folder / "last.pt")["iteration"] == 1
         assert only_files(folder) == ["last.pt"]  # the temp file is gone
+        # the step log, appended every log_period, on the same full disk
+        with contextlib.suppress(OSError), (folder / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 65536)
+        with pytest.raises(OutputError, match=r"cannot write .*metrics\.jsonl: no space left on the device"):
+            append_line(folder / "metrics.jsonl", json.dumps({"iter": 1, "loss/total": 1.0} | {f"k{i}": i for i in range(999)}))
 
 
 def test_a_training_run_on_a_full_disk_stops_with_the_path_and_keeps_last_pt(reference, tmp_path,

@@ -173,6 +173,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` and a newline to a log file (``metrics.jsonl``).
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable; names ``path``.
+    """
+    path = Path(path)
+    try:
+        with path.open("a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        raise OutputError(
+            f"cannot write {path}: {OUTPUT_ERRNOS[exc.errno]} ({errno.errorcode.get(exc.errno, exc.errno)}); "
+            f"the checkpoints written so far are intact. Free space in (or make writable) {path.parent}, "
+            "then run again with --resume"
+        ) from exc
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 

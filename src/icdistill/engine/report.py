@@ -19,6 +19,7 @@ from icdistill.errors import OutputError
 from icdistill.files import (
     DETECTOR_FILE,
     TRAIN_CHECKPOINT_FORMAT,
+    append_line,
     capture_rng_state,
     detector_file,
     prune_snapshots,
@@ -65,8 +66,7 @@ class RunLog:
             return
         if jsonl:
             line = {prefix + k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-            with self.path.open("a") as f:
-                f.write(json.dumps({"iter": step, **line}) + "\n")
+            append_line(self.path, json.dumps({"iter": step, **line}))  # a full disk: OutputError
         for key, value in record.items():
             if not math.isnan(value):
                 self.writer.add_scalar(prefix + key, value, step)
