@@ -318,6 +318,16 @@ def test_one_stage_methods_need_matching_teachers():
         _build_checked(cfg, "retinanet", "fcos")
 
 
+def test_undefined_family_is_a_config_error_naming_the_defined_ones():
+    from icdistill.distill.peer_builders import FAMILY_SUPPORT
+    from icdistill.distill.peer_parts import check_family
+
+    with pytest.raises(ConfigError, match=r"faster_rcnn \(native\), mask_rcnn \(native\), retinanet \(\[ADAPT\]\)"):
+        check_family("mimic", "faster_rcnn_c4", FAMILY_SUPPORT["mimic"])
+    assert check_family("fgfi", "fcos", FAMILY_SUPPORT["fgfi"]) == "[ADAPT]"
+    assert set(FAMILY_SUPPORT["fitnet"]) >= {"retinanet", "fcos", "faster_rcnn", "mask_rcnn"}
+
+
 def _build_checked(dcfg, student_family, teacher_family):
     """The builder alone (level alignment of mixed pyramids is checked elsewhere)."""
     from icdistill.distill.build import MethodContext, build_method
