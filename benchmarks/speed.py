@@ -16,7 +16,8 @@ Then the memory of ICD's distillation weights (real instances only, accumulated 
 queries) against a straightforward all-query implementation (B·H·K·S logits), measured as the
 peak memory PyTorch's allocator holds while computing each (torch.profiler), on the same inputs: p2-p6 of two
 800x1333 images (padded 800x1344, S = 89,523 tokens) with 100 queries per image. On a GPU the
-COCO-size steps of Faster R-CNN and RetinaNet R-101 -> R-50 are timed too.
+COCO-size steps of Faster R-CNN and RetinaNet R-101 -> R-50 are timed too. Steps (a)-(c) are also
+timed at demo size for the families of FAMILY_ROWS (Faster R-CNN FPN, C4, DC5).
 
 Results go to --json and, unless --no-results, into docs/RESULTS.md between the
 "speed benchmark" markers.
@@ -65,6 +66,56 @@ def demo_setup(data_root: Path):
     teacher = freeze_as_teacher(detector(cfg.teacher))
     student = detector(cfg.model)
     return cfg, teacher, student, compute_prior(train_set), batch
+
+
+# Families timed at demo size beside the demo's FCOS (a ResNet-34 teacher -> ResNet-18 student:
+# the FPN-free variants need ResNets), with fewer sampled RoIs than torchvision's 512 so a CPU
+# smoke run stays short (C4 runs res5 on every RoI).
+FAMILY_ROWS = ("faster_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5")
+FAMILY_ROW_STEPS = ("a_student", "b_student_teacher", "c_icd")
+FAMILY_ROW_ROIS = 64
+
+
+def family_setup(family: str, data_root: Path):
+    """The demo ICD recipe with a ``family`` ResNet-34 teacher and ResNet-18 student (the recipe's
+    FPN width where there is an FPN), ``FAMILY_ROW_ROIS`` sampled RoIs per image; its prior and
+    one batch of 8 shapes images."""
+    sets = [f"data.shapes.root={data_root}", "data.validate_images=false", f"model.family={family}",
+            f"teacher.family={family}", "model.backbone=resnet18", "teacher.backbone=resnet34"]
+    cfg = load_config(demo_config_path("icd"), sets)
+    train_set, _ = build_datasets(cfg.data, with_masks=False, progress=False)
+    batch = next(iter(build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch, seed=0)))
+
+    def detector(model_cfg):
+        return build_detector(model_cfg.family, backbone=model_cfg.backbone, num_classes=train_set.num_classes,
+                              fpn_channels=model_cfg.fpn_channels, box_batch_size_per_image=FAMILY_ROW_ROIS)
+    torch.manual_seed(0)
+    teacher = freeze_as_teacher(detector(cfg.teacher))
+    return cfg, teacher, detector(cfg.model), compute_prior(train_set), batch
+
+
+def time_families(data_root: Path, iters: int, device: torch.device) -> dict[str, dict]:
+    """``FAMILY_ROW_STEPS`` of each family of ``FAMILY_ROWS`` at demo size, with its ICD overhead."""
+    out = {}
+    for family in FAMILY_ROWS:
+        fns, _ = step_functions(*family_setup(family, data_root), device)
+        timed = {name: time_step(fns[name], iters, device) for name in FAMILY_ROW_STEPS}
+        timed["icd_overhead_ratio"] = timed["c_icd"]["s_per_iter"] / timed["b_student_teacher"]["s_per_iter"]
+        out[family] = timed
+        print(family, {k: round(v["s_per_iter"] if isinstance(v, dict) else v, 3) for k, v in timed.items()})
+    return out
+
+
+def families_table(result: dict) -> str:
+    if "demo_families" not in result:
+        return ""
+    lines = ["", f"Families at demo size (ResNet-34 teacher -> ResNet-18 student, the same 8 images, "
+             f"{FAMILY_ROW_ROIS} sampled RoIs per image; seconds per iteration):", "",
+             "| family | student | +teacher | icd | icd_overhead_ratio |", "|---|---:|---:|---:|---:|"]
+    for family, t in result["demo_families"].items():
+        lines.append(f"| {family} | {t['a_student']['s_per_iter']:.3f} | {t['b_student_teacher']['s_per_iter']:.3f} "
+                     f"| {t['c_icd']['s_per_iter']:.3f} | {t['icd_overhead_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def time_step(step, iters: int, device: torch.device) -> dict[str, float]:
@@ -274,7 +325,7 @@ queries at a time) **{mem['chunked']['peak_mb']:.0f} MB** in {mem['chunked']['se
 all-query (B·H·K·S probabilities) **{mem['all_query']['peak_mb']:.0f} MB** in
 {mem['all_query']['seconds']:.2f} s: **{mem['memory_ratio']:.1f}x** less memory (target ≥ 4x); largest
 difference between the two results {mem['max_abs_difference']:.1e}.
-{coco_table(result)}{END}"""
+{families_table(result)}{coco_table(result)}{END}"""
     page = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
     if BEGIN in page:
         page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END):]
@@ -298,6 +349,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fns, icd = step_functions(*demo_setup(Path(tmp) / "shapes"), cpu)
         steps = {name: time_step(fn, args.iters, cpu) for name, fn in fns.items()}
+        families = time_families(Path(tmp) / "shapes", args.iters, cpu)
     for name, v in steps.items():
         print(f"{name:>20}: {v['s_per_iter']:.3f} s/iter")
     result = {
@@ -311,6 +363,7 @@ def main() -> None:
         "icd_overhead_ratio": steps["c_icd"]["s_per_iter"] / steps["b_student_teacher"]["s_per_iter"],
         "icd_overhead_ratio_dense": steps["c_dense_icd"]["s_per_iter"] / steps["b_dense_student_teacher"]["s_per_iter"],
         "icd_weights_memory": weights_memory(),
+        "demo_families": families,
     }
     coco_device = torch.device("cuda") if torch.cuda.is_available() else (cpu if args.coco_on_cpu else None)
     if coco_device is not None:

@@ -6,6 +6,7 @@ import pytest
 
 from icdistill.config import load_config
 from icdistill.demo import demo_config_path
+from icdistill.detectors.families import family_facts
 
 CONFIG_ROOT = demo_config_path("student").parents[1]
 RECIPES = sorted(p for p in CONFIG_ROOT.rglob("*.yaml"))
@@ -15,6 +16,11 @@ def test_recipes_exist():
     names = {p.relative_to(CONFIG_ROOT).as_posix() for p in RECIPES}
     assert {"demo/teacher.yaml", "demo/student.yaml", "demo/icd.yaml", "voc/bccd_icd.yaml"} <= names
     assert {f"coco/{f}_R50_1x_icd_inherit.yaml" for f in ("faster_rcnn", "retinanet", "fcos")} <= names
+    for variant in ("c4", "dc5"):  # Table 10 and the BCCD suite
+        assert {f"coco/faster_rcnn_{variant}_R101_3x_teacher.yaml", f"coco/faster_rcnn_{variant}_R50_1x.yaml",
+                f"coco/faster_rcnn_{variant}_R50_1x_icd.yaml", f"coco/faster_rcnn_{variant}_R50_1x_icd_inherit.yaml",
+                f"voc/bccd_{variant}_teacher.yaml", f"voc/bccd_{variant}_student.yaml", f"voc/bccd_{variant}_icd.yaml"} <= names
+    assert {"coco/retinanet_R50_1x_icd_from_fcos.yaml", "coco/faster_rcnn_R50_1x_icd_from_mask_rcnn.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(CONFIG_ROOT).as_posix())
@@ -22,7 +28,8 @@ def test_recipe_loads(path: Path):
     cfg = load_config(path)
     if cfg.distill.method == "icd":
         assert cfg.teacher.weights, "a distillation recipe names its teacher"
-        assert cfg.teacher.family == cfg.model.family or cfg.teacher.family in ("retinanet", "fcos")
+        # Any family pair whose pyramids align (Table 9's FCOS -> RetinaNet, Mask -> Faster R-CNN).
+        assert family_facts(cfg.teacher.family).levels == family_facts(cfg.model.family).levels
 
 
 def test_paper_recipes_follow_the_spec():
