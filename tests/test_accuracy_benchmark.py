@@ -82,6 +82,8 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
         assert any("eval/bbox/AP" in r for r in log)
         assert (out / name / "seed1" / "command.txt").read_text().startswith("icdistill ")
     png = out / "accuracy_synthetic.png"
+    compare = (out / "compare.html").read_text()  # icdistill compare of the suite's runs
+    assert data["meta"]["compare"] == str(out / "compare.html") and all(f">{n}/seed0<" in compare for n in ("baseline", "icd"))
     assert png.stat().st_size > 1000
 
     runs = sorted(out.glob("*/seed*/metrics.json")) + [out / "teacher" / "metrics.json"]

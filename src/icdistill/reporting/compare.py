@@ -19,9 +19,11 @@ from typing import Any, Mapping, Sequence
 from icdistill.errors import DataError
 from icdistill.reporting.run_summary import RunSummary, load_run
 
-COLUMNS: tuple[str, ...] = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "segm/AP", "time/iter_s")
+COLUMNS: tuple[str, ...] = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl",
+                            "segm/AP", "time/iter_s")
 COMPARE_FILE = "compare.html"
-GAP_FORMULA = "gap closed = (AP − AP baseline) / (AP teacher − AP baseline), box AP"
+GAP_FORMULA = ("gap closed = (AP − AP baseline) / (AP teacher − AP baseline), box AP "
+               "(n/a: no teacher or baseline AP, or a teacher not above the baseline)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ def compare_rows(runs: Mapping[str, RunSummary], *, baseline: str | None = None,
         if teacher_name is not None:
             t_ap, source = runs[teacher_name].metric("bbox/AP"), teacher_name
         else:
-            t_ap, source = run.metric("teacher/bbox/AP"), "teacher check" if run.metric("teacher/bbox/AP") is not None else ""
+            t_ap = run.metric("teacher/bbox/AP")
+            source = "teacher check" if t_ap is not None else ""
         base = baselines.get(name)
         gap = None
         if role == "student" and base is not None:

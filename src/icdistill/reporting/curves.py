@@ -13,6 +13,7 @@ from icdistill.viz import LOSS_PREFIXES
 MAX_PR_CLASSES = 23
 PR_KINDS = {"AP": "IoU 0.50:0.95", "AP50": "IoU 0.50"}
 MEAN_PANEL = "mean over classes"
+EVAL_TASK_PREFIXES = tuple(f"eval/{p}" for p in TASK_PREFIXES)  # the detector's periodic metrics
 
 
 def _label(run: str, what: str, runs: Mapping[str, RunSummary]) -> str:
@@ -51,7 +52,7 @@ def diagnostic_panels(runs: Mapping[str, RunSummary]) -> Panels:
     """A method's own periodic numbers (``eval/icd/idf_auroc`` ...), a line per run."""
     keys: dict[str, None] = {}
     for run in runs.values():
-        for k in run.logged_keys(lambda k: k.startswith("eval/") and not k.startswith(tuple(f"eval/{p}" for p in TASK_PREFIXES))):
+        for k in run.logged_keys(lambda k: k.startswith("eval/") and not k.startswith(EVAL_TASK_PREFIXES)):
             keys.setdefault(k, None)
     return {k.removeprefix("eval/"): {name: run.series(k) for name, run in runs.items() if run.series(k)}
             for k in keys}

@@ -16,6 +16,7 @@ TIME_KEYS = ("time/train_s", "time/iter_s", "time/eval_s", "world_size")
 NOT_METHOD_PICTURES = ("detections_", "training_curves")
 MAX_PROBLEM_FILES = 5
 PR_FILE_NOTE = PR_CURVES_FILE
+TEACHER_TASKS = tuple(f"teacher/{p}" for p in TASK_PREFIXES)  # the teacher check's metrics with a twin in this run
 
 
 def metrics_section(run: RunSummary) -> tuple[str, str, h.Raw]:
@@ -50,7 +51,7 @@ def teacher_section(run: RunSummary) -> tuple[str, str, h.Raw] | None:
     one; nothing for plain training."""
     numbers = {k: v for k, v in run.teacher_metrics().items() if "-" not in k}  # per class: in its table
     if numbers:
-        rows = [[k, v, run.metric(k.removeprefix("teacher/")) if k.startswith(("teacher/bbox/", "teacher/segm/")) else ""]
+        rows = [[k, v, run.metric(k.removeprefix("teacher/")) if k.startswith(TEACHER_TASKS) else ""]
                 for k, v in numbers.items()]
         body = [h.table(["teacher check", "teacher", "this run (final)"], rows),
                 h.note("The teacher evaluated before the first step (distill.check_teacher) on "
