@@ -53,10 +53,6 @@ def prior_tensors(prior: DatasetPrior) -> PriorTensors:
     return PriorTensors(t(prior.freq), t(prior.w_mean), t(prior.w_std), t(prior.h_mean), t(prior.h_std))
 
 
-def _own_adamw(dcfg: DistillConfig) -> MethodOptim:
-    return MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm)
-
-
 def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
     """ICD (ICD_SPEC): λ and the instance cap default to the student family's (family table)."""
     facts = family_facts(ctx.student.family)
