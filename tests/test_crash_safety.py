@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,8 +181,8 @@ def test_no_valid_checkpoint_is_a_clear_error_naming_each_file(tmp_path, tiny_ov
 @contextlib.contextmanager
 def tmpfs(path: Path, size: str):
     """A real size-limited folder (a tmpfs mount); skips where mounting is impossible."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a size-limited tmpfs needs root and mount(8)")
     path.mkdir(parents=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                           capture_output=True, text=True)
