@@ -150,3 +150,36 @@ def test_text_from_files_is_escaped():
     page = render_run(run)
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<img src=x>" not in page and "<b>x</b>" not in page
+
+
+def test_voc_evaluator_keeps_the_precision_envelope_at_101_recall_points():
+    """One image, two boxes (and a difficult one, ignored); at IoU 0.5 the detections are TP,
+    FP, TP: precision 1 up to recall 0.5, then 2/3 (the envelope of 1, 1/2, 2/3)."""
+    import contextlib
+    import io
+
+    import torch
+    from pycocotools.coco import COCO
+
+    from icdistill.evaluation import VOCEvaluator
+
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 80}],
+                  "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "none"}],
+                  "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 400.0,
+                                   "bbox": b, "difficult": d}
+                                  for i, (b, d) in enumerate([([0, 0, 20, 20], 0), ([50, 0, 20, 20], 0),
+                                                              ([0, 50, 20, 20], 1)])]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    ev = VOCEvaluator(gt, [1, 2], use_07_metric=False)
+    boxes = torch.tensor([[0, 0, 20, 20], [80, 60, 90, 70], [0, 50, 20, 70], [52, 0, 72, 20.0]])
+    ev.process([1], [(80, 100)], [(80, 100)], [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+                                                "labels": torch.zeros(4, dtype=torch.int64)}])
+    metrics = ev.evaluate()
+    data = ev.pr_curves["bbox"]
+    assert data["classes"]["none"] is None  # no ground truth
+    ap50 = data["classes"]["cell"]["AP50"]
+    assert len(data["recall"]) == len(ap50) == 101
+    assert ap50[:51] == [1.0] * 51 and ap50[51:] == [pytest.approx(2 / 3, abs=1e-4)] * 50
+    assert metrics["bbox/AP50-cell"] == pytest.approx(100 * (0.5 * 1 + 0.5 * 2 / 3))

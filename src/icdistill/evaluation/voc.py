@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: IoU thresholds 0.50:0.95 (step 0.05), computed as detectron2 does (``thresh / 100.0``).
 IOU_THRESHOLDS: tuple[float, ...] = tuple(t / 100.0 for t in range(50, 100, 5))
+#: Recall points of the PR curves kept for the report (COCO's 101).
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
 def voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool = True) -> float:
@@ -129,7 +131,8 @@ class VOCEvaluator(COCOEvaluator):
 
     def per_class_ap(self) -> dict[str, list[float] | None]:
         """AP in percent of each class at each of :data:`IOU_THRESHOLDS`, by class name;
-        ``None`` for a class without non-difficult ground truth in the processed images."""
+        ``None`` for a class without non-difficult ground truth in the processed images.
+        Also sets ``self.pr_curves`` (the COCO evaluator's format, :func:`_pr_data`)."""
         img_ids = sorted({p["image_id"] for p in self._predictions})
         check_known_images(self.coco_gt, img_ids)
         cat_index = {c: k for k, c in enumerate(self.contiguous_to_cat_id)}
@@ -159,6 +162,7 @@ class VOCEvaluator(COCOEvaluator):
                 det_box[k].append([float(v) for v in inst["bbox"]])
 
         out: dict[str, list[float] | None] = {}
+        curves: dict[str, list[np.ndarray]] = {}  # per class, precision at RECALL_POINTS per IoU threshold
         for k, name in enumerate(self.class_names):
             gts = {img: (_xywh_to_voc(np.asarray(b, dtype=np.float64).reshape(-1, 4)),
                          np.asarray(gt_diff[k][img], dtype=bool))
@@ -181,27 +185,13 @@ class VOCEvaluator(COCOEvaluator):
                     ious = _voc_iou(box, g[0])
                     jmax[d] = int(np.argmax(ious))
                     ovmax[d] = float(ious[jmax[d]])
-            aps = []
+            aps, curves[name] = [], []
             for thresh in IOU_THRESHOLDS:
-                used = {img: np.zeros(len(g[1]), dtype=bool) for img, g in gts.items()}
-                tp = np.zeros(len(imgs))
-                fp = np.zeros(len(imgs))
-                for d, img in enumerate(imgs):
-                    if ovmax[d] > thresh:
-                        j = jmax[d]
-                        if not gts[img][1][j]:
-                            if not used[img][j]:
-                                tp[d] = 1.0
-                                used[img][j] = True
-                            else:
-                                fp[d] = 1.0
-                    else:
-                        fp[d] = 1.0
-                tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
-                rec = tp_c / float(npos)
-                prec = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+                rec, prec = _match(imgs, ovmax, jmax, gts, thresh, npos)
                 aps.append(voc_ap(rec, prec, self.use_07_metric) * 100.0)
+                curves[name].append(precision_at_recall(rec, prec))
             out[name] = aps
+        self.pr_curves = {"bbox": _pr_data(curves, self.class_names)}
         return out
 
     def evaluate(self) -> dict[str, float]:
@@ -243,6 +233,49 @@ class VOCEvaluator(COCOEvaluator):
         self.summary = "\n".join(lines) + "\n"
         logger.info("VOC bbox evaluation:\n%s", self.summary)
         return metrics
+
+
+def _match(imgs: list[int], ovmax: np.ndarray, jmax: np.ndarray, gts: dict, thresh: float,
+           npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) after each detection (sorted by score) at IoU ``thresh``: ``voc_eval``'s
+    greedy matching (see the module docstring); ``gts``: image -> (boxes, difficult)."""
+    used = {img: np.zeros(len(g[1]), dtype=bool) for img, g in gts.items()}
+    tp = np.zeros(len(imgs))
+    fp = np.zeros(len(imgs))
+    for d, img in enumerate(imgs):
+        if ovmax[d] > thresh:
+            j = jmax[d]
+            if not gts[img][1][j]:
+                if not used[img][j]:
+                    tp[d] = 1.0
+                    used[img][j] = True
+                else:
+                    fp[d] = 1.0
+        else:
+            fp[d] = 1.0
+    tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
+    return tp_c / float(npos), tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+
+
+def precision_at_recall(rec: np.ndarray, prec: np.ndarray) -> np.ndarray:
+    """The monotone precision envelope at :data:`RECALL_POINTS` (0 beyond the reached recall),
+    as COCOeval samples it: float[101]."""
+    out = np.zeros(len(RECALL_POINTS))
+    if len(rec):
+        envelope = np.maximum.accumulate(np.asarray(prec, dtype=np.float64)[::-1])[::-1]
+        idx = np.searchsorted(rec, RECALL_POINTS, side="left")
+        out[idx < len(rec)] = envelope[idx[idx < len(rec)]]
+    return out
+
+
+def _pr_data(curves: dict[str, list[np.ndarray]], class_names: Sequence[str]) -> dict:
+    """``{"recall": [101], "classes": {name: {"AP50": [101], "AP": [101]} | None}}`` (``AP``: mean
+    over IoU 0.50:0.95; None: no ground truth), as :func:`icdistill.evaluation.coco.pr_curve_data`."""
+    i50 = IOU_THRESHOLDS.index(0.5)
+    classes = {name: None if name not in curves else {
+        "AP50": [round(float(v), 4) for v in curves[name][i50]],
+        "AP": [round(float(v), 4) for v in np.mean(curves[name], axis=0)]} for name in class_names}
+    return {"recall": [round(float(r), 4) for r in RECALL_POINTS], "classes": classes}
 
 
 def _mean(values: list[float]) -> float:

@@ -99,12 +99,12 @@ def pr_section(runs: Mapping[str, RunSummary]) -> tuple[str, str, h.Raw]:
             if left_out:
                 body.append(h.note(f"{left_out} more classes are not drawn (their numbers are in {PR_FILE_NOTE})"))
     if body:
-        body.append(h.note("Precision at 101 recall points of the final COCO evaluation (area all, 100 "
-                           "detections per image); IoU 0.50:0.95 is the mean over the ten IoU thresholds, "
-                           "the curve whose mean is AP."))
+        body.append(h.note("Precision (its monotone envelope) at 101 recall points of the final evaluation "
+                           "(COCO: area all, 100 detections per image); IoU 0.50:0.95 is the mean over the ten "
+                           "IoU thresholds: with the COCO evaluator the curve whose mean is AP."))
     else:
         body.append(h.note("no PR curves: pr_curves.json is missing (no detections at the final evaluation, "
-                           "the VOC evaluator, or a run from an older version)"))
+                           "or a run from an older version)"))
     return h.section("pr", "PR curves", body)
 
 
@@ -148,12 +148,19 @@ def data_section(runs: Mapping[str, RunSummary]) -> tuple[str, str, h.Raw]:
     for name, run in runs.items():
         for split, rep in (run.data_report or {}).items():
             if isinstance(rep, dict):
-                rows.append([*([name] if len(runs) > 1 else []), split, rep.get("source", ""),
+                rows.append([*([name] if len(runs) > 1 else []), split, rep.get("source", ""), _reader(rep),
                              rep.get("num_images"), rep.get("num_annotations"), rep.get("kept_annotations"),
                              _problems(rep)])
-    headers = [*(["run"] if len(runs) > 1 else []), "split", "source", "images", "annotations", "kept", "problems"]
+    headers = [*(["run"] if len(runs) > 1 else []), "split", "source", "reader", "images", "annotations", "kept",
+               "problems"]
     body = [h.table(headers, rows)] if rows else [h.note("no data_report.json")]
     return h.section("data", "Data", body)
+
+
+def _reader(rep: dict[str, Any]) -> str:
+    """What the reader found (``reader``: format, layout, how the split was made), as one line."""
+    reader = rep.get("reader")
+    return "; ".join(f"{k}: {v}" for k, v in reader.items()) if isinstance(reader, dict) else ""
 
 
 def _problems(rep: dict[str, Any]) -> str:
