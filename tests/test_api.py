@@ -81,7 +81,8 @@ def test_configs_come_as_paths_dicts_or_config_objects(empty_config, tmp_path):
     assert api.resolve_config({"solver": {"max_iter": 7}}, {"data.min_sizes": [100, 120]}) == from_path
     assert api.resolve_config(Config(), {"solver": {"max_iter": 7}, "data": {"min_sizes": (100, 120)}}) == from_path
     assert api.resolve_config(from_path) == from_path and api.resolve_config(str(empty_config), "solver.max_iter=7")
-    assert api.resolve_config(empty_config, {"teacher.weights": tmp_path / "t.pt"}).teacher.weights == str(tmp_path / "t.pt")
+    weights = tmp_path / "t.pt"  # a Path value becomes its string
+    assert api.resolve_config(empty_config, {"teacher.weights": weights}).teacher.weights == str(weights)
     with pytest.raises(ConfigError, match="unknown config key 'solver.max_iters'"):
         api.resolve_config({}, {"solver.max_iters": 3})
     with pytest.raises(ConfigError, match="a YAML path, a dict or a Config"):
@@ -106,7 +107,8 @@ def test_the_cli_calls_the_api(monkeypatch, empty_config, tmp_path, capsys):
     for name in ("train", "distill"):
         monkeypatch.setattr(api, name, fake(name))
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(tmp_path), "--set", "solver.max_iter=3"]) == 0
-    assert calls == [("distill", str(empty_config), tmp_path, ["solver.max_iter=3"], {"resume": False, "progress": False})]
+    assert calls == [("distill", str(empty_config), tmp_path, ["solver.max_iter=3"],
+                      {"resume": False, "progress": False})]
     printed = capsys.readouterr().out
     assert "AP 12.50" in printed and "teacher on 5 test images: AP 20.00" in printed
     assert main(["--no-progress", "train", str(empty_config), "--resume"]) == 0

@@ -117,7 +117,8 @@ def test_a_teacher_of_other_classes_is_caught(tmp_path, tiny_overrides, tiny_con
 
 def test_evaluating_the_teacher_leaves_the_random_streams_alone(tiny_config, data, untrained):
     cfg, (_, test_set) = data
-    teacher = build_model(tiny_config(*TEACHER, f"teacher.weights={untrained}").teacher, test_set.num_classes, "teacher")
+    teacher_cfg = tiny_config(*TEACHER, f"teacher.weights={untrained}").teacher
+    teacher = build_model(teacher_cfg, test_set.num_classes, "teacher")
     before = (torch.get_rng_state(), random.getstate())
     metrics = teacher_check.evaluate_teacher(teacher, test_set, cfg.eval, torch.device("cpu"), max_images=4)
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
@@ -134,6 +135,14 @@ def test_bad_check_settings_are_config_errors():
     known = {"teacher/bbox/AP": 20.0}
     assert teacher_check.check_teacher(DistillConfig(check_teacher=False), EvalConfig(), None, None, None, cpu) == {}
     assert teacher_check.check_teacher(DistillConfig(), EvalConfig(), None, None, None, cpu, known=known) == known
+
+    class EmptyTestSet:  # what the check reads of a dataset
+        class_names = ["circle"]
+
+        def __len__(self):
+            return 0
+
+    assert teacher_check.check_teacher(DistillConfig(), EvalConfig(), None, None, EmptyTestSet(), cpu) == {}
 
 
 def test_the_demo_checks_its_teacher_except_in_the_quick_smoke_run(tmp_path):

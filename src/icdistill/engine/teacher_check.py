@@ -49,9 +49,9 @@ def check_teacher(
     must not be distilled from.
 
     With ``known`` numbers (a resumed run's checkpoint holds them) nothing is evaluated again;
-    they are returned as they are. Off (``distill.check_teacher: false``): ``known`` or ``{}``. Otherwise: class names saved in the
-    teacher's file (``teacher_weights``, a detector file or training checkpoint) must equal
-    ``test_set.class_names`` in order; then the teacher is evaluated on up to
+    they are returned as they are. Off (``distill.check_teacher: false``): ``known`` or ``{}``.
+    Otherwise: class names saved in the teacher's file (``teacher_weights``, a detector file or
+    training checkpoint) must equal ``test_set.class_names`` in order; then the teacher is evaluated on up to
     ``distill.check_teacher_images`` test images spread evenly over the test set, and its box AP
     must reach ``distill.check_teacher_min_ap``. Every process of a torchrun job runs the same
     check on the same images, so all of them stop together. The random generators are left as
@@ -61,10 +61,14 @@ def check_teacher(
         return dict(known or {})
     if known:
         if verbose:
-            print(f"teacher check: box AP {known.get(PREFIX + 'bbox/AP')} (from the checkpoint)")
+            print(f"teacher check: box AP {known.get(PREFIX + 'bbox/AP', math.nan):.2f} (from the checkpoint)")
         return dict(known)
     _validate(distill_cfg)
     check_class_names(teacher_class_names(teacher_weights), test_set.class_names, teacher_weights)
+    if len(test_set) == 0:
+        if verbose:
+            print("warning: teacher check: the test set is empty; the teacher's AP is not checked")
+        return {}
     start = time.perf_counter()
     metrics = evaluate_teacher(teacher, test_set, eval_cfg, device, distill_cfg.check_teacher_images)
     seconds = time.perf_counter() - start
