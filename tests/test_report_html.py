@@ -15,8 +15,8 @@ from icdistill.reporting.compare import compare_rows, gap_closed, markdown_table
 from icdistill.reporting.run_summary import RunSummary
 
 # Score threshold 0: a 4-iteration detector scores below torchvision's 0.05, and PR curves need
-# detections; eval.period 2: AP-vs-iteration has points before the final one.
-REPORT_SETS = ["model.score_thresh=0.0", "model.detections_per_image=10", "eval.period=2"]
+# detections; eval.period 3: AP-vs-iteration has a point before the final one.
+REPORT_SETS = ["model.score_thresh=0.0", "model.detections_per_image=10", "eval.period=3"]
 TEACHER_SETS = ["teacher.family=retinanet", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
                 "teacher.anchor_sizes=[16, 32, 64, 128, 256]"]
 
@@ -70,6 +70,16 @@ def test_cli_report_and_compare_pages_load_in_chromium(runs, tmp_path, capsys):
     finally:
         driver.quit()
     print(f"screenshots in {shots}")
+
+
+def test_a_run_without_final_metrics_gets_a_page_from_its_log(runs, tmp_path):
+    """A run still training (or stopped) has metrics.jsonl but no metrics.json yet."""
+    run = tmp_path / "unfinished"
+    shutil.copytree(runs / "icd", run, ignore=shutil.ignore_patterns("metrics.json", "pr_curves.json", "report.html"))
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "no final metrics yet" in page and 'alt="loss curves"' not in page  # the run's own picture instead
+    assert "viz/training_curves.png" in page and "no PR curves" in page
 
 
 def _chromium():

@@ -167,10 +167,20 @@ def _text(value: Any, header: str) -> str:
     return str(value)
 
 
+def default_out_dir(paths: Sequence[Path]) -> Path:
+    """The runs' common parent folder (one run: its parent); the current folder when the runs
+    share nothing below the filesystem root."""
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath(resolved))
+    if len(resolved) == 1 or common in resolved:
+        common = common.parent
+    return Path.cwd() if common == Path(common.anchor) else common
+
+
 def write_compare(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, *,
                   baseline: str | None = None, teacher: str | None = None) -> tuple[Path, str]:
-    """Write ``<out_dir>/compare.html`` (default: the runs' common parent folder) and return its
-    path and the Markdown table.
+    """Write ``<out_dir>/compare.html`` (default: :func:`default_out_dir`) and return its path
+    and the Markdown table.
 
     Raises:
         DataError: no run given, a folder that is not a run, or ``baseline``/``teacher`` not
@@ -185,8 +195,6 @@ def write_compare(run_dirs: Sequence[str | Path], out_dir: str | Path | None = N
     names = run_names(paths)
     runs = {n: load_run(p, n) for n, p in zip(names, paths)}
     rows = compare_rows(runs, baseline=baseline, teacher=teacher)
-    out = Path(out_dir) if out_dir is not None else Path(os.path.commonpath([p.resolve() for p in paths]))
-    if len(paths) == 1 and out_dir is None:
-        out = paths[0].resolve().parent
+    out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     page = write_text_atomic(out / COMPARE_FILE, render_compare(runs, rows, out))
     return page, markdown_table(rows)
