@@ -17,7 +17,7 @@ queries) against a straightforward all-query implementation (B·H·K·S logits),
 peak memory PyTorch's allocator holds while computing each (torch.profiler), on the same inputs: p2-p6 of two
 800x1333 images (padded 800x1344, S = 89,523 tokens) with 100 queries per image. On a GPU the
 COCO-size steps of Faster R-CNN and RetinaNet R-101 -> R-50 are timed too. Steps (a)-(c) are also
-timed at demo size for the families of FAMILY_ROWS (Faster R-CNN FPN, C4, DC5).
+timed at demo size for the families of FAMILY_ROWS (Faster R-CNN FPN, C4, DC5, Cascade R-CNN).
 
 Results go to --json and, unless --no-results, into docs/RESULTS.md between the
 "speed benchmark" markers.
@@ -71,7 +71,7 @@ def demo_setup(data_root: Path):
 # Families timed at demo size beside the demo's FCOS (a ResNet-34 teacher -> ResNet-18 student:
 # the FPN-free variants need ResNets), with fewer sampled RoIs than torchvision's 512 so a CPU
 # smoke run stays short (C4 runs res5 on every RoI).
-FAMILY_ROWS = ("faster_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5")
+FAMILY_ROWS = ("faster_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn")
 FAMILY_ROW_STEPS = ("a_student", "b_student_teacher", "c_icd")
 FAMILY_ROW_ROIS = 64
 

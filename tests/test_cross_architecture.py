@@ -109,6 +109,16 @@ def test_misaligned_pairs_name_both_level_lists_with_strides(teacher_family, stu
 def test_aligned_pairs_return_their_strides():
     assert check_alignment(tiny("fcos"), tiny("retinanet"), ("p3", "p4", "p5", "p6", "p7")) == [8, 16, 32, 64, 128]
     assert check_alignment(tiny("mask_rcnn"), tiny("faster_rcnn"), ("p2", "p3")) == [4, 8]
+    assert check_alignment(tiny("cascade_mask_rcnn"), tiny("faster_rcnn"), ("p2", "p6")) == [4, 64]
+
+
+def test_inheriting_a_cascade_teacher_into_faster_rcnn_copies_fpn_and_rpn():
+    """Table 9's Cascade Mask R-CNN teacher: the neck and the RPN match; the stages' heads do not
+    share Faster R-CNN's names and are reported on both sides."""
+    report = inherit_weights(tiny("cascade_mask_rcnn"), tiny("faster_rcnn"))
+    assert any(n.startswith("backbone.fpn.") for n in report.copied) and any(n.startswith("rpn.") for n in report.copied)
+    assert dict(report.skipped)["roi_heads.box_head.fc6.weight"] == "not in teacher"
+    assert any(n.startswith("roi_heads.stages.2.") for n in report.unused)
 
 
 def test_a_mask_family_without_masks_names_the_dataset(tmp_path, tiny_overrides, empty_config, capsys):

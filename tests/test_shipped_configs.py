@@ -20,7 +20,8 @@ def test_recipes_exist():
         assert {f"coco/faster_rcnn_{variant}_R101_3x_teacher.yaml", f"coco/faster_rcnn_{variant}_R50_1x.yaml",
                 f"coco/faster_rcnn_{variant}_R50_1x_icd.yaml", f"coco/faster_rcnn_{variant}_R50_1x_icd_inherit.yaml",
                 f"voc/bccd_{variant}_teacher.yaml", f"voc/bccd_{variant}_student.yaml", f"voc/bccd_{variant}_icd.yaml"} <= names
-    assert {"coco/retinanet_R50_1x_icd_from_fcos.yaml", "coco/faster_rcnn_R50_1x_icd_from_mask_rcnn.yaml"} <= names
+    assert {"coco/retinanet_R50_1x_icd_from_fcos.yaml", "coco/faster_rcnn_R50_1x_icd_from_mask_rcnn.yaml",
+            "coco/faster_rcnn_R50_1x_icd_from_cascade_mask_rcnn.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.relative_to(CONFIG_ROOT).as_posix())

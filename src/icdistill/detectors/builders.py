@@ -26,6 +26,7 @@ from .backbones import P3_P7, build_backbone_fpn, validate_backbone_name
 from .base import DetectorAdapter, model_num_classes
 from .families import family_facts
 from .faster_rcnn import FasterRCNNAdapter
+from .cascade import cascade_mask_rcnn, cascade_rcnn
 from .faster_rcnn_single import faster_rcnn_c4, faster_rcnn_dc5
 from .fcos import FCOSAdapter
 from .mask_rcnn import MaskRCNNAdapter
@@ -141,6 +142,8 @@ BUILDERS: dict[str, Callable[..., DetectorAdapter]] = {
     "mask_rcnn": _mask_rcnn,
     "faster_rcnn_c4": faster_rcnn_c4,
     "faster_rcnn_dc5": faster_rcnn_dc5,
+    "cascade_rcnn": cascade_rcnn,
+    "cascade_mask_rcnn": cascade_mask_rcnn,
 }
 # family -> backbone builder, for the families without an FPN (default: build_backbone_fpn).
 BACKBONE_BUILDERS: dict[str, Callable[..., object]] = {

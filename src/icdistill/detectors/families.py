@@ -53,6 +53,11 @@ FAMILY_TABLE: dict[str, FamilyFacts] = {
                     distill_loss_weight=3.0, max_instances=100),
         FamilyFacts("faster_rcnn_dc5", DC5, two_stage=True, masks=False, reference_lr=0.02,
                     distill_loss_weight=3.0, max_instances=100),
+        # Cascade (Mask) R-CNN (Table 9's teacher): Faster R-CNN's pyramid and defaults.
+        FamilyFacts("cascade_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
+        FamilyFacts("cascade_mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
+                    distill_loss_weight=3.0, max_instances=100),
     )
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_TABLE)
