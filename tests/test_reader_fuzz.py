@@ -28,10 +28,12 @@ from icdistill.errors import DataError
 
 W, H = 8, 6  # every image on disk
 _MORE = int(os.environ.get("ICDISTILL_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_MORE or 60, deadline=None, database=None, derandomize=not _MORE,
+FUZZ = settings(max_examples=_MORE or 50, deadline=None, database=None, derandomize=not _MORE,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # -- building blocks ---------------------------------------------------------------------------
+# Inputs are mostly well-formed with a few broken parts, so that the readers' deeper checks
+# (boxes, classes, segmentations, items) are reached, not only the parsers'.
 
 NUMBER_TEXT = st.one_of(
     st.integers(-3, 60).map(str),
@@ -48,11 +50,17 @@ JSON_VALUE = st.one_of(
 )
 
 
+def mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
+    """``good`` four times in five, else ``bad`` (``good`` is the simplest choice, so that
+    hypothesis shrinks a failure to the one broken part)."""
+    return st.integers(0, 4).flatmap(lambda k: bad if k == 4 else good)
+
+
 @st.composite
 def mutated(draw, data: bytes) -> bytes:
-    """``data`` as is, truncated, with bytes flipped / inserted, re-encoded, or garbage."""
-    kind = draw(st.sampled_from(["keep", "keep", "truncate", "flip", "insert", "utf16",
-                                 "latin1", "bom", "garbage"]))
+    """``data`` as is (mostly), truncated, with bytes flipped / inserted, re-encoded, or garbage."""
+    kind = draw(st.sampled_from(["keep"] * 10 + ["truncate", "flip", "insert", "utf16",
+                                                 "latin1", "bom", "garbage"]))
     if kind == "truncate":
         return data[:draw(st.integers(0, max(len(data) - 1, 0)))]
     if kind in ("flip", "insert") and data:
@@ -88,9 +96,9 @@ def _load_items(ds: CocoDetection) -> None:
 # -- VOC XML -----------------------------------------------------------------------------------
 
 
-def _tag(draw, name: str, text: str) -> str:
-    """``<name>text</name>``, escaped or (sometimes) raw, or left out."""
-    how = draw(st.sampled_from(["escaped", "escaped", "escaped", "raw", "missing"]))
+def _tag(draw, name: str, text: str, clean: bool) -> str:
+    """``<name>text</name>``, escaped, or (when not ``clean``, sometimes) raw or left out."""
+    how = "escaped" if clean else draw(st.sampled_from(["escaped"] * 12 + ["raw", "missing"]))
     if how == "missing":
         return ""
     return f"<{name}>{escape(text) if how == 'escaped' else text}</{name}>"
@@ -98,22 +106,32 @@ def _tag(draw, name: str, text: str) -> str:
 
 @st.composite
 def voc_xml(draw) -> bytes:
-    size = "".join(_tag(draw, t, draw(st.one_of(st.just(v), NUMBER_TEXT)))
+    """A VOC annotation: half of them clean (boxes anywhere, also degenerate), the others with
+    broken values, tags and bytes here and there."""
+    clean = draw(st.booleans())
+
+    def value(good: st.SearchStrategy, bad: st.SearchStrategy) -> str:
+        return draw(good if clean else mostly(good, bad))
+
+    size = "".join(_tag(draw, t, value(st.just(v), NUMBER_TEXT), clean)
                    for t, v in (("width", str(W)), ("height", str(H))))
     objects = []
     for _ in range(draw(st.integers(0, 3))):
-        coords = "".join(_tag(draw, t, draw(st.one_of(st.sampled_from(["1", "3", "8"]), NUMBER_TEXT)))
+        coords = "".join(_tag(draw, t, value(st.integers(-2, 12).map(str) | st.floats(-5, 15).map(repr),
+                                             NUMBER_TEXT), clean)
                          for t in ("xmin", "ymin", "xmax", "ymax"))
-        objects.append("<object>" + _tag(draw, "name", draw(st.sampled_from(["rbc", "wbc", ""]) | st.text(max_size=5)))
-                       + _tag(draw, "difficult", draw(st.sampled_from(["0", "1"]) | NUMBER_TEXT))
-                       + (f"<bndbox>{coords}</bndbox>" if draw(st.booleans()) or coords else "")
+        objects.append("<object>"
+                       + _tag(draw, "name", value(st.sampled_from(["rbc", "wbc", "cat"]), st.text(max_size=5)), clean)
+                       + _tag(draw, "difficult", value(st.sampled_from(["0", "1"]), NUMBER_TEXT), clean)
+                       + (f"<bndbox>{coords}</bndbox>" if clean or draw(st.integers(0, 9)) != 9 else coords)
                        + "</object>")
-    filename = draw(st.sampled_from(["a.png", "b.png", "a.jpg", "", "../a.png", "x" * 300]) | st.text(max_size=10))
+    filename = value(st.just("a.png"), st.sampled_from(["b.png", "a.jpg", "", "../a.png", "x" * 300])
+                     | st.text(max_size=10))
     head = draw(st.sampled_from(["", '<?xml version="1.0"?>', '<?xml version="1.0" encoding="utf-8"?>',
-                                 '<?xml version="1.0" encoding="bogus"?>']))
-    text = (f"{head}<annotation>{_tag(draw, 'filename', filename)}<size>{size}</size>"
+                                 '<?xml version="1.0" encoding="bogus"?>', '<?xml version="1.0" encoding="ascii"?>']))
+    text = (f"{head}<annotation>{_tag(draw, 'filename', filename, clean)}<size>{size}</size>"
             f"{''.join(objects)}</annotation>")
-    return draw(mutated(text.encode("utf-8")))
+    return text.encode("utf-8") if clean else draw(mutated(text.encode("utf-8")))
 
 
 @FUZZ
@@ -144,41 +162,67 @@ def test_voc_folder_reader(xmls: list[bytes], split_folders: bool) -> None:
 
 # -- COCO json ---------------------------------------------------------------------------------
 
-ANY_ID = st.one_of(st.integers(0, 4), JSON_VALUE)
-NUM = st.one_of(st.integers(-10, 20), st.floats(-1e3, 1e3), JSON_VALUE)
+ANY_ID = mostly(st.integers(0, 4), JSON_VALUE)
+NUM = mostly(st.integers(-3, 12) | st.floats(-3, 12), JSON_VALUE | st.floats(-1e308, 1e308))
 SEGMENTATION = st.one_of(
     st.just([]), st.just([[]]), st.none(), JSON_VALUE,
     st.lists(st.lists(NUM, max_size=10), max_size=2),
     st.lists(st.lists(st.floats(-2, 10), min_size=6, max_size=10), min_size=1, max_size=2),
-    st.fixed_dictionaries({"size": st.one_of(st.just([H, W]), JSON_VALUE),
+    st.lists(st.lists(st.floats(-1e12, 1e12), min_size=6, max_size=8), min_size=1, max_size=1),
+    st.fixed_dictionaries({"size": mostly(st.just([H, W]), JSON_VALUE),
                            "counts": st.one_of(st.text(alphabet="0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_`abcdefghijklmno", max_size=12),
                                                st.lists(st.integers(-2, 50), max_size=6),
-                                               st.sampled_from(["", "PP", "0", "o", "48"]), JSON_VALUE)}),
+                                               st.sampled_from(["", "PP", "0", "o", "48", "`0"]), JSON_VALUE)}),
 )
-IMAGE = st.fixed_dictionaries({}, optional={
-    "id": ANY_ID, "file_name": st.sampled_from(["a.png", "sub/b.png", "sub\\b.png", "missing.png", ""]) | JSON_VALUE,
-    "width": st.sampled_from([W]) | NUM, "height": st.sampled_from([H]) | NUM})
-ANNOTATION = st.fixed_dictionaries({}, optional={
-    "id": ANY_ID, "image_id": ANY_ID, "category_id": ANY_ID, "iscrowd": st.sampled_from([0, 1]) | JSON_VALUE,
+
+
+def _entry(fields: dict, p_missing: int = 12) -> st.SearchStrategy:
+    """A dict of ``fields``, each present 11 times in 12."""
+    return st.fixed_dictionaries({k: st.tuples(st.integers(0, p_missing - 1), v) for k, v in fields.items()}).map(
+        lambda d: {k: v for k, (drop, v) in d.items() if drop != p_missing - 1})
+
+
+IMAGE = _entry({"id": ANY_ID, "file_name": mostly(st.sampled_from(["a.png", "sub/b.png", "sub\\b.png"]),
+                                                   st.sampled_from(["missing.png", ""]) | JSON_VALUE),
+                "width": mostly(st.just(W), NUM), "height": mostly(st.just(H), NUM)}, p_missing=40)
+ANNOTATION = _entry({
+    "id": ANY_ID, "image_id": ANY_ID, "category_id": ANY_ID, "iscrowd": mostly(st.just(0), JSON_VALUE),
     "area": NUM, "segmentation": SEGMENTATION,
-    "bbox": st.one_of(st.lists(NUM, min_size=4, max_size=4), st.lists(st.floats(-3, 12), min_size=4, max_size=4),
-                      JSON_VALUE, st.lists(NUM, max_size=6))})
-CATEGORY = st.fixed_dictionaries({}, optional={
-    "id": ANY_ID, "name": st.sampled_from(["rbc", "wbc", "cells"]) | JSON_VALUE,
-    "supercategory": st.sampled_from(["none", "cells"]) | JSON_VALUE})
+    "bbox": mostly(st.lists(NUM, min_size=4, max_size=4), JSON_VALUE | st.lists(NUM, max_size=6))})
+CATEGORY = _entry({"id": ANY_ID, "name": mostly(st.sampled_from(["rbc", "wbc", "cells"]), JSON_VALUE),
+                   "supercategory": st.sampled_from(["none", "cells"]) | JSON_VALUE}, p_missing=40)
 
 
 @st.composite
 def coco_json(draw) -> bytes:
-    doc: object = {"images": draw(st.lists(IMAGE | JSON_VALUE, max_size=3)),
-                   "annotations": draw(st.lists(ANNOTATION | JSON_VALUE, max_size=5)),
-                   "categories": draw(st.lists(CATEGORY | JSON_VALUE, max_size=3))}
+    """A COCO document whose ids mostly refer to each other (ids from 0, 1 or sparse), with
+    broken entries, values and structure here and there."""
+    def fix(entry: dict, key: str, value: object) -> None:
+        if draw(st.integers(0, 4)) != 4:  # else: this one stays as generated
+            entry[key] = value
+
+    cat_base, img_base, step = (draw(st.sampled_from(v)) for v in ([0, 1, 7], [0, 1, 100], [1, 1, 3]))
+    cats = [draw(CATEGORY) for _ in range(draw(st.integers(1, 3)))]
+    for k, c in enumerate(cats):
+        fix(c, "id", cat_base + step * k)
+    images = [draw(IMAGE) for _ in range(draw(st.integers(0, 2)))]
+    for k, img in enumerate(images):
+        fix(img, "id", img_base + k)
+        fix(img, "file_name", ["a.png", "sub/b.png"][k])
+    anns = [draw(ANNOTATION) for _ in range(draw(st.integers(0, 6)))]
+    for a in anns:
+        fix(a, "image_id", img_base + draw(st.integers(0, max(len(images) - 1, 0))))
+        fix(a, "category_id", cat_base + step * draw(st.integers(0, len(cats) - 1)))
+    doc: object = {"images": images, "annotations": anns, "categories": cats}
+    for key, entries in doc.items():  # type: ignore[attr-defined]
+        if entries and draw(st.integers(0, 9)) == 9:
+            entries[draw(st.integers(0, len(entries) - 1))] = draw(JSON_VALUE)
     for key in ("images", "annotations", "categories"):
-        if draw(st.integers(0, 9)) == 0:
+        if draw(st.integers(0, 29)) == 29:
             doc[key] = draw(JSON_VALUE)  # type: ignore[index]
-        elif draw(st.integers(0, 9)) == 0:
+        elif draw(st.integers(0, 29)) == 29:
             del doc[key]  # type: ignore[attr-defined]
-    if draw(st.integers(0, 19)) == 0:
+    if draw(st.integers(0, 29)) == 29:
         doc = draw(st.lists(JSON_VALUE, max_size=2) | JSON_VALUE)
     return draw(mutated(json.dumps(doc).encode("utf-8")))
 
@@ -206,18 +250,26 @@ def test_coco_reader(data: bytes, with_masks: bool) -> None:
 
 @st.composite
 def yolo_label(draw) -> bytes:
+    """A YOLO label file: half of them clean (boxes and polygons anywhere, also outside the
+    image or degenerate), the others with broken lines and bytes here and there."""
+    clean = draw(st.booleans())
+
+    def pick(good: st.SearchStrategy, bad: st.SearchStrategy):
+        return draw(good if clean else mostly(good, bad))
+
     lines = []
     for _ in range(draw(st.integers(0, 4))):
-        cls = draw(st.sampled_from(["0", "1", "2", "-1", "0.0", "1.5"]) | NUMBER_TEXT)
-        values = draw(st.lists(st.sampled_from(["0.5", "0.25", "0", "1"]) | NUMBER_TEXT, max_size=9))
-        sep = draw(st.sampled_from([" ", "\t", "  ", ","]))
-        lines.append(sep.join([cls, *values]))
-    return draw(mutated("\n".join(lines).encode("utf-8")))
+        cls = pick(st.sampled_from(["0", "1", "0.0"]), st.sampled_from(["2", "-1", "1.5"]) | NUMBER_TEXT)
+        count = pick(st.sampled_from([4, 4, 4, 6, 8]), st.integers(0, 9))
+        values = [pick(st.floats(-0.2, 1.2).map(repr), NUMBER_TEXT) for _ in range(count)]
+        lines.append(pick(st.just(" "), st.sampled_from(["\t", "  ", ","])).join([cls, *values]))
+    text = "\n".join(lines).encode("utf-8")
+    return text if clean else draw(mutated(text))
 
 
 @FUZZ
 @given(labels=st.lists(yolo_label(), min_size=1, max_size=3),
-       names=st.sampled_from([b"rbc\nwbc\n", b"", b"\xff\xfe", b"rbc"]))
+       names=mostly(st.just(b"rbc\nwbc\n"), st.sampled_from([b"", b"\xff\xfe", b"rbc"])))
 def test_yolo_reader(labels: list[bytes], names: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -245,12 +297,14 @@ YAML_VALUE = st.one_of(
 
 @st.composite
 def data_yaml(draw) -> bytes:
-    keys = {"path": st.sampled_from([".", "", "/nowhere/on/this/machine", "sub", "[1]"]) | YAML_VALUE,
-            "train": YAML_VALUE, "val": YAML_VALUE, "test": YAML_VALUE,
-            "nc": st.sampled_from(["2", "3", "x", "-1"]),
-            "names": st.sampled_from(["[rbc, wbc]", "{0: rbc, 1: wbc}", "{1: a, 2: b}", "{a: b}", "7", "[]",
-                                      "\n  0: rbc\n  1: wbc"]) | YAML_VALUE}
-    lines = [f"{k}: {draw(v)}" for k, v in keys.items() if draw(st.integers(0, 3))]
+    split = mostly(st.sampled_from(["images/train", "train.txt", "../images/train", "[images/train, train.txt]"]),
+                   YAML_VALUE)
+    keys = {"path": mostly(st.sampled_from([".", "", "/nowhere/on/this/machine"]), st.just("sub") | YAML_VALUE),
+            "train": split, "val": split, "test": split,
+            "nc": mostly(st.just("2"), st.sampled_from(["3", "x", "-1"])),
+            "names": mostly(st.sampled_from(["[rbc, wbc]", "{0: rbc, 1: wbc}", "\n  0: rbc\n  1: wbc"]),
+                            st.sampled_from(["{1: a, 2: b}", "{a: b}", "7", "[]"]) | YAML_VALUE)}
+    lines = [f"{k}: {draw(v)}" for k, v in keys.items() if draw(st.integers(0, 5)) != 5]
     return draw(mutated("\n".join(lines).encode("utf-8")))
 
 

@@ -202,6 +202,7 @@ class CocoDetection(Dataset):
         grouping = _drop_grouping_category(data)
         self._index_categories(data["categories"], label)
         self._images, by_id = _image_records(data["images"], label, self.with_masks, self.image_dir)
+        num_annotations = len(data["annotations"])
         counts, files = self._attach_annotations(data["annotations"], by_id, label)
         if self.skip_unreadable:
             self._drop_unreadable(counts, files)
@@ -209,7 +210,7 @@ class CocoDetection(Dataset):
         self.image_ids: list[int] = [rec["id"] for rec in self._images]
         self.report: dict[str, Any] = {
             "num_images": len(self._images),
-            "num_annotations": len(data["annotations"]),
+            "num_annotations": num_annotations,
             "kept_annotations": int(sum(len(r["labels"]) for r in self._images)),
             "counts": counts,
             "files": {p: sorted(v) for p, v in files.items()},
@@ -245,15 +246,24 @@ class CocoDetection(Dataset):
         """Check, repair or drop each annotation, attaching the kept ones to their image record
         (then turned into ``boxes`` float32 ndarray[N, 4] xyxy and ``labels`` int64 ndarray[N]).
 
+        Annotations without an integer ``image_id`` / ``category_id`` or a well-formed box are
+        also left out of ``annotations`` (in place), the ground truth: pycocotools cannot index
+        them and no evaluator could score them.
+
         Returns ``(counts, files)``: per problem, how many annotations and which file names.
         """
         counts = {p: 0 for p in _PROBLEMS}
         files: dict[str, set[str]] = {p: set() for p in _PROBLEMS}
+        ground_truth = []
         for n, ann in enumerate(annotations):
             problem, name = self._attach_annotation(n, ann, by_id, label)
             if problem is not None:
                 counts[problem] += 1
                 files[problem].add(name)
+            if (_as_box(ann.get("bbox")) and _as_int(ann.get("image_id")) is not None
+                    and _as_int(ann.get("category_id")) is not None):
+                ground_truth.append(ann)
+        annotations[:] = ground_truth
         for rec in self._images:
             rec["boxes"] = np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4)
             rec["labels"] = np.asarray(rec["labels"], dtype=np.int64).reshape(-1)
