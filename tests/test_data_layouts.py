@@ -130,6 +130,27 @@ def test_images_without_xml_are_reported(tmp_path):
     assert root == tmp_path / "images" and len(coco["images"]) == 4
 
 
+def test_sizes_from_images_and_the_cli_error(tmp_path, empty_config, capsys):
+    _voc_set(tmp_path / "d", ".", ".", "abc")
+    # some tools write a zero size or none at all: the image header gives it
+    (tmp_path / "d" / "a.xml").write_text(_xml("a.jpg", [("rbc", (2, 3, 12, 9), 0)]).replace(
+        f"<width>{W}</width>", "<width>0</width>"))
+    (tmp_path / "d" / "b.xml").write_text(_xml("b.jpg", [("rbc", (2, 3, 12, 9), 0)], size=False))
+    train, test = _build(tmp_path / "d", test_fraction=0.0)
+    assert [r["width"] for r in train._images] == [W, W, W]
+    assert train.report["files"]["sizes_from_images"] == ["a.jpg", "b.jpg"]
+    (tmp_path / "d" / "b.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"b\.xml: missing or malformed image size.*b\.jpg"):
+        _build(tmp_path / "d")
+    # through the CLI: one line naming the folder and what it holds, exit status 2
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("x")
+    sets = ["--set=data.format=voc_folder", f"--set=data.root={tmp_path / 'e'}"]
+    assert main(["--no-progress", "stats", str(empty_config), *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 file (1 .txt: notes.txt)" in err and "data.ann_dir" in err
+
+
 # ---------------------------------------------------------------------------------------------
 # COCO as annotation tools export it
 

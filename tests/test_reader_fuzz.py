@@ -345,5 +345,5 @@ def test_fuzz_strategies_reach_valid_inputs() -> None:
     with pytest.raises(DataError, match=r"a\.xml"):
         with tempfile.TemporaryDirectory() as tmp:
             _image(Path(tmp) / "a.png")
-            (Path(tmp) / "a.xml").write_bytes(good.replace(b"<width>8", b"<width>1e999"))
+            (Path(tmp) / "a.xml").write_bytes(good.replace(b"<xmin>1", b"<xmin>1e999"))
             read_voc_folder(tmp)

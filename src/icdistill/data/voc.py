@@ -76,17 +76,19 @@ class VOCRecord:
     objects: list[VOCObject] = field(default_factory=list)
 
 
-def parse_voc_xml(path: str | os.PathLike) -> VOCRecord:
+def parse_voc_xml(path: str | os.PathLike, *, need_size: bool = True) -> VOCRecord:
     """Parse one VOC annotation file.
 
     Returns:
         A :class:`VOCRecord`; object boxes stay in VOC's 1-based inclusive
-        ``(xmin, ymin, xmax, ymax)``. A missing ``<difficult>`` means 0.
+        ``(xmin, ymin, xmax, ymax)``. A missing ``<difficult>`` means 0. Without ``need_size``
+        a missing, malformed or non-positive size gives width = height = 0 (the caller reads
+        the image instead).
 
     Raises:
         DataError: naming the file, when it is not well-formed XML, lacks a positive integer
-            ``size/width`` and ``size/height``, or has an object without a ``name`` or with a
-            missing / non-numeric ``bndbox`` coordinate.
+            ``size/width`` and ``size/height`` (with ``need_size``), or has an object without
+            a ``name`` or with a missing / non-numeric ``bndbox`` coordinate.
     """
     path = Path(path)
     try:
@@ -102,9 +104,12 @@ def parse_voc_xml(path: str | os.PathLike) -> VOCRecord:
         width = int(float(_text(size, "width")))
         height = int(float(_text(size, "height")))
     except (ValueError, OverflowError) as e:
-        raise DataError(f"VOC annotation {path}: missing or malformed image size "
-                        f"(size/width, size/height): {e}") from e
-    if width <= 0 or height <= 0:
+        if not need_size:
+            width = height = 0
+        else:
+            raise DataError(f"VOC annotation {path}: missing or malformed image size "
+                            f"(size/width, size/height): {e}") from e
+    if need_size and (width <= 0 or height <= 0):
         raise DataError(f"VOC annotation {path}: non-positive image size {width}x{height}")
     rec = VOCRecord(path, (root.findtext("filename") or "").strip(), width, height)
     for k, obj in enumerate(root.findall("object")):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
 from .layouts import FolderLayout, SplitFolders, find_split_folders, find_xml_layout, image_files
@@ -36,8 +37,9 @@ class VOCFolderSplit:
 
     ``coco``: the COCO dict; ``image_root``: the folder its ``file_name`` are relative to;
     ``layout``: where images and XMLs were found; ``split``: how the split was made (split
-    folders or the seeded draw); ``skipped``: files left out, by reason (``images_without_xml``:
-    images no XML names, relative to ``image_root``).
+    folders or the seeded draw); ``skipped``: files left out or repaired, by reason
+    (``images_without_xml``: images no XML names; ``sizes_from_images``: images whose XML
+    has no usable ``<size>``, read from the image header instead), relative to ``image_root``.
     """
 
     coco: dict
@@ -129,19 +131,37 @@ def read_voc_folder(
     return _folder_splits(root, folders, image_dir, ann_dir, class_names, keep_difficult)
 
 
-def _scan(layout: FolderLayout, prefix: str) -> tuple[list[_Loaded], list[str]]:
+def _scan(layout: FolderLayout, prefix: str) -> tuple[list[_Loaded], dict[str, list[str]]]:
     """Every XML of ``layout`` in file-name order as ``(voc id, prefix + image name, record)``,
-    and the images of its image folder that no XML names (``prefix`` + name)."""
+    and by reason the files noted: ``images_without_xml`` (images of the image folder that no
+    XML names), ``sizes_from_images`` (``prefix`` + name)."""
     xmls = sorted((p for p in layout.ann_dir.iterdir()
                    if p.suffix.lower() == ".xml" and p.is_file()), key=lambda p: p.name)
-    loaded, used = [], set()
+    loaded, used, sized = [], set(), []
     for xml in xmls:
-        rec = parse_voc_xml(xml)
+        # Some tools write <width>0</width> or no <size>: the image header has it.
+        rec = parse_voc_xml(xml, need_size=False)
         name = _image_file(layout.image_dir, xml.stem, rec.filename)
+        if rec.width <= 0 or rec.height <= 0:
+            rec.width, rec.height = _header_size(xml, layout.image_dir / name)
+            sized.append(prefix + name)
         used.add(name)
         loaded.append((prefix + xml.stem, prefix + name, rec))
     unannotated = [prefix + p.name for p in image_files(layout.image_dir) if p.name not in used]
-    return loaded, unannotated
+    noted = {"images_without_xml": unannotated}
+    if sized:
+        noted["sizes_from_images"] = sized
+    return loaded, noted
+
+
+def _header_size(xml: Path, image: Path) -> tuple[int, int]:
+    """``(width, height)`` of ``image`` from its header, for an XML without a usable size."""
+    try:
+        with Image.open(image) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"VOC annotation {xml}: missing or malformed image size (size/width, "
+                        f"size/height), and its image {image} cannot be read for it: {e}") from e
 
 
 def _seeded_splits(
@@ -149,7 +169,7 @@ def _seeded_splits(
     seed: int, keep_difficult: bool,
 ) -> dict[str, VOCFolderSplit]:
     """The seeded train/test split of one folder (see :func:`read_voc_folder`)."""
-    loaded, unannotated = _scan(layout, "")
+    loaded, noted = _scan(layout, "")
     names = _resolve_classes(class_names, sorted({o.name for _, _, r in loaded for o in r.objects}))
     n = len(loaded)
     n_test = int(math.floor(test_fraction * n + 0.5))
@@ -165,7 +185,7 @@ def _seeded_splits(
         extra = [{"voc_id": loaded[i][0]} for i in idx]
         out[split] = VOCFolderSplit(_to_coco(records, names, keep_difficult, extra),
                                     layout.image_dir, layout.describe(root), how,
-                                    {"images_without_xml": unannotated} if split != "test" else {})
+                                    noted if split != "test" else {})
     return out
 
 
@@ -174,30 +194,32 @@ def _folder_splits(
     ann_dir: str | os.PathLike | None, class_names: Sequence[str] | None, keep_difficult: bool,
 ) -> dict[str, VOCFolderSplit]:
     """The splits given by split folders (see :func:`read_voc_folder`)."""
-    per_role: dict[str, tuple[list[_Loaded], list[str]]] = {}
+    per_role: dict[str, tuple[list[_Loaded], dict[str, list[str]]]] = {}
     layouts: dict[str, list[str]] = {"train": [], "test": []}
     for role, dirs in (("train", folders.train), ("test", folders.test)):
         loaded: list[_Loaded] = []
-        unannotated: list[str] = []
+        noted: dict[str, list[str]] = {"images_without_xml": []}
         for d in dirs:
             layout = find_xml_layout(d, image_dir=image_dir, ann_dir=ann_dir)
             layouts[role].append(layout.describe(root))
-            got, missing = _scan(layout, _prefix(layout.image_dir, root))
+            got, found = _scan(layout, _prefix(layout.image_dir, root))
             loaded += got
-            unannotated += missing
-        per_role[role] = (loaded, unannotated)
+            for reason, names in found.items():
+                noted.setdefault(reason, []).extend(names)
+        per_role[role] = (loaded, noted)
     everything = per_role["train"][0] + per_role["test"][0]
     names = _resolve_classes(class_names, sorted({o.name for _, _, r in everything for o in r.objects}))
     first_id = {"train": 1, "test": len(per_role["train"][0]) + 1, "all": 1}
-    per_role["all"] = (everything, per_role["train"][1] + per_role["test"][1])
+    per_role["all"] = (everything, {k: per_role["train"][1].get(k, []) + per_role["test"][1].get(k, [])
+                                    for k in {*per_role["train"][1], *per_role["test"][1]}})
     layouts["all"] = layouts["train"] + layouts["test"]
     out = {}
-    for split, (loaded, unannotated) in per_role.items():
+    for split, (loaded, noted) in per_role.items():
         records = [(first_id[split] + k, fn, rec) for k, (_, fn, rec) in enumerate(loaded)]
         extra = [{"voc_id": key} for key, _, _ in loaded]
         out[split] = VOCFolderSplit(_to_coco(records, names, keep_difficult, extra), root,
                                     "; ".join(layouts[split]), folders.describe(root),
-                                    {"images_without_xml": unannotated})
+                                    noted)
     return out
 
 
