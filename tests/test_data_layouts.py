@@ -13,7 +13,7 @@ from test_voc import H, W, _image, _xml
 from icdistill.cli import main
 from icdistill.config import DataConfig
 from icdistill.data import CocoDetection, build_datasets, data_report, load_voc_folder
-from icdistill.errors import DataError
+from icdistill.errors import ConfigError, DataError
 
 SIZES = dict(min_sizes=(32,), max_size=64, test_size=32)
 
@@ -234,6 +234,9 @@ def test_ultralytics_yaml(tmp_path):
     assert (len(train), len(test)) == (3, 1)
     with pytest.raises(DataError, match=r"no 'holdout' images.*it gives train, val"):
         _yolo(str(ds_dir), test_splits=("holdout",))
+    (ds_dir / "names.txt").write_text("rbc\nwbc\n")
+    with pytest.raises(ConfigError, match=r"'data\.root' is required .*names\.txt is not one"):
+        _yolo(names_file=str(ds_dir / "names.txt"))
 
 
 def test_roboflow_yaml_with_parent_paths_list_names_and_polygons(tmp_path):
@@ -241,9 +244,9 @@ def test_roboflow_yaml_with_parent_paths_list_names_and_polygons(tmp_path):
     _yolo_split(root / "train", "ab", line="1 0.1 0.25 0.5 0.25 0.5 0.75\n")  # a triangle
     _yolo_split(root / "valid", "c")
     _yolo_split(root / "test", "de")
-    (root / "data.yaml").write_text(
-        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n"
-        "nc: 2\nnames: ['rbc', 'wbc']\n")
+    (root / "data.yaml").write_text(  # path: where it was written, not here
+        "path: /content/datasets/cells\ntrain: ../train/images\nval: ../valid/images\n"
+        "test: ../test/images\nnc: 2\nnames: ['rbc', 'wbc']\n")
     train, test = _yolo(str(root))
     assert (len(train), len(test)) == (2, 2)  # the yaml has test images: they are the test split
     box = next(train.annotation_records())[2][0].tolist()  # (ds[i] flips training images)

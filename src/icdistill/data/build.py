@@ -176,6 +176,10 @@ def _yolo_splits(data: DataConfig) -> tuple[_Split, _Split]:
         keys = yaml_split_keys(yaml_path, *(v[0] if v else None for v in (
             _given(data, "train_splits"), _given(data, "test_splits"))))
         reads = [(read_yolo_yaml(yaml_path, k), f"{yaml_path} ({k})") for k in keys]
+    elif not data.root:
+        raise ConfigError(f"config key 'data.root' is required for data.format 'yolo' unless "
+                          f"data.names_file is an Ultralytics data.yaml with 'train:'; "
+                          f"{data.names_file} is not one")
     else:
         reads = [(read_yolo(data.root, split=split, names_file=data.names_file), f"{data.root} ({split})")
                  for split in (data.train_splits[0], data.test_splits[0])]

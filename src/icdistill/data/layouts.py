@@ -117,7 +117,10 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _has_xml(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() == ".xml" for p in folder.iterdir())
+    try:
+        return folder.is_dir() and any(p.suffix.lower() == ".xml" for p in folder.iterdir())
+    except OSError:  # unreadable: described as such by describe_folder
+        return False
 
 
 def _given_dir(base: Path, given: str | os.PathLike, key: str) -> Path:

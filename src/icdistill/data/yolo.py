@@ -14,11 +14,11 @@ Two layouts:
   or an ``{id: name}`` mapping, optional ``nc``): each split is an image folder (searched
   recursively), a ``.txt`` list of image paths, or a list of those, relative to ``path``;
   labels are found by Ultralytics' rule (the last ``/images/`` of an image path replaced by
-  ``/labels/``, extension ``.txt``) — :func:`read_yolo_yaml`. ``path`` relative or missing is
-  the yaml's folder (Ultralytics resolves a relative one against its datasets folder); an
-  absolute ``path`` that does not exist here (a yaml written on another machine) falls back to
-  the yaml's folder, and a split ``../x`` that does not exist is read as ``x``, as Ultralytics
-  does for Roboflow's exports.
+  ``/labels/``, extension ``.txt``) — :func:`read_yolo_yaml`. ``path`` relative (to the
+  yaml's folder; Ultralytics resolves it against its datasets folder) or missing is the yaml's
+  folder; a ``path`` that does not exist here (a yaml written on another machine, or for
+  Ultralytics' datasets folder) falls back to the yaml's folder, and a split ``../x`` that does
+  not exist is read as ``x``, as Ultralytics does for Roboflow's exports.
 
 Box formats: a label line is ``class cx cy w h`` with the centre and size normalised by the
 image width / height (0..1); the COCO dict gets ``bbox = [x, y, w, h]`` in pixels,
@@ -211,11 +211,11 @@ def _dataset_dir(yaml_path: Path, value: Any) -> Path:
     d = p if p.is_absolute() else yaml_path.parent / p
     if d.is_dir():
         return d
-    if p.is_absolute():
-        log.warning("%s: 'path' %s does not exist here; reading the data beside the yaml",
-                    yaml_path, value)
-        return yaml_path.parent
-    raise DataError(f"YOLO data file {yaml_path}: 'path' folder not found: {d}")
+    # A yaml written on another machine (Colab's /content/...) or for Ultralytics' datasets
+    # folder (../datasets/x) that now sits beside its data: read the data beside it.
+    log.warning("%s: 'path' %s does not exist here; reading the data beside the yaml",
+                yaml_path, value)
+    return yaml_path.parent
 
 
 def _split_images(base: Path, value: Any, yaml_path: Path, key: str) -> list[Path]:
