@@ -36,6 +36,7 @@ CHOICES = {
     "teacher.family": FAMILIES,
     "teacher.backbone": BACKBONES,
     "distill.method": DISTILL_METHODS,
+    "distill.ablation_weights": ("uniform", "gt_box"),
     "distill.gid.gi_score": ("paper", "repro"),
     "distill.gid.relation_scope": ("image", "batch"),
     "distill.fitnet.adapter": ("1x1", "3x3", "none"),
@@ -167,7 +168,9 @@ class DistillConfig:
     position to ICD's attention logits (``position_scale``: the initial per-head λ);
     ``decoder_warmup_lr`` (null: ``lr``, the paper's) is the ICD module's LR during the decoder
     warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
-    at every evaluation.
+    at every evaluation. ``ablation_weights`` (an ablation switch of this project, not a
+    method: null is ICD) weights ICD's distillation loss with ``uniform`` weights over valid
+    tokens or a ``gt_box`` mask instead of the decoder's attention (distill/icd_ablation.py).
 
     ``check_teacher`` (this project's pre-flight check, not the paper's): before the first step
     of a distillation run the teacher is evaluated on up to ``check_teacher_images`` test
@@ -196,6 +199,7 @@ class DistillConfig:
     check_teacher: bool = True
     check_teacher_images: int = 50
     check_teacher_min_ap: float = 1.0
+    ablation_weights: Optional[str] = None
     fitnet: "FitNetConfig" = field(default_factory=lambda: FitNetConfig())
     mimic: "MimicConfig" = field(default_factory=lambda: MimicConfig())
     fgfi: "FGFIConfig" = field(default_factory=lambda: FGFIConfig())

@@ -74,6 +74,7 @@ def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
         position_prior=dcfg.position_prior,
         position_scale=dcfg.position_scale,
         diagnostic_images=dcfg.diagnostic_images,
+        ablation_weights=dcfg.ablation_weights,
     )
 
 

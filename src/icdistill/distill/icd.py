@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from icdistill.distill.icd_ablation import ABLATION_WEIGHTS, ablation_weights
 from icdistill.distill.inputs import DistillInputs, valid_token_mask
 from icdistill.distill.losses import (
     NUM_SCALE_BINS,
@@ -194,6 +195,9 @@ class ICDModule(DistillMethod):
             :class:`DecoderLayer`); False is the paper's decoder. ``position_scale``: λ_h's
             initial value.
         diagnostic_images: held-out images the diagnostics of :meth:`evaluate` use.
+        ablation_weights: None (ICD: the decoder's attention weights the distillation loss) or
+            an ablation's token weights, ``uniform`` / ``gt_box`` (:mod:`~icdistill.distill.icd_ablation`;
+            this project's ablation switch). The auxiliary task trains the same either way.
         optim: its own AdamW (ICD_SPEC §7: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
         method_only_iters: the decoder warm-up stage (``distill.decoder_warmup_iters``).
     """
@@ -220,8 +224,12 @@ class ICDModule(DistillMethod):
         position_prior: bool = False,
         position_scale: float = 1.0,
         diagnostic_images: int = 32,
+        ablation_weights: str | None = None,
     ) -> None:
         super().__init__(optim, method_only_iters=method_only_iters)
+        if ablation_weights is not None and ablation_weights not in ABLATION_WEIGHTS:
+            raise ValueError(f"ablation_weights is {ablation_weights!r}; valid: None, {', '.join(ABLATION_WEIGHTS)}")
+        self.ablation_weights = ablation_weights
         self.position_prior = position_prior
         self.diagnostic_images = diagnostic_images
         if hidden_dim % 2:
@@ -367,13 +375,17 @@ class ICDModule(DistillMethod):
             )
 
         idf, reg, distill = [], [], []
+        fixed = None  # an ablation's weights: the same for every layer
+        if student_tokens is not None and self.ablation_weights is not None:
+            fixed = ablation_weights(self.ablation_weights, inst, teacher.valid, teacher.level_shapes, strides,
+                                     image_sizes, self.num_heads)
         for layer, adapter in zip(self.layers, self.adapters):
             layer_query = query
             keys, values = self.keys_and_values(layer, teacher)
             query = layer(layer_query, keys, values, teacher.valid, code)
             if student_tokens is not None:
-                weights = layer.real_instance_weights(layer_query.detach(), keys, teacher.valid, inst.is_real,
-                                                      query_code=code)
+                weights = fixed if fixed is not None else layer.real_instance_weights(
+                    layer_query.detach(), keys, teacher.valid, inst.is_real, query_code=code)
                 distill.append(
                     attention_weighted_distill_loss(
                         adapter(student_tokens), values.detach(), weights, self.num_heads, self.loss_weight
