@@ -24,7 +24,7 @@ from icdistill.errors import ConfigError
 NUM_CLASSES = 3
 FAMILIES = {"faster_rcnn_c4": ("c4", 256), "faster_rcnn_dc5": ("c5", 512)}
 LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
-FEW_ROIS = ["model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_test=20"]
+FEW_ROIS = ["model.box_batch_size_per_image=16", "model.rpn_post_nms_top_n_test=20", "model.detections_per_image=20"]
 
 
 def tiny(family: str):
@@ -139,7 +139,7 @@ def test_train_and_icd_distill_from_the_cli(family, tmp_path, tiny_overrides, em
     metrics = json.loads((teacher / "metrics.json").read_text())
     assert "bbox/AP" in metrics and not math.isnan(metrics["time/train_s"])
     student = tmp_path / "icd"
-    distill = [*common, "distill.method=icd", "distill.warmup_iters=0", "distill.decoder_warmup_iters=1",
+    distill = [*common, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0", "distill.decoder_warmup_iters=1",
                f"teacher.family={family}", "teacher.backbone=resnet18", f"teacher.weights={teacher / 'detector.pt'}",
                "teacher.anchor_sizes=[16, 32, 64, 128, 256]", "distill.inherit=true"]
     sets = [f"--set={s}" for s in distill]
