@@ -120,6 +120,8 @@ def test_nothing_recognised_says_what_is_there(tmp_path):
 def test_images_without_xml_are_reported(tmp_path):
     _voc_set(tmp_path, "images", "annotations", "abcd")
     _image(tmp_path / "images" / "unlabelled.png")
+    for junk in ("images/._a.jpg", "annotations/._a.xml"):  # macOS archive litter: not files of the set
+        (tmp_path / junk).write_bytes(b"\x00\x05\x16\x07")
     train, test = _build(tmp_path, test_fraction=0.5)
     report = data_report(train, test)
     assert report["train"]["counts"]["images_without_xml"] == 1
@@ -222,6 +224,7 @@ def test_ultralytics_yaml(tmp_path):
     ds_dir = tmp_path / "coco8"
     _yolo_split(ds_dir / "train", "abz")  # images/labels under split folders, as Roboflow
     _yolo_split(ds_dir / "val", "c")
+    (ds_dir / "train" / "images" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS litter
     (ds_dir / "data.yaml").write_text(
         "path: .\ntrain: train/images\nval: val/images\nnames:\n  0: rbc\n  1: wbc\n")
     train, test = _yolo(str(ds_dir))

@@ -35,6 +35,7 @@ __all__ = [
     "find_split_folders",
     "find_xml_layout",
     "image_files",
+    "xml_files",
 ]
 
 #: Image file extensions read by every folder reader (lower case; matched case-insensitively).
@@ -108,19 +109,27 @@ def _named_subdir(folder: Path, names: Sequence[str]) -> list[Path]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (by extension, case-insensitive), sorted by name."""
+    """Image files directly in ``folder`` (by extension, case-insensitive; hidden ones left
+    out), sorted by name."""
+    return _files(folder, IMAGE_EXTS)
+
+
+def xml_files(folder: Path) -> list[Path]:
+    """``*.xml`` files directly in ``folder`` (case-insensitive; hidden ones left out: macOS
+    writes ``._name.xml`` resource files beside each file of an archive), sorted by name."""
+    return _files(folder, (".xml",))
+
+
+def _files(folder: Path, exts: Sequence[str]) -> list[Path]:
     try:
-        return sorted((p for p in folder.iterdir()
-                       if p.suffix.lower() in IMAGE_EXTS and p.is_file()), key=lambda p: p.name)
+        return sorted((p for p in folder.iterdir() if p.suffix.lower() in exts
+                       and not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
     except OSError:
         return []
 
 
 def _has_xml(folder: Path) -> bool:
-    try:
-        return folder.is_dir() and any(p.suffix.lower() == ".xml" for p in folder.iterdir())
-    except OSError:  # unreadable: described as such by describe_folder
-        return False
+    return bool(xml_files(folder))
 
 
 def _given_dir(base: Path, given: str | os.PathLike, key: str) -> Path:

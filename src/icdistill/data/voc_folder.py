@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .layouts import FolderLayout, SplitFolders, find_split_folders, find_xml_layout, image_files
+from .layouts import (FolderLayout, SplitFolders, find_split_folders, find_xml_layout, image_files,
+                      xml_files)
 from .voc import VOCRecord, _image_file, _resolve_classes, _to_coco, parse_voc_xml
 
 __all__ = ["VOCFolderSplit", "load_voc_folder", "read_voc_folder"]
@@ -135,8 +136,7 @@ def _scan(layout: FolderLayout, prefix: str) -> tuple[list[_Loaded], dict[str, l
     """Every XML of ``layout`` in file-name order as ``(voc id, prefix + image name, record)``,
     and by reason the files noted: ``images_without_xml`` (images of the image folder that no
     XML names), ``sizes_from_images`` (``prefix`` + name)."""
-    xmls = sorted((p for p in layout.ann_dir.iterdir()
-                   if p.suffix.lower() == ".xml" and p.is_file()), key=lambda p: p.name)
+    xmls = xml_files(layout.ann_dir)
     loaded, used, sized = [], set(), []
     for xml in xmls:
         # Some tools write <width>0</width> or no <size>: the image header has it.

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from ..errors import DataError
-from .layouts import IMAGE_EXTS, describe_folder
+from .layouts import IMAGE_EXTS, describe_folder, image_files
 
 __all__ = ["YoloSplit", "find_data_yaml", "load_yolo", "read_yolo", "read_yolo_names",
            "read_yolo_yaml", "yaml_split_keys"]
@@ -230,7 +230,8 @@ def _split_images(base: Path, value: Any, yaml_path: Path, key: str) -> list[Pat
         if not p.exists() and v.startswith("../") and (base / v[3:]).exists():
             p = base / v[3:]  # Roboflow writes ../train/images for train/images
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+                          and not any(part.startswith((".", "__MACOSX")) for part in f.relative_to(p).parts))
         elif p.is_file():
             out += _listed_images(p)
         else:
@@ -305,8 +306,7 @@ def read_yolo(
                         f"folder has images/<split>/ and labels/<split>/ (data.train_splits, "
                         f"data.test_splits) or an Ultralytics data.yaml (data.names_file)")
     names = _class_names(root, names_file)
-    images = sorted((p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS),
-                    key=lambda p: p.name)
+    images = image_files(img_dir)
     coco, without = _to_coco(images, img_dir, lambda p: lbl_dir / f"{p.stem}.txt", names)
     return YoloSplit(coco, img_dir, "images/<split>/ + labels/<split>/", f"folders: {split}",
                      {"images_without_labels": without})
