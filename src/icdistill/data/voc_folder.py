@@ -99,13 +99,14 @@ def read_voc_folder(
     is seeded: XMLs sorted by file name are permuted with ``numpy.random.default_rng(seed)``;
     the first ``round(test_fraction * N)`` (halves up) are the test split, the rest the train
     split, each in file-name order, ids being the 1-based positions in file-name order (the
-    same in every split) and ``file_name`` relative to the image folder.
+    same in every split) and ``file_name`` relative to the image folder; the files noted in
+    ``skipped`` are then the folder's, listed with ``train`` (and ``all``).
 
     Args:
         root: the folder.
         image_dir, ann_dir: image / XML folder, relative to ``root`` (or, when ``root`` has
-            split folders and the path is not under ``root``, to each split folder) or
-            absolute; default: found (:func:`~icdistill.data.layouts.find_xml_layout`).
+            split folders and no such folder of its own, to each split folder) or absolute;
+            default: found (:func:`~icdistill.data.layouts.find_xml_layout`).
         class_names: class order; default as in :func:`~icdistill.data.voc.load_voc`, over all
             XMLs read (whatever the split), so train and test get the same classes.
         test_fraction, seed: the seeded split (not used with split folders).
