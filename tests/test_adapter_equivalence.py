@@ -49,6 +49,10 @@ LOSS_KEYS = {
     "cascade_rcnn": {"loss_objectness", "loss_rpn_box_reg", *(f"loss_{n}_s{k}" for n in ("classifier", "box_reg") for k in (1, 2, 3))},
     "cascade_mask_rcnn": {"loss_objectness", "loss_rpn_box_reg", "loss_mask",
                           *(f"loss_{n}_s{k}" for n in ("classifier", "box_reg") for k in (1, 2, 3))},
+    # CondInst: a torchvision FCOS whose head is ours (detectors/condinst.py); its forward is the
+    # reference of the FCOS part (boxes, FCOS's losses). Its masks and loss_mask have no
+    # torchvision reference: tests/test_condinst.py checks them.
+    "condinst": {"classification", "bbox_regression", "bbox_ctrness"},
 }
 # C4 runs res5 on every RoI: fewer of them keeps it at CPU seconds.
 ROI_COUNTS = {"faster_rcnn_c4": (16, 20)}  # family -> (sampled RoIs per image, test proposals)
@@ -75,7 +79,7 @@ def make_adapter(family: str, seed: int) -> DetectorAdapter:
     )
     model = adapter.model
     with torch.no_grad():
-        if family in ("retinanet", "fcos"):
+        if family in ("retinanet", "fcos", "condinst"):
             bias = model.head.classification_head.cls_logits.bias.view(-1, NUM_CLASSES + 1)
             bias[:, 1:] = torch.randn(bias.shape[0], NUM_CLASSES) - 2.0
             bias[:, 0] = -1e4
@@ -116,7 +120,7 @@ def make_batch(seed: int, family: str):
     ]
     labels = [torch.tensor([0, 2]), torch.tensor([1]), torch.zeros(0, dtype=torch.int64)]
     targets = [{"boxes": b, "labels": l} for b, l in zip(boxes, labels)]
-    if family in ("mask_rcnn", "cascade_mask_rcnn"):
+    if family in ("mask_rcnn", "cascade_mask_rcnn", "condinst"):
         for t, (h, w) in zip(targets, SIZES):
             masks = torch.zeros(len(t["boxes"]), h, w, dtype=torch.uint8)
             for j, (x1, y1, x2, y2) in enumerate(t["boxes"].round().long().tolist()):
@@ -172,6 +176,8 @@ def test_detect_matches_torchvision_forward(family):
             h, w = sizes[i]
             assert o["masks"].shape == t["masks"].shape == (len(t["boxes"]), 1, h, w)
             torch.testing.assert_close(o["masks"], t["masks"], atol=1e-5, rtol=0)
+        elif family == "condinst":  # torchvision's FCOS forward gives no masks
+            assert o["masks"].shape == (len(o["boxes"]), 1, *sizes[i]) and "masks" not in t
         else:
             assert "masks" not in o
 
@@ -193,6 +199,8 @@ def test_losses_match_torchvision_forward(family):
 
     torch.manual_seed(seed)
     ours = adapter.losses(images, sizes, adapter.features(images), targets)
+    if family == "condinst":
+        ours.pop("loss_mask")  # no torchvision reference (see LOSS_KEYS)
 
     def reseed(module, args, output) -> None:
         # In training the transform draws one random number per image (its random choice of

@@ -211,9 +211,10 @@ def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert "pip install icdistill[export]" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f not in FAMILIES])
+@pytest.mark.parametrize("family", [f for f in FAMILY_NAMES if f not in FAMILIES and f != "condinst"])
 def test_every_other_family_has_an_onnx_path(family):
-    """The families not round-tripped above (faster_rcnn_c4 / _dc5) have an ONNX path too."""
+    """The families not round-tripped above (faster_rcnn_c4 / _dc5, ...) have an ONNX path too;
+    condinst has none (tests/test_condinst.py checks its ExportError)."""
     adapter = build_detector(family, backbone="resnet18", num_classes=2, fpn_channels=64)
     check_exportable(adapter)
     assert DeployedDetector(adapter).output_names[3:] == (["masks"] if family_facts(family).masks else [])

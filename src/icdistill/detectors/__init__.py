@@ -6,6 +6,7 @@ from .backbones import BACKBONES
 from .base import DetectorAdapter, from_model_labels, model_num_classes, to_model_labels
 from .build import build_model, build_teacher, num_classes_for
 from .builders import build_detector
+from .condinst import CondInstAdapter
 from .families import FAMILIES, FAMILY_TABLE, FamilyFacts, family_facts
 from .faster_rcnn import FasterRCNNAdapter
 from .fcos import FCOSAdapter
@@ -15,6 +16,7 @@ from .weights import FrozenTeacher, freeze_as_teacher, load_detector_state
 
 __all__ = [
     "BACKBONES",
+    "CondInstAdapter",
     "FAMILIES",
     "FAMILY_TABLE",
     "DetectorAdapter",

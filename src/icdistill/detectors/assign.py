@@ -5,7 +5,8 @@ one-stage form, GID's response mask) need the assignment the detector's loss wou
 given boxes, without running that loss. This module reproduces it from the model's own parts:
 
 * RetinaNet: ``model.proposal_matcher`` on box/anchor IoU (0.5 / 0.4, low-quality matches);
-* FCOS: torchvision ``FCOS.compute_loss``'s centre sampling, inside-box and scale-range rules;
+* FCOS (and CondInst): torchvision ``FCOS.compute_loss``'s centre sampling, inside-box and
+  scale-range rules;
 * Faster R-CNN / Mask R-CNN: the RPN's ``proposal_matcher`` (0.7 / 0.3, low-quality matches).
 
 Result per image: int64 Tensor[N], the matched box index for a foreground anchor, ``BACKGROUND``
@@ -23,6 +24,7 @@ from torchvision.ops import box_iou
 from .base import DetectorAdapter
 
 BACKGROUND, IGNORED = -1, -2
+FCOS_MATCHING = ("fcos", "condinst")  # CondInst is torchvision's FCOS with more heads
 
 
 def assign(
@@ -43,7 +45,7 @@ def assign(
         per image int64 Tensor[N]: box index (foreground), -1 background, -2 ignored.
     """
     family = detector.family
-    if family == "fcos":
+    if family in FCOS_MATCHING:
         radius = float(detector.model.center_sampling_radius)
         return [_fcos_match(a, b, num_anchors_per_level, radius) for a, b in zip(anchors, boxes)]
     if hasattr(detector.model, "rpn"):  # two-stage: the RPN's matcher on its anchors

@@ -27,6 +27,7 @@ from .base import DetectorAdapter, model_num_classes
 from .families import family_facts
 from .faster_rcnn import FasterRCNNAdapter
 from .cascade import cascade_mask_rcnn, cascade_rcnn
+from .condinst import condinst
 from .faster_rcnn_single import faster_rcnn_c4, faster_rcnn_dc5
 from .fcos import FCOSAdapter
 from .mask_rcnn import MaskRCNNAdapter
@@ -144,6 +145,7 @@ BUILDERS: dict[str, Callable[..., DetectorAdapter]] = {
     "faster_rcnn_dc5": faster_rcnn_dc5,
     "cascade_rcnn": cascade_rcnn,
     "cascade_mask_rcnn": cascade_mask_rcnn,
+    "condinst": condinst,
 }
 # family -> backbone builder, for the families without an FPN (default: build_backbone_fpn).
 BACKBONE_BUILDERS: dict[str, Callable[..., object]] = {

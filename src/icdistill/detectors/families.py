@@ -58,6 +58,9 @@ FAMILY_TABLE: dict[str, FamilyFacts] = {
                     distill_loss_weight=3.0, max_instances=100),
         FamilyFacts("cascade_mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
                     distill_loss_weight=3.0, max_instances=100),
+        # CondInst (Table 8): FCOS plus dynamic mask heads, FCOS's pyramid and defaults.
+        FamilyFacts("condinst", P3_P7, two_stage=False, masks=True, reference_lr=0.01,
+                    distill_loss_weight=8.0, max_instances=300),
     )
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_TABLE)

@@ -20,6 +20,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from ..detectors.backbones import fpn_levels
 from ..detectors.base import DetectorAdapter, from_model_labels
+from ..detectors.condinst import CondInstAdapter
 from ..detectors.faster_rcnn import FasterRCNNAdapter
 from ..detectors.families import family_facts
 from ..detectors.retinanet import DenseAdapter
@@ -30,7 +31,12 @@ from ..structures import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISIBILITY
 def check_exportable(adapter: DetectorAdapter) -> None:
     """ExportError unless ``adapter``'s detection is one this module can write out: the dense
     one-stage post-processing (RetinaNet, FCOS) or torchvision's RPN + RoI heads (Faster R-CNN
-    and its kin, Mask R-CNN)."""
+    and its kin, Mask R-CNN); not CondInst, whose masks need its dynamic heads."""
+    if isinstance(adapter, CondInstAdapter):
+        raise ExportError(
+            "the condinst family cannot be exported to ONNX: its masks come from per-detection dynamic "
+            "mask heads, which icdistill does not write out; use --format torchvision"
+        )
     if not isinstance(adapter, (DenseAdapter, FasterRCNNAdapter)):
         raise ExportError(
             f"the {adapter.family} family cannot be exported to ONNX: its detection is neither the dense "
