@@ -17,7 +17,8 @@ queries) against a straightforward all-query implementation (B·H·K·S logits),
 peak memory PyTorch's allocator holds while computing each (torch.profiler), on the same inputs: p2-p6 of two
 800x1333 images (padded 800x1344, S = 89,523 tokens) with 100 queries per image. On a GPU the
 COCO-size steps of Faster R-CNN and RetinaNet R-101 -> R-50 are timed too. Steps (a)-(c) are also
-timed at demo size for the families of FAMILY_ROWS (Faster R-CNN FPN, C4, DC5, Cascade R-CNN).
+timed at demo size for the families of FAMILY_ROWS (Faster R-CNN FPN, C4, DC5, Cascade R-CNN,
+CondInst).
 
 Results go to --json and, unless --no-results, into docs/RESULTS.md between the
 "speed benchmark" markers.
@@ -40,7 +41,7 @@ import torch
 from icdistill.config import Config, load_config
 from icdistill.data import build_datasets, build_train_loader, compute_prior
 from icdistill.demo import demo_config_path
-from icdistill.detectors import build_detector, freeze_as_teacher
+from icdistill.detectors import build_detector, family_facts, freeze_as_teacher
 from icdistill.distill.build import build_distiller, prior_tensors
 from icdistill.distill.icd import ICDModule
 from icdistill.engine.distributed import DistContext
@@ -70,8 +71,8 @@ def demo_setup(data_root: Path):
 
 # Families timed at demo size beside the demo's FCOS (a ResNet-34 teacher -> ResNet-18 student:
 # the FPN-free variants need ResNets), with fewer sampled RoIs than torchvision's 512 so a CPU
-# smoke run stays short (C4 runs res5 on every RoI).
-FAMILY_ROWS = ("faster_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn")
+# smoke run stays short (C4 runs res5 on every RoI). CondInst's batch carries the instance masks.
+FAMILY_ROWS = ("faster_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn", "condinst")
 FAMILY_ROW_STEPS = ("a_student", "b_student_teacher", "c_icd")
 FAMILY_ROW_ROIS = 64
 
@@ -83,12 +84,14 @@ def family_setup(family: str, data_root: Path):
     sets = [f"data.shapes.root={data_root}", "data.validate_images=false", f"model.family={family}",
             f"teacher.family={family}", "model.backbone=resnet18", "teacher.backbone=resnet34"]
     cfg = load_config(demo_config_path("icd"), sets)
-    train_set, _ = build_datasets(cfg.data, with_masks=False, progress=False)
+    facts = family_facts(family)
+    train_set, _ = build_datasets(cfg.data, with_masks=facts.masks, progress=False)
     batch = next(iter(build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch, seed=0)))
+    rois = FAMILY_ROW_ROIS if facts.two_stage else None  # one-stage families have no RoI sampler
 
     def detector(model_cfg):
         return build_detector(model_cfg.family, backbone=model_cfg.backbone, num_classes=train_set.num_classes,
-                              fpn_channels=model_cfg.fpn_channels, box_batch_size_per_image=FAMILY_ROW_ROIS)
+                              fpn_channels=model_cfg.fpn_channels, box_batch_size_per_image=rois)
     torch.manual_seed(0)
     teacher = freeze_as_teacher(detector(cfg.teacher))
     return cfg, teacher, detector(cfg.model), compute_prior(train_set), batch
