@@ -1,17 +1,32 @@
-"""Accuracy benchmark: a teacher, then baseline / FitNet / ICD / ICD + inheriting students, several seeds.
+"""Accuracy benchmark: a teacher, then baseline / comparison-method / ICD students, several seeds.
 
     python benchmarks/accuracy.py --suite synthetic [--json out.json] [--seeds 0 1 2] [--jobs 2]
     python benchmarks/accuracy.py --suite bccd [--bccd-root ../shared/data/bccd] [--json out.json]
-    options: --students baseline fitnet icd icd_inherit  --out DIR  --eval-period N  --quick
-             --no-results  --results  --set KEY=VALUE (applied to every run)
+    python benchmarks/accuracy.py --suite bccd_c4 | bccd_dc5   (FPN-free Faster R-CNN: seed 0)
+    options: --students ROW ...  --split test|validation  --weights-from docs/sweep_bccd.json
+             --out DIR  --eval-period N  --quick  --no-results  --results  --set KEY=VALUE (every run)
 
-A suite is three shipped recipes (teacher, student, ICD student): ``synthetic`` uses
-``configs/demo/*.yaml`` (the demo's shapes data, generated into ``<out>/data``), ``bccd`` uses
-``configs/voc/bccd_*.yaml`` (train on trainval, test on test). Every schedule comes from the
-recipes. Students: ``baseline`` = student recipe; ``icd`` = ICD recipe; ``fitnet`` = ICD recipe +
-``distill.method=fitnet``; ``icd_inherit`` = ICD recipe + ``distill.inherit=true`` (skipped when
-no neck/head tensor of the teacher fits the student). Each run can be repeated by hand with the
-command in ``<run>/command.txt``.
+A suite is a data set and its shipped recipes (teacher, student, ICD student, and where the suite
+has them, one recipe per comparison method): ``synthetic`` uses ``configs/demo/*.yaml`` (the
+demo's shapes data, generated into ``<out>/data``), ``bccd`` uses ``configs/voc/bccd_*.yaml``
+(train on trainval, test on test), ``bccd_c4`` / ``bccd_dc5`` ``configs/voc/bccd_{c4,dc5}_*.yaml``.
+Every schedule comes from the recipes. Student rows (``--students``; the suite's default in
+``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; ``icd_inherit`` = ICD recipe +
+``distill.inherit=true`` (skipped when no neck/head tensor of the teacher fits the student); the
+comparison methods ``fitnet mimic fgfi fbkd gid defeat chen2017`` = the method's own recipe where
+the suite has one (bccd), else the ICD recipe + ``distill.method=M`` (the JSON's ``meta.rows``
+says which); the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
+``distill.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
+``distill.position_prior=false`` (the paper's attention). Each run can be repeated by hand with
+the command in ``<run>/command.txt``.
+
+``--split validation`` is the protocol for choosing hyperparameters (never the test split): every
+run, the teacher too, trains on a training part and is evaluated on held-out validation images
+(bccd: ImageSets ``train`` -> ``val``, both inside trainval; synthetic: the shapes generator at
+seed 1, whose train and test images are both disjoint from the seed-0 test images), in its own
+folder (``<suite>-validation``), with its own RESULTS.md section and PNG. ``--weights-from``
+reads the weights a sweep chose (benchmarks/sweep.py) and sets ``distill.loss_weight`` on each
+row it has (a row it does not have takes its method's, e.g. ``icd_uniform`` takes ``icd``'s).
 
 Runs live in ``<out>/teacher`` and ``<out>/<student>/seed<k>``. A run whose saved config (and, for
 distillation, teacher checkpoint) equals what would run now is reused ("cached"); an interrupted
@@ -56,21 +71,71 @@ from icdistill.demo import demo_config_path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
 RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
-SUITES = {"synthetic": ("demo", "teacher.yaml", "student.yaml", "icd.yaml"),
-          "bccd": ("voc", "bccd_teacher.yaml", "bccd_student.yaml", "bccd_icd.yaml")}
-STUDENTS = {"baseline": ("student", []), "fitnet": ("icd", ["distill.method=fitnet"]),
-            "icd": ("icd", []), "icd_inherit": ("icd", ["distill.inherit=true"])}
+METHODS = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017")
+BASE_ROWS = ("baseline", "fitnet", "icd", "icd_inherit")
+ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_paper")
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """A data set (its quick overrides and validation split) and its recipes in ``configs/<folder>``;
+    ``method_recipe`` (``{}`` = the method) names a comparison method's own recipe, where it exists."""
+
+    dataset: str
+    folder: str
+    teacher: str
+    student: str
+    icd: str
+    method_recipe: str | None = None
+    students: tuple[str, ...] = BASE_ROWS
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+SUITES = {
+    "synthetic": Suite("synthetic", "demo", "teacher.yaml", "student.yaml", "icd.yaml"),
+    "bccd": Suite("bccd", "voc", "bccd_teacher.yaml", "bccd_student.yaml", "bccd_icd.yaml", "bccd_{}.yaml",
+                  students=(*BASE_ROWS, *METHODS[1:], *ABLATION_ROWS)),
+    "bccd_c4": Suite("bccd", "voc", "bccd_c4_teacher.yaml", "bccd_c4_student.yaml", "bccd_c4_icd.yaml",
+                     students=("baseline", "icd"), seeds=(0,)),
+    "bccd_dc5": Suite("bccd", "voc", "bccd_dc5_teacher.yaml", "bccd_dc5_student.yaml", "bccd_dc5_icd.yaml",
+                      students=("baseline", "icd"), seeds=(0,)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A student row: its base recipe (``student``, ``icd``, or ``method``: the method's own recipe
+    where the suite has one, else the ICD recipe + ``distill.method``) and extra overrides."""
+
+    base: str
+    sets: tuple[str, ...] = ()
+    method: str = "icd"  # what distill.method the row runs (for --weights-from and the sweep)
+
+
+STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", method="fitnet"),
+            "icd": Row("icd"), "icd_inherit": Row("icd", ("distill.inherit=true",)),
+            **{m: Row("method", method=m) for m in METHODS[1:]},
+            "icd_uniform": Row("icd", ("distill.ablation_weights=uniform",)),
+            "icd_gtbox": Row("icd", ("distill.ablation_weights=gt_box",)),
+            "icd_paper": Row("icd", ("distill.position_prior=false",))}
 TABLE = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s", "time/train_s")
+# The validation split of each data set: held-out images inside the training data, never test.
+VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.train_splits=[train]", "data.test_splits=[val]"]}
+SPLIT_NAMES = {"synthetic": {"test": ("shapes seed 0 train", "shapes seed 0 test"),
+                             "validation": ("shapes seed 1 train", "shapes seed 1 test (validation)")},
+               "bccd": {"test": ("trainval", "test"), "validation": ("train", "val")}}
 QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
                     "eval.batch_size=8", "eval.viz_images=0", "model.detections_per_image=10"],
-         "synthetic": ["data.shapes.num_train=16", "data.shapes.num_test=8", "data.shapes.image_height=64",
-                       "data.shapes.image_width=96", "data.min_sizes=[64]", "data.max_size=128", "data.test_size=64"],
-         "bccd": ["data.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
-                  "data.max_size=96", "data.test_size=64"],
+         # per data set; bccd trains on `val` (87 images): with --split validation also tested on it
+         "data": {"synthetic": ["data.shapes.num_train=16", "data.shapes.num_test=8", "data.shapes.image_height=64",
+                                "data.shapes.image_width=96", "data.min_sizes=[64]", "data.max_size=128",
+                                "data.test_size=64"],
+                  "bccd": ["data.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
+                           "data.max_size=96", "data.test_size=64"]},
          "teacher": ["solver.max_iter=8"], "student": ["solver.max_iter=6"],
          # an 8-iteration teacher scores ~0 AP: the teacher check would stop the smoke run
-         "icd": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2",
-                 "distill.check_teacher=false"]}
+         "distill": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2",
+                     "distill.check_teacher=false"]}
 
 
 @dataclasses.dataclass
@@ -103,15 +168,79 @@ class Run:
 
 def suite_recipes(suite: str) -> dict[str, Path]:
     """``{"teacher", "student", "icd"}`` -> the suite's shipped recipe files."""
-    folder, *files = SUITES[suite]
-    return dict(zip(("teacher", "student", "icd"), (RECIPES / folder / f for f in files)))
+    s = SUITES[suite]
+    return {k: RECIPES / s.folder / getattr(s, k) for k in ("teacher", "student", "icd")}
 
 
-def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
-    """The teacher run and every (student, seed) run of the suite, with their overrides."""
-    recipes = suite_recipes(args.suite)
-    quick = lambda key: QUICK[key] if args.quick else []  # noqa: E731
-    if args.suite == "synthetic":
+def row_recipe(suite: str, name: str) -> tuple[Path, list[str], str]:
+    """A student row's recipe, its extra overrides and where they come from (for ``meta.rows``)."""
+    s, row = SUITES[suite], STUDENTS[name]
+    if row.base == "method":
+        own = RECIPES / s.folder / s.method_recipe.format(row.method) if s.method_recipe else None
+        if own is not None and own.is_file():
+            return own, list(row.sets), "the method's own recipe"
+        return suite_recipes(suite)["icd"], [f"distill.method={row.method}", *row.sets], "ICD recipe + distill.method"
+    base = suite_recipes(suite)[row.base]
+    return base, list(row.sets), "student recipe" if row.base == "student" else "ICD recipe" + " + overrides" * bool(row.sets)
+
+
+def default_loss_weight(cfg: Config) -> float | None:
+    """The distillation loss weight a config runs with (``distill.loss_weight``, or null: the
+    method's default as its builder takes it); None without distillation."""
+    from icdistill.detectors.families import family_facts
+    from icdistill.distill.fgfi import DEFAULT_WEIGHT as FGFI_WEIGHTS
+
+    d = cfg.distill
+    if d.method == "none":
+        return None
+    if d.loss_weight is not None:
+        return d.loss_weight
+    if d.method == "icd":
+        return family_facts(cfg.model.family).distill_loss_weight
+    return FGFI_WEIGHTS[d.fgfi.norm] if d.method == "fgfi" else 1.0  # the others: 1 (a multiplier)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What every run of a suite shares: the overrides (data, quick, split, the user's last) and
+    where runs live; :meth:`student` makes one student run."""
+
+    suite: str
+    out: Path
+    common: list[str]
+    user: list[str]
+    quick: bool
+    period: int
+    weights: dict[str, float]
+
+    @property
+    def teacher_pt(self) -> Path:
+        return self.out / "teacher" / "detector.pt"
+
+    def teacher(self) -> Run:
+        quick = QUICK["teacher"] if self.quick else []
+        return Run("teacher", None, suite_recipes(self.suite)["teacher"],
+                   [*self.common, *quick, "eval.period=0", *self.user], self.out / "teacher")
+
+    def student(self, name: str, seed: int, sets: list[str] | None = None, label: str | None = None,
+                out: Path | None = None) -> Run:
+        """Row ``name`` at ``seed``; ``sets`` replace the --weights-from weight (the sweep's), ``label``
+        and ``out`` the run's name and folder (default: the row's, ``<out>/<row>/seed<k>``)."""
+        recipe, extra, _ = row_recipe(self.suite, name)
+        role = "student" if STUDENTS[name].base == "student" else "distill"
+        weight = self.weights.get(name, self.weights.get(STUDENTS[name].method))
+        if sets is None:
+            sets = [f"distill.loss_weight={weight:g}"] if weight is not None and role == "distill" else []
+        run_sets = [*self.common, *(QUICK[role] if self.quick else []), *extra, *sets, f"eval.period={self.period}"]
+        run_sets += [f"teacher.weights={self.teacher_pt}"] if role == "distill" else []
+        return Run(label or name, seed, recipe, [*run_sets, f"solver.seed={seed}", *self.user],
+                   out or self.out / name / f"seed{seed}", self.teacher_pt if role == "distill" else None)
+
+
+def data_overrides(args: argparse.Namespace, out: Path) -> list[str]:
+    """The data set's location, the split's and --quick's overrides (before the user's --set)."""
+    dataset = SUITES[args.suite].dataset
+    if dataset == "synthetic":
         common = [f"data.shapes.root={out / 'data'}"]
     else:
         root = Path(args.bccd_root).resolve()
@@ -119,21 +248,33 @@ def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
             sys.exit(f"accuracy.py: BCCD not found at {root} (expected VOC layout with ImageSets/Main); "
                      "pass --bccd-root DIR")
         common = [f"data.root={root}"]
-    common += [*quick("common"), *quick(args.suite)]
-    user, teacher_pt = list(args.set), out / "teacher" / "detector.pt"  # the user's --set come last
-    student_iters = load_config(recipes["student"], [*common, *user]).solver.max_iter
+    common += VALIDATION[dataset] if args.split == "validation" else []
+    return common + ([*QUICK["common"], *QUICK["data"][dataset]] if args.quick else [])
+
+
+def make_plan(args: argparse.Namespace, out: Path) -> Plan:
+    """The suite's shared overrides; the evaluation period defaults to the student's max_iter // 5."""
+    common, user = data_overrides(args, out), list(args.set)
+    student_iters = load_config(suite_recipes(args.suite)["student"], [*common, *user]).solver.max_iter
     period = args.eval_period or (4 if args.quick else max(1, student_iters // 5))
-    teacher = Run("teacher", None, recipes["teacher"], [*common, *quick("teacher"), "eval.period=0", *user],
-                  out / "teacher")
-    students = []
-    for name in args.students:
-        role, extra = STUDENTS[name]
-        sets = [*common, *quick(role), *extra, f"eval.period={period}"]
-        sets += [f"teacher.weights={teacher_pt}"] if role == "icd" else []
-        for seed in args.seeds:
-            students.append(Run(name, seed, recipes[role], [*sets, f"solver.seed={seed}", *user],
-                                out / name / f"seed{seed}", teacher_pt if role == "icd" else None))
-    return teacher, students
+    return Plan(args.suite, out, common, user, args.quick, period, read_weights(args.weights_from))
+
+
+def read_weights(path: Path | None) -> dict[str, float]:
+    """``chosen`` (row -> loss weight) of a sweep's JSON (benchmarks/sweep.py), or {}."""
+    if path is None:
+        return {}
+    try:
+        chosen = json.loads(Path(path).read_text())["chosen"]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"accuracy.py: --weights-from {path}: not a sweep's JSON with 'chosen' weights ({e})")
+    return {k: float(v) for k, v in chosen.items() if v is not None}
+
+
+def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
+    """The teacher run and every (student, seed) run of the suite, with their overrides."""
+    plan = make_plan(args, out)
+    return plan.teacher(), [plan.student(name, seed) for name in args.students for seed in args.seeds]
 
 
 def prepare(run: Run) -> str:
@@ -207,7 +348,7 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
         m, done = read_metrics(run), {"fresh": "trained", "resume": "resumed"}.get(state, state)
         counts["cached" if state == "cached" else "trained"] += 1
         ap = "n/a" if m.get("bbox/AP") is None else f"{m['bbox/AP']:.1f}"
-        print(f"[{args.suite}] {run.name:<11} seed {'-' if run.seed is None else run.seed}: {done:<7} AP {ap}, "
+        print(f"[{args.suite}] {run.name:<14} seed {'-' if run.seed is None else run.seed}: {done:<7} AP {ap}, "
               f"{m.get('time/iter_s')} s/iter, elapsed {time.perf_counter() - started:.0f} s", flush=True)
 
     def call(run: Run, state: str, threads: int) -> tuple[Any, ...]:
@@ -217,9 +358,9 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
     if state != "cached":
         train_run(*call(teacher, state, layout["teacher_threads"]), progress)
     report(teacher, state)
-    skipped = {}
-    if "icd_inherit" in args.students:
-        reason = inherit_skip_reason(next(r for r in students if r.name == "icd_inherit"))
+    skipped, inherit = {}, next((r for r in students if r.name == "icd_inherit"), None)
+    if inherit is not None:
+        reason = inherit_skip_reason(inherit)
         if reason:
             skipped["icd_inherit"] = reason
             print(f"skipping icd_inherit: {reason}")
@@ -243,7 +384,7 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise
-    names = [n for n in args.students if n not in skipped]
+    names = list(dict.fromkeys(r.name for r in runs))
     return {"teacher": read_metrics(teacher), "skipped": skipped, "layout": layout, "counts": counts,
             "students": {n: aggregate([read_metrics(r) for r in runs if r.name == n]) for n in names}}
 
@@ -331,7 +472,11 @@ def results_section(data: dict[str, Any], png: str) -> str:
     """The suite's Markdown section for docs/RESULTS.md (between its markers)."""
     meta, st = data["meta"], data["students"]
     hw, lay = meta["hardware"], meta["layout"]
-    lines = [f"### {meta['suite']}", "",
+    split = meta.get("split", "test")
+    title = f"### {meta['suite']}" + (" — validation split (for choosing hyperparameters; not a test result)"
+                                      if split == "validation" else "")
+    splits = meta.get("splits")
+    lines = [title, "", *([f"Trained on {splits['train']}, evaluated on {splits['evaluated on']}."] if splits else []),
              f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}; "
              f"{lay['jobs']} job(s) x {lay['threads_per_job']} thread(s) (teacher: {lay['teacher_threads']}). "
@@ -346,6 +491,12 @@ def results_section(data: dict[str, Any], png: str) -> str:
     for name, d in [("teacher", data["teacher"]), *st.items()]:
         lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in TABLE) + " |")
     lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
+    rows = meta.get("rows") or {}
+    if rows:
+        lines += ["", "Rows: " + "; ".join(
+            f"{k} = `{v['recipe']}`" + "".join(f" `{x}`" for x in v["sets"])
+            + (f" (λ {v['loss_weight']:g}{', from the sweep' if v['loss_weight_from'] == 'sweep' else ''})"
+               if v["loss_weight"] is not None else "") for k, v in rows.items()) + "."]
     ap = {k: v["mean"].get("bbox/AP") for k, v in st.items()}
     teacher, base, icd, fit = data["teacher"].get("bbox/AP"), ap.get("baseline"), ap.get("icd"), ap.get("fitnet")
     checks = []
@@ -376,11 +527,14 @@ def write_results(section: str, suite: str, path: Path = RESULTS) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
-    p.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
-    p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 (--quick: 0 1)")
+    p.add_argument("--students", nargs="+", choices=list(STUDENTS), help="default: the suite's rows (SUITES)")
+    p.add_argument("--seeds", nargs="+", type=int, help="default: the suite's (0 1 2; C4/DC5: 0; --quick: 0 1)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="validation: train on a training part, evaluate on held-out training images")
+    p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="distill.loss_weight per row from a sweep")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", type=Path)
     p.add_argument("--json", type=Path)
@@ -391,26 +545,59 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-results", action="store_true", help="do not touch docs/")
     p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
     args = p.parse_args(argv)
-    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    out = (args.out or ROOT / "benchmark_out" / "accuracy" / (args.suite + "-quick" * args.quick)).resolve()
-    started = time.perf_counter()
-    teacher, students = suite_runs(args, out)
+    suite = SUITES[args.suite]
+    args.students = args.students or list(suite.students)
+    args.seeds = args.seeds or ([0, 1] if args.quick and len(suite.seeds) > 1 else list(suite.seeds))
+    args.key = args.suite + "_validation" * (args.split == "validation")  # the JSON / RESULTS / PNG name
+    return args
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """``benchmark_out/accuracy/<suite>[-validation][-quick]``."""
+    name = args.suite + "-validation" * (args.split == "validation") + "-quick" * args.quick
+    return (args.out or ROOT / "benchmark_out" / "accuracy" / name).resolve()
+
+
+def row_meta(plan: Plan, runs: list[Run]) -> dict[str, Any]:
+    """Per student row: its recipe, extra overrides, where they come from and its loss weight."""
+    meta = {}
+    for run in runs:
+        if run.name in meta or run.name not in STUDENTS:
+            continue
+        recipe, extra, source = row_recipe(plan.suite, run.name)
+        meta[run.name] = {"recipe": str(recipe.relative_to(RECIPES.parent)), "sets": extra, "source": source,
+                          "loss_weight": default_loss_weight(run.cfg),
+                          "loss_weight_from": "sweep" if plan.weights.get(run.name, plan.weights.get(
+                              STUDENTS[run.name].method)) is not None else "recipe"}
+    return meta
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    out, started = default_out(args), time.perf_counter()
+    plan = make_plan(args, out)
+    teacher, students = plan.teacher(), [plan.student(n, seed) for n in args.students for seed in args.seeds]
     res = execute(args, teacher, students, started)
     to_docs = not args.no_results and (args.results or not args.quick)
-    png = (ROOT / "docs" if to_docs else out) / f"accuracy_{args.suite}.png"
-    plot(png, args.suite, [r for r in students if r.name not in res["skipped"]], res["teacher"].get("bbox/AP"))
-    compare = compare_page(out, [teacher, *(r for r in students if r.name not in res["skipped"])])
-    meta = {"suite": args.suite, "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
+    png = (ROOT / "docs" if to_docs else out) / f"accuracy_{args.key}.png"
+    done = [r for r in students if r.name not in res["skipped"]]
+    plot(png, args.key, done, res["teacher"].get("bbox/AP"))
+    compare = compare_page(out, [teacher, *done])
+    train, test = SPLIT_NAMES[SUITES[args.suite].dataset][args.split]
+    meta = {"suite": args.suite, "split": args.split, "splits": {"train": train, "evaluated on": test},
+            "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": hardware(), "layout": res["layout"], "seeds": args.seeds,
             "recipes": {k: str(r.relative_to(RECIPES.parent)) for k, r in suite_recipes(args.suite).items()},
-            "evaluator": teacher.cfg.eval.evaluator, "models": {r.name: describe(r) for r in [teacher, *students]}, "quick": args.quick, "skipped": res["skipped"],
+            "rows": row_meta(plan, done), "weights_from": str(args.weights_from) if args.weights_from else None,
+            "evaluator": teacher.cfg.eval.evaluator, "models": {r.name: describe(r) for r in [teacher, *students]},
+            "quick": args.quick, "skipped": res["skipped"],
             "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
             "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "compare": str(compare)}
     data = {"meta": meta, "teacher": res["teacher"], "students": res["students"]}
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))
     if to_docs:
-        write_results(results_section(data, png.name), args.suite)
+        write_results(results_section(data, png.name), args.key)
     print(f"\n{results_section(data, str(png))}")
     return data
 

@@ -3,11 +3,13 @@
 import importlib.util
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s")
@@ -93,4 +95,127 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
     assert printed.count(": cached ") == 5 and ": trained " not in printed
     assert {p: p.stat().st_mtime_ns for p in runs} == mtimes
     assert again["students"] == data["students"] and again["teacher"] == data["teacher"]
+    assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == docs_before
+
+
+# ---- rows, suites, the validation split and the sweep (#10.5, #11.5, #12.7) ----------------------
+
+@pytest.fixture(scope="module")
+def sweep(accuracy):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("sweep_benchmark", ROOT / "benchmarks" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bccd_root(tmp_path):
+    (tmp_path / "bccd" / "ImageSets" / "Main").mkdir(parents=True)  # planning reads no images
+    return str(tmp_path / "bccd")
+
+
+def plan_for(accuracy, tmp_path, *argv):
+    args = accuracy.parse_args(list(argv))
+    return args, accuracy.make_plan(args, tmp_path / "out")
+
+
+def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, bccd_root):
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root)
+    assert args.seeds == [0, 1, 2] and set(accuracy.METHODS) | {"baseline", "icd", "icd_inherit"} <= set(args.students)
+    for method in accuracy.METHODS:
+        run = plan.student(method, 0)
+        assert run.recipe.name == f"bccd_{method}.yaml" and run.cfg.distill.method == method
+        assert run.teacher_pt == tmp_path / "out" / "teacher" / "detector.pt"
+        assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.train_splits == ("trainval",)
+    ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_paper")}
+    assert [d.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
+    assert [d.position_prior for d in ablation.values()] == [True, True, True, False]
+    assert plan.student("icd", 1).out == tmp_path / "out" / "icd" / "seed1"  # existing rows keep their names
+    meta = accuracy.row_meta(plan, [plan.student(n, 0) for n in ("baseline", "mimic", "icd_gtbox")])
+    assert meta["mimic"] == {"recipe": "configs/voc/bccd_mimic.yaml", "sets": [], "source": "the method's own recipe",
+                             "loss_weight": 1.0, "loss_weight_from": "recipe"}
+    assert meta["icd_gtbox"]["sets"] == ["distill.ablation_weights=gt_box"] and meta["icd_gtbox"]["loss_weight"] == 8.0
+    assert meta["baseline"]["loss_weight"] is None
+    # synthetic has no per-method recipes: the ICD recipe with distill.method
+    _, synthetic = plan_for(accuracy, tmp_path, "--suite", "synthetic")
+    gid = synthetic.student("gid", 0)
+    assert gid.recipe.name == "icd.yaml" and gid.cfg.distill.method == "gid"
+    assert accuracy.row_recipe("synthetic", "gid")[1:] == (["distill.method=gid"], "ICD recipe + distill.method")
+
+
+def test_c4_dc5_suites_and_quick_overrides_per_data_set(accuracy, tmp_path, bccd_root):
+    for suite, family in (("bccd_c4", "faster_rcnn_c4"), ("bccd_dc5", "faster_rcnn_dc5")):
+        args, plan = plan_for(accuracy, tmp_path, "--suite", suite, "--bccd-root", bccd_root, "--quick")
+        assert args.students == ["baseline", "icd"] and args.seeds == [0]
+        teacher, icd = plan.teacher(), plan.student("icd", 0)
+        assert teacher.recipe.name == f"{suite}_teacher.yaml" and teacher.cfg.model.family == family
+        assert icd.recipe.name == f"{suite}_icd.yaml" and icd.cfg.teacher.family == family
+        # bccd's quick data overrides, whatever the suite's name
+        assert teacher.cfg.data.max_size == 96 and teacher.cfg.solver.max_iter == 8 and icd.cfg.solver.max_iter == 6
+    assert accuracy.default_out(args).name == "bccd_dc5-quick"
+
+
+def test_validation_split_trains_and_evaluates_inside_the_training_data(accuracy, tmp_path, bccd_root):
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--split", "validation", "--bccd-root", bccd_root)
+    assert args.key == "bccd_validation" and accuracy.default_out(args).name == "bccd-validation"
+    for run in (plan.teacher(), plan.student("baseline", 0), plan.student("fgfi", 2)):
+        assert run.cfg.data.train_splits == ("train",) and run.cfg.data.test_splits == ("val",)
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic", "--split", "validation")
+    assert plan.teacher().cfg.data.shapes.seed == 1 and plan.student("icd", 0).cfg.data.shapes.seed == 1
+    _, test_plan = plan_for(accuracy, tmp_path, "--suite", "synthetic")
+    assert test_plan.teacher().cfg.data.shapes.seed == 0  # the test images: another seed's
+
+
+def test_weights_from_a_sweep_set_each_rows_loss_weight(accuracy, tmp_path, bccd_root):
+    chosen = tmp_path / "sweep.json"
+    chosen.write_text(json.dumps({"chosen": {"icd": 4.0, "fitnet": 0.5, "gid": None}}))
+    _, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root, "--weights-from", str(chosen))
+    weight = {n: accuracy.default_loss_weight(plan.student(n, 0).cfg)
+              for n in ("baseline", "fitnet", "icd", "icd_uniform", "icd_inherit", "gid", "fgfi")}
+    assert weight == {"baseline": None, "fitnet": 0.5, "icd": 4.0, "icd_uniform": 4.0, "icd_inherit": 4.0,
+                      "gid": 1.0, "fgfi": 3.0}
+    assert accuracy.row_meta(plan, [plan.student("icd_paper", 0)])["icd_paper"]["loss_weight_from"] == "sweep"
+    chosen.write_text("{}")
+    with pytest.raises(SystemExit, match="not a sweep's JSON"):
+        plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root, "--weights-from", str(chosen))
+
+
+def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_root):
+    args = sweep.parse_args(["--suite", "bccd", "--bccd-root", bccd_root, "--seeds", "0", "1"])
+    assert args.rows == ["fitnet", "icd", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017"]
+    plan = accuracy.make_plan(args, tmp_path / "out")
+    table, runs = sweep.sweep_runs(plan, args.rows, args.seeds)
+    assert table["icd"]["grid"] == [1, 2, 4, 8, 16] and table["icd"]["default"] == 8.0
+    assert table["fgfi"]["grid"] == [0.75, 1.5, 3, 6, 12] and table["mimic"]["grid"] == [0.25, 0.5, 1, 2, 4]
+    assert len(runs) == 8 * 5 * 2  # the same budget for every method
+    by_name = {(r.name, r.seed): r for r in runs}
+    default, other = by_name[("icd@8", 1)], by_name[("icd@2", 1)]
+    assert default.out == plan.student("icd", 1).out and default.cfg == plan.student("icd", 1).cfg
+    assert other.out == tmp_path / "out" / "sweep" / "icd" / "w2" / "seed1" and other.cfg.distill.loss_weight == 2.0
+    assert all(r.cfg.data.test_splits == ("val",) for r in runs[::7])
+    pts = lambda *m: [{"loss_weight": w, "mean": v} for w, v in zip((1.0, 2.0, 4.0), m)]  # noqa: E731
+    assert sweep.choose(pts(1.0, 3.0, 2.0), 4.0) == 2.0
+    assert sweep.choose(pts(3.0, 3.0, 3.0), 4.0) == 4.0 and sweep.choose(pts(3.0, 3.0, 1.0), 4.0) == 1.0
+    assert sweep.choose(pts(None, None, None), 4.0) is None
+
+
+def test_quick_sweep_end_to_end(sweep, tmp_path, capsys):
+    out, result = tmp_path / "sweep", tmp_path / "sweep.json"
+    argv = ["--suite", "synthetic", "--quick", "--rows", "fitnet", "--multipliers", "0.5", "1", "--out", str(out),
+            "--json", str(result), "--no-results"]
+    docs_before = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
+    data = sweep.main(argv)
+    assert len(re.findall(r"seed \S+: trained ", capsys.readouterr().out)) == 3  # teacher + 2 weights
+    saved = json.loads(result.read_text())
+    assert saved["chosen"] == data["chosen"] and saved["chosen"]["fitnet"] in (0.5, 1.0)
+    points = saved["rows"]["fitnet"]["points"]
+    assert [p["loss_weight"] for p in points] == [0.5, 1.0]
+    assert all(set(p["bbox/AP"]) == {"0"} and p["mean"] == p["bbox/AP"]["0"] for p in points)
+    assert yaml.safe_load((out / "sweep" / "fitnet" / "w0.5" / "seed0" / "config.yaml").read_text())["distill"]["loss_weight"] == 0.5
+    assert (out / "fitnet" / "seed0" / "metrics.json").is_file() and saved["meta"]["split"] == "validation"
+    assert (out / "sweep_synthetic.png").stat().st_size > 1000
+    sweep.main(argv)
+    assert len(re.findall(r"seed \S+: cached ", capsys.readouterr().out)) == 3
     assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == docs_before
