@@ -121,9 +121,6 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
 TABLE = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s", "time/train_s")
 # The validation split of each data set: held-out images inside the training data, never test.
 VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.train_splits=[train]", "data.test_splits=[val]"]}
-SPLIT_NAMES = {"synthetic": {"test": ("shapes seed 0 train", "shapes seed 0 test"),
-                             "validation": ("shapes seed 1 train", "shapes seed 1 test (validation)")},
-               "bccd": {"test": ("trainval", "test"), "validation": ("train", "val")}}
 QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
                     "eval.batch_size=8", "eval.viz_images=0", "model.detections_per_image=10"],
          # per data set; bccd trains on `val` (87 images): with --split validation also tested on it
@@ -235,6 +232,14 @@ class Plan:
         run_sets += [f"teacher.weights={self.teacher_pt}"] if role == "distill" else []
         return Run(label or name, seed, recipe, [*run_sets, f"solver.seed={seed}", *self.user],
                    out or self.out / name / f"seed{seed}", self.teacher_pt if role == "distill" else None)
+
+
+def split_names(run: Run) -> dict[str, str]:
+    """What a run trains and is evaluated on, from its config (``--quick`` changes it)."""
+    data = run.cfg.data
+    if data.format == "shapes":
+        return {"train": f"shapes seed {data.shapes.seed} train", "evaluated on": f"shapes seed {data.shapes.seed} test"}
+    return {"train": "+".join(data.train_splits), "evaluated on": "+".join(data.test_splits)}
 
 
 def data_overrides(args: argparse.Namespace, out: Path) -> list[str]:
@@ -583,8 +588,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = [r for r in students if r.name not in res["skipped"]]
     plot(png, args.key, done, res["teacher"].get("bbox/AP"))
     compare = compare_page(out, [teacher, *done])
-    train, test = SPLIT_NAMES[SUITES[args.suite].dataset][args.split]
-    meta = {"suite": args.suite, "split": args.split, "splits": {"train": train, "evaluated on": test},
+    meta = {"suite": args.suite, "split": args.split, "splits": split_names(teacher),
             "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": hardware(), "layout": res["layout"], "seeds": args.seeds,
             "recipes": {k: str(r.relative_to(RECIPES.parent)) for k, r in suite_recipes(args.suite).items()},

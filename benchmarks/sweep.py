@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chosen = fill(table, runs, res["students"])
     to_docs = not args.no_results and (args.results or not args.quick)
     png = plot((accuracy.ROOT / "docs" if to_docs else out) / f"sweep_{args.suite}.png", args.suite, table)
-    train, test = accuracy.SPLIT_NAMES[accuracy.SUITES[args.suite].dataset]["validation"]
-    meta = {"suite": args.suite, "split": "validation", "splits": {"train": train, "evaluated on": test},
+    meta = {"suite": args.suite, "split": "validation", "splits": accuracy.split_names(plan.teacher()),
             "command": shlex.join(["python", "benchmarks/sweep.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": accuracy.hardware(), "seeds": args.seeds,
             "multipliers": args.multipliers or list(MULTIPLIERS), "grids": {k: v["grid"] for k, v in table.items()},

@@ -162,6 +162,7 @@ def test_validation_split_trains_and_evaluates_inside_the_training_data(accuracy
     assert args.key == "bccd_validation" and accuracy.default_out(args).name == "bccd-validation"
     for run in (plan.teacher(), plan.student("baseline", 0), plan.student("fgfi", 2)):
         assert run.cfg.data.train_splits == ("train",) and run.cfg.data.test_splits == ("val",)
+    assert accuracy.split_names(plan.teacher()) == {"train": "train", "evaluated on": "val"}
     args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic", "--split", "validation")
     assert plan.teacher().cfg.data.shapes.seed == 1 and plan.student("icd", 0).cfg.data.shapes.seed == 1
     _, test_plan = plan_for(accuracy, tmp_path, "--suite", "synthetic")
@@ -215,6 +216,7 @@ def test_quick_sweep_end_to_end(sweep, tmp_path, capsys):
     assert all(set(p["bbox/AP"]) == {"0"} and p["mean"] == p["bbox/AP"]["0"] for p in points)
     assert yaml.safe_load((out / "sweep" / "fitnet" / "w0.5" / "seed0" / "config.yaml").read_text())["distill"]["loss_weight"] == 0.5
     assert (out / "fitnet" / "seed0" / "metrics.json").is_file() and saved["meta"]["split"] == "validation"
+    assert saved["meta"]["splits"] == {"train": "shapes seed 1 train", "evaluated on": "shapes seed 1 test"}
     assert (out / "sweep_synthetic.png").stat().st_size > 1000
     sweep.main(argv)
     assert len(re.findall(r"seed \S+: cached ", capsys.readouterr().out)) == 3
