@@ -45,6 +45,8 @@ def tiny_overrides(shapes_root) -> list[str]:
         # The tests distil from teachers trained for 4 iterations (AP ~ 0), which the teacher
         # check would rightly stop; tests/test_teacher_check.py turns it back on.
         "distill.check_teacher=false",
+        # Plots and report.html cost seconds per run; the tests that look at them turn them on.
+        "eval.report=false",
     ]
 
 

@@ -77,7 +77,8 @@ def test_student_pt_loads_into_plain_torchvision(teacher_run):
 
 def test_distill_end_to_end_and_resume_is_exact(teacher_run, tmp_path, tiny_overrides, empty_config):
     full = tmp_path / "full"
-    assert main(["--no-progress", "distill", str(empty_config), "--out", str(full), *distill_sets(tiny_overrides, teacher_run)]) == 0
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(full),
+                 *distill_sets(tiny_overrides, teacher_run, "eval.report=true")]) == 0
     log = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*log)
     assert {"distill/icd/idf", "distill/icd/reg", "distill/icd/feature", "det/classification"} <= keys

@@ -16,7 +16,7 @@ from icdistill.reporting.run_summary import RunSummary
 
 # Score threshold 0: a 4-iteration detector scores below torchvision's 0.05, and PR curves need
 # detections; eval.period 3: AP-vs-iteration has a point before the final one.
-REPORT_SETS = ["model.score_thresh=0.0", "model.detections_per_image=10", "eval.period=3"]
+REPORT_SETS = ["model.score_thresh=0.0", "model.detections_per_image=10", "eval.period=3", "eval.report=true"]
 TEACHER_SETS = ["teacher.family=retinanet", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
                 "teacher.anchor_sizes=[16, 32, 64, 128, 256]"]
 

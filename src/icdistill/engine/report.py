@@ -199,7 +199,8 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
         run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
         save_detector_file(run, run.out / DETECTOR_FILE)
         save_pictures(run)
-        write_run_report(run.out, pr_curves=getattr(run.evaluator, "pr_curves", None))  # report.html
+        if run.cfg.eval.report:
+            write_run_report(run.out, pr_curves=getattr(run.evaluator, "pr_curves", None))  # report.html
     run.log.close()
     barrier(ctx)
     return RunResult(run.out, metrics, train_seconds, run.total_iters,
@@ -215,7 +216,8 @@ def save_detector_file(run: Run, path: Path) -> None:
 def save_pictures(run: Run) -> None:
     """``viz/``: training curves, detections on test images and the method's own pictures."""
     viz = run.out / "viz"
-    save_training_curves(viz / "training_curves.png", run.log.path)
+    if run.cfg.eval.report:
+        save_training_curves(viz / "training_curves.png", run.log.path)
     count = run.cfg.eval.viz_images
     if count <= 0:
         return
