@@ -438,13 +438,17 @@ class SolverConfig:
 class EvalConfig:
     """``period`` 0 evaluates only at the end; ``viz_images`` test images get detection and
     attention PNGs. ``evaluator``: ``coco`` (AP, AP50, AP75, APs/m/l) or ``voc`` (detectron2's
-    Pascal VOC metric: AP over IoU 0.50:0.95, AP50, AP75; ``voc_07_metric`` picks 11-point)."""
+    Pascal VOC metric: AP over IoU 0.50:0.95, AP50, AP75; ``voc_07_metric`` picks 11-point).
+    ``report`` false skips the end-of-run plots (``viz/training_curves.png``) and ``report.html``
+    (``icdistill report RUN_DIR`` still writes them later from the run's files); the test suite
+    turns it off where a test does not look at them, since plotting costs seconds per run."""
 
     evaluator: str = "coco"
     voc_07_metric: bool = True
     period: int = 0
     batch_size: int = 4
     viz_images: int = 4
+    report: bool = True
 
 
 @dataclass(frozen=True)
