@@ -205,6 +205,7 @@ def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_r
 def test_quick_sweep_end_to_end(sweep, tmp_path, capsys):
     out, result = tmp_path / "sweep", tmp_path / "sweep.json"
     argv = ["--suite", "synthetic", "--quick", "--rows", "fitnet", "--multipliers", "0.5", "1", "--out", str(out),
+            "--set", "eval.report=false",
             "--json", str(result), "--no-results"]
     docs_before = (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns
     data = sweep.main(argv)
