@@ -72,6 +72,7 @@ wheel-check: $(STAMP)
 	echo "== icdistill demo --quick from the wheel (cwd $$tmp/run)"; \
 	PYTHONPATH="$$tmp/site" "$$py" -m icdistill --no-progress demo --quick --out "$$tmp/out"; \
 	test -s "$$tmp/out/results.md" || { echo "wheel-check: no results.md in $$tmp/out" >&2; exit 1; }; \
+	test -s "$$tmp/out/compare.html" || { echo "wheel-check: no compare.html in $$tmp/out" >&2; exit 1; }; \
 	echo "wheel-check: OK ($$(basename "$$whl"))"
 
 clean:

@@ -16,6 +16,7 @@ from icdistill.engine.report import RunResult
 from icdistill.engine.trainer import train
 from icdistill.files import DETECTOR_FILE
 from icdistill.evaluation import format_metrics_table
+from icdistill.reporting import write_compare
 
 TABLE_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/train_s")
 
@@ -80,6 +81,8 @@ def run_demo(out: Path, *, quick: bool = False, progress: bool = True) -> dict[s
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print("\n" + text)
     print(f"attention overlays: {out / 'icd' / 'viz'}")
+    page, _ = write_compare([out / name for name in configs], out)
+    print(f"the three runs side by side: {page}  (each run's own page: {out / 'icd' / 'report.html'})")
     return results
 
 

@@ -133,7 +133,11 @@ def _pause_before_rename(path: Path, tmp_name: str) -> None:
     marker = os.environ.get(PAUSE_IN_SAVE_ENV)
     if not marker or not path.exists():
         return
-    Path(marker).write_text(tmp_name)
+    # The marker appears complete (written beside it, then renamed): a test polling for it must
+    # never read it half-written.
+    staged = Path(f"{marker}.partial")
+    staged.write_text(tmp_name)
+    os.replace(staged, marker)
     time.sleep(60)
 
 
