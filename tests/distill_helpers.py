@@ -12,6 +12,7 @@ import torch
 
 from icdistill.cli import main
 from icdistill.config import load_config
+from icdistill.demo import demo_config_path
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.distill.build import MethodContext, build_method
@@ -100,3 +101,17 @@ def cli_distill(tmp_path: Path, teacher: Path, tiny_overrides: list[str], empty_
     assert main(args) == 0
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return json.loads((run / "metrics.json").read_text()), log
+
+
+def assert_recipes_follow_the_paper_protocols(method: str, family: str) -> None:
+    """The shipped VOC (Table 7: 07+12, 18k) and COCO (1x) recipes of ``method`` distil R-101 ->
+    R-50 of ``family`` without a detached warm-up, and its BCCD recipe selects it."""
+    root = demo_config_path("student").parents[1]
+    voc = load_config(root / "voc" / f"{family}_R50_{method}.yaml")
+    coco = load_config(root / "coco" / f"{family}_R50_1x_{method}.yaml")
+    for cfg in (voc, coco):
+        assert cfg.distill.method == method and cfg.distill.warmup_iters == 0
+        assert (cfg.teacher.backbone, cfg.model.backbone, cfg.teacher.family) == ("resnet101", "resnet50", family)
+    assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
+    assert coco.solver.max_iter == 90000
+    assert load_config(root / "voc" / f"bccd_{method}.yaml").distill.method == method

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from distill_helpers import (
-    assert_gradients_reach_only_student_and_method, cli_distill, inputs_for, method_step, tiny,
+    assert_gradients_reach_only_student_and_method, assert_recipes_follow_the_paper_protocols, cli_distill, inputs_for, method_step, tiny,
 )
 from icdistill.config import GIDConfig, load_config
-from icdistill.demo import demo_config_path
 from icdistill.detectors import freeze_as_teacher
 from icdistill.distill.build import MethodContext, build_method
 from icdistill.distill.gid import GID, HeadView
@@ -100,15 +99,7 @@ def test_gid_from_the_cli(tmp_path, tiny_teacher, tiny_overrides, empty_config):
 
 @pytest.mark.parametrize("family", ["faster_rcnn", "retinanet"])
 def test_gid_recipes_follow_the_paper_protocols(family):
-    root = demo_config_path("student").parents[1]
-    voc = load_config(root / "voc" / f"{family}_R50_gid.yaml")
-    coco = load_config(root / "coco" / f"{family}_R50_1x_gid.yaml")
-    for cfg in (voc, coco):
-        assert cfg.distill.method == "gid" and cfg.distill.warmup_iters == 0
-        assert (cfg.teacher.backbone, cfg.model.backbone, cfg.teacher.family) == ("resnet101", "resnet50", family)
-    assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
-    assert coco.solver.max_iter == 90000
-    assert load_config(root / "voc" / "bccd_gid.yaml").distill.method == "gid"
+    assert_recipes_follow_the_paper_protocols("gid", family)
 
 
 def test_gid_bad_values_are_config_errors_naming_the_key():
