@@ -130,3 +130,46 @@ def test_a_mask_family_without_masks_names_the_dataset(tmp_path, tiny_overrides,
     err = capsys.readouterr().err
     assert "shapes data" in err and "with_masks" in err
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def _box_only_coco(root, n_images: int = 3, with_one_segmentation: bool = False):
+    """A COCO json of 64x96 images with one box each and (by default) no segmentation at all."""
+    import json
+
+    from PIL import Image
+
+    images, anns = [], []
+    for i in range(n_images):
+        Image.new("RGB", (96, 64), (40 * i, 80, 120)).save(root / f"im{i}.jpg")
+        images.append({"id": i + 1, "file_name": f"im{i}.jpg", "width": 96, "height": 64})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10, 10, 30, 20], "iscrowd": 0})
+    if with_one_segmentation:
+        anns[0]["segmentation"] = [[10, 10, 40, 10, 40, 30]]
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                               "categories": [{"id": 1, "name": "a"}]}))
+    return root / "ann.json"
+
+
+def test_a_mask_family_on_data_without_any_segmentation_is_a_config_error(tmp_path, tiny_overrides, empty_config,
+                                                                          capsys):
+    """Box-only data (VOC, YOLO, a box-only COCO json) would train the mask head on filled boxes:
+    refused before any training step, naming the data set; one real segmentation is enough."""
+    from icdistill.data.coco import CocoDetection
+    from icdistill.detectors.data_needs import require_segmentations
+
+    ann = _box_only_coco(tmp_path)
+    cfg = DataConfig(train_ann=str(ann), train_images=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"has no segmentation in any of its 3 training annotations"):
+        require_segmentations("mask_rcnn", cfg, CocoDetection(tmp_path, ann, with_masks=True))
+    require_segmentations("faster_rcnn", cfg, CocoDetection(tmp_path, ann))  # box families need none
+    (tmp_path / "one").mkdir()
+    one = _box_only_coco(tmp_path / "one", with_one_segmentation=True)
+    require_segmentations("mask_rcnn", cfg, CocoDetection(tmp_path / "one", one, with_masks=True))
+
+    sets = [f"--set={s}" for s in [*tiny_overrides, "data.format=coco", f"data.train_ann={ann}",
+                                   f"data.train_images={tmp_path}", f"data.test_ann={ann}",
+                                   f"data.test_images={tmp_path}", "model.family=cascade_mask_rcnn"]]
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(tmp_path / "run"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert f"coco data {ann}" in err and "no segmentation" in err and "cascade_rcnn" in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

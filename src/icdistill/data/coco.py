@@ -363,6 +363,13 @@ class CocoDetection(Dataset):
         self.report["counts"]["empty_images_dropped"] = dropped
         return dropped
 
+    def num_segmentations(self) -> int:
+        """How many kept annotations carry a real segmentation (not a box-filled one); 0 when
+        the data set was built without ``with_masks``."""
+        if not self.with_masks:
+            return 0
+        return sum(seg is not None for rec in self._images for seg in rec["segs"])
+
     def report_summary(self) -> str:
         """One line naming each problem found in the annotations, with its count."""
         parts = []
