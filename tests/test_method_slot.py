@@ -594,3 +594,14 @@ def test_student_gradient_clipping_applies_to_plain_runs_unless_the_release_beha
         train_step(step, batch, 0)
         seen[runs] = max(float(p.grad.abs().max()) for p in student.parameters() if p.grad is not None)
     assert seen["all"] <= 1e-6 < seen["distill"]
+
+
+def test_distillation_warmup_null_is_the_methods_own_default():
+    """distill.warmup_iters null: ICD's 1000 (ICD_SPEC §7), FGFI's 25, none for the others; a set
+    value wins (``--set distill.method=mimic`` no longer inherits ICD's warm-up)."""
+    from icdistill.config import DistillConfig
+    from icdistill.distill.build import warmup_iters
+
+    assert [warmup_iters(DistillConfig(method=m)) for m in ("icd", "fgfi", "mimic", "fitnet", "defeat")] == [
+        1000, 25, 0, 0, 0]
+    assert warmup_iters(DistillConfig(method="mimic", warmup_iters=7)) == 7

@@ -172,6 +172,11 @@ class DistillConfig:
     method: null is ICD) weights ICD's distillation loss with ``uniform`` weights over valid
     tokens or a ``gt_box`` mask instead of the decoder's attention (distill/icd_ablation.py).
 
+    ``warmup_iters`` (the distillation warm-up: the method sees the student's features detached
+    and trains only its own parts) null is the method's default: 1000 for ICD (ICD_SPEC §7,
+    the release's BYPASS_DISTILL), 25 for FGFI (its 400 iterations at batch 1, METHODS_SPEC §4),
+    0 for the others (their originals have none).
+
     ``check_teacher`` (this project's pre-flight check, not the paper's): before the first step
     of a distillation run the teacher is evaluated on up to ``check_teacher_images`` test
     images; a box AP (percent) below ``check_teacher_min_ap`` or class names in the teacher's
@@ -186,7 +191,7 @@ class DistillConfig:
     fake_ratio: int = 5
     max_instances: Optional[int] = None
     jitter: float = 0.3
-    warmup_iters: int = 1000
+    warmup_iters: Optional[int] = None
     decoder_warmup_iters: int = 0
     lr: float = 1e-4
     weight_decay: float = 1e-4

@@ -29,6 +29,14 @@ from icdistill.errors import ConfigError
 NO_METHOD = "none"
 # What `icdistill distill` runs when the config leaves distill.method at none.
 DEFAULT_METHOD = "icd"
+# distill.warmup_iters when null: ICD_SPEC §7 (the release's BYPASS_DISTILL = 1000); FGFI's
+# 400 iterations at batch 1 ~ 25 at batch 16 (METHODS_SPEC §4); the other originals have none.
+METHOD_WARMUP_ITERS = {"icd": 1000, "fgfi": 25}
+
+
+def warmup_iters(dcfg: DistillConfig) -> int:
+    """``distill.warmup_iters``, or the method's default when it is null."""
+    return dcfg.warmup_iters if dcfg.warmup_iters is not None else METHOD_WARMUP_ITERS.get(dcfg.method, 0)
 
 
 @dataclass(frozen=True)
@@ -117,4 +125,4 @@ def build_distiller(
     strides = tuple(check_alignment(teacher, student, levels))
     report = inherit_weights(teacher, student) if dcfg.inherit and fresh_start else None
     method = build_method(dcfg, MethodContext(teacher, student, prior, levels, strides))
-    return Distiller(student, method, levels=levels, strides=strides, warmup_iters=dcfg.warmup_iters), report
+    return Distiller(student, method, levels=levels, strides=strides, warmup_iters=warmup_iters(dcfg)), report
