@@ -3,13 +3,16 @@
     python benchmarks/accuracy.py --suite synthetic [--json out.json] [--seeds 0 1 2] [--jobs 2]
     python benchmarks/accuracy.py --suite bccd [--bccd-root ../shared/data/bccd] [--json out.json]
     python benchmarks/accuracy.py --suite bccd_c4 | bccd_dc5   (FPN-free Faster R-CNN: seed 0)
+    python benchmarks/accuracy.py --suite synthetic_retinanet  (FCOS teacher -> RetinaNet: seed 0)
     options: --students ROW ...  --split test|validation  --weights-from docs/sweep_bccd.json
              --out DIR  --eval-period N  --quick  --no-results  --results  --set KEY=VALUE (every run)
 
 A suite is a data set and its shipped recipes (teacher, student, ICD student, and where the suite
 has them, one recipe per comparison method): ``synthetic`` uses ``configs/demo/*.yaml`` (the
 demo's shapes data, generated into ``<out>/data``), ``bccd`` uses ``configs/voc/bccd_*.yaml``
-(train on trainval, test on test), ``bccd_c4`` / ``bccd_dc5`` ``configs/voc/bccd_{c4,dc5}_*.yaml``.
+(train on trainval, test on test), ``bccd_c4`` / ``bccd_dc5`` ``configs/voc/bccd_{c4,dc5}_*.yaml``,
+``synthetic_retinanet`` the demo's FCOS teacher distilled into a RetinaNet student
+(``configs/demo/retinanet_*.yaml``: a cross-architecture pair).
 Every schedule comes from the recipes. Student rows (``--students``; the suite's default in
 ``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; ``icd_inherit`` = ICD recipe +
 ``distill.inherit=true`` (skipped when no neck/head tensor of the teacher fits the student); the
@@ -95,6 +98,9 @@ SUITES = {
     "synthetic": Suite("synthetic", "demo", "teacher.yaml", "student.yaml", "icd.yaml"),
     "bccd": Suite("bccd", "voc", "bccd_teacher.yaml", "bccd_student.yaml", "bccd_icd.yaml", "bccd_{}.yaml",
                   students=(*BASE_ROWS, *METHODS[1:], *ABLATION_ROWS)),
+    # the paper's Table 9 pair FCOS -> RetinaNet at demo size (the synthetic suite's teacher)
+    "synthetic_retinanet": Suite("synthetic", "demo", "teacher.yaml", "retinanet_student.yaml", "retinanet_icd.yaml",
+                                 students=("baseline", "icd"), seeds=(0,)),
     "bccd_c4": Suite("bccd", "voc", "bccd_c4_teacher.yaml", "bccd_c4_student.yaml", "bccd_c4_icd.yaml",
                      students=("baseline", "icd"), seeds=(0,)),
     "bccd_dc5": Suite("bccd", "voc", "bccd_dc5_teacher.yaml", "bccd_dc5_student.yaml", "bccd_dc5_icd.yaml",

@@ -155,6 +155,12 @@ def test_c4_dc5_suites_and_quick_overrides_per_data_set(accuracy, tmp_path, bccd
         # bccd's quick data overrides, whatever the suite's name
         assert teacher.cfg.data.max_size == 96 and teacher.cfg.solver.max_iter == 8 and icd.cfg.solver.max_iter == 6
     assert accuracy.default_out(args).name == "bccd_dc5-quick"
+    # the cross-architecture suite: the demo's FCOS teacher, a RetinaNet student on the same strides
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic_retinanet")
+    teacher, base, icd = plan.teacher(), plan.student("baseline", 0), plan.student("icd", 0)
+    assert args.seeds == [0] and teacher.cfg.model.family == "fcos" and icd.cfg.teacher.family == "fcos"
+    assert base.cfg.model.family == icd.cfg.model.family == "retinanet" and icd.cfg.distill.inherit is False
+    assert icd.cfg.solver == base.cfg.solver and icd.cfg.data == teacher.cfg.data
 
 
 def test_validation_split_trains_and_evaluates_inside_the_training_data(accuracy, tmp_path, bccd_root):
