@@ -10,7 +10,8 @@ teacher, MobileNetV2 student, 8 shapes images of ~128x176), each the trainer's o
   (c) icd          a full ICD distillation step: (b) plus the ICD module, its losses and AdamW
   (d) fitnet       (b) plus FitNet's full-map imitation of the same levels
   (e) decoder      a decoder warm-up step (teacher forward + ICD module, no student)
-icd_overhead_ratio = (c) / (b).
+icd_overhead_ratio = (c) / (b). Every method of the slot (METHOD_ROWS) is also timed, with the
+peak memory of one step, on the demo's FCOS pair and a Faster R-CNN FPN pair (METHOD_PAIRS).
 
 Then the memory of ICD's distillation weights (real instances only, accumulated in chunks of
 queries) against a straightforward all-query implementation (B·H·K·S logits), measured as the
@@ -35,6 +36,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -46,6 +48,7 @@ from icdistill.distill.build import build_distiller, prior_tensors
 from icdistill.distill.icd import ICDModule
 from icdistill.engine.distributed import DistContext
 from icdistill.engine.step import StepContext, build_optimisers, train_step
+from icdistill.errors import ConfigError
 from icdistill.structures import collate_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +56,10 @@ RESULTS = ROOT / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- speed benchmark: begin -->", "<!-- speed benchmark: end -->"
 
 
-def demo_setup(data_root: Path):
-    """The demo ICD recipe's config, teacher, student, training prior and one batch of 8 real
-    shapes images."""
-    cfg = load_config(demo_config_path("icd"), [f"data.shapes.root={data_root}", "data.validate_images=false"])
+def demo_setup(data_root: Path, extra: Sequence[str] = ()):
+    """The demo ICD recipe's config (+ ``extra`` overrides), teacher, student, training prior and
+    one batch of 8 real shapes images."""
+    cfg = load_config(demo_config_path("icd"), [f"data.shapes.root={data_root}", "data.validate_images=false", *extra])
     train_set, _ = build_datasets(cfg.data, with_masks=False, progress=False)
     batch = next(iter(build_train_loader(train_set, batch_size=cfg.solver.ims_per_batch, seed=0)))
 
@@ -77,12 +80,12 @@ FAMILY_ROW_STEPS = ("a_student", "b_student_teacher", "c_icd")
 FAMILY_ROW_ROIS = 64
 
 
-def family_setup(family: str, data_root: Path):
+def family_setup(family: str, data_root: Path, extra: Sequence[str] = ()):
     """The demo ICD recipe with a ``family`` ResNet-34 teacher and ResNet-18 student (the recipe's
     FPN width where there is an FPN), ``FAMILY_ROW_ROIS`` sampled RoIs per image; its prior and
     one batch of 8 shapes images."""
     sets = [f"data.shapes.root={data_root}", "data.validate_images=false", f"model.family={family}",
-            f"teacher.family={family}", "model.backbone=resnet18", "teacher.backbone=resnet34"]
+            f"teacher.family={family}", "model.backbone=resnet18", "teacher.backbone=resnet34", *extra]
     cfg = load_config(demo_config_path("icd"), sets)
     facts = family_facts(family)
     train_set, _ = build_datasets(cfg.data, with_masks=facts.masks, progress=False)
@@ -181,21 +184,24 @@ def dense_batch(batch, boxes_per_image: int = 13, seed: int = 0):
     return dataclasses.replace(batch, targets=targets)
 
 
+def step_context(cfg: Config, method: str, teacher, student, prior, ctx: DistContext) -> StepContext:
+    """The trainer's step context for ``student`` + ``method`` (main stage: no warm-ups); the
+    ICD recipe's λ for ICD, each other method's default weight and options."""
+    dcfg = dataclasses.replace(cfg.distill, method=method, loss_weight=cfg.distill.loss_weight if method == "icd" else None,
+                               decoder_warmup_iters=0, warmup_iters=0)
+    distiller = build_distiller(dcfg, student, teacher, prior=prior)[0].to(ctx.device).train()
+    opts = build_optimisers(cfg, distiller, total_iters=10**9, device=ctx.device)
+    return StepContext(distiller, distiller, teacher, opts, ctx, student_clip_value=cfg.solver.grad_clip_value,
+                       clip_plain_runs=cfg.solver.grad_clip_runs == "all")
+
+
 def step_functions(cfg: Config, teacher, student, prior, batch, device):
     """The five steps as closures over one batch, each the trainer's own ``train_step`` on a
     trainable whole built by the toolkit's builders from ``cfg`` (main stage, past warm-ups)."""
     teacher.to(device)
     batch = batch.to(device)
     ctx = DistContext(device=device)
-    contexts = {}
-    for method in ("none", "icd", "fitnet"):
-        dcfg = dataclasses.replace(cfg.distill, method=method, loss_weight=cfg.distill.loss_weight if method == "icd" else None,
-                                   decoder_warmup_iters=0, warmup_iters=0)
-        distiller = build_distiller(dcfg, student, teacher, prior=prior)[0].to(device).train()
-        opts = build_optimisers(cfg, distiller, total_iters=10**9, device=device)
-        contexts[method] = StepContext(distiller, distiller, teacher, opts, ctx,
-                                       student_clip_value=cfg.solver.grad_clip_value,
-                                       clip_plain_runs=cfg.solver.grad_clip_runs == "all")
+    contexts = {method: step_context(cfg, method, teacher, student, prior, ctx) for method in ("none", "icd", "fitnet")}
     icd = contexts["icd"].distiller.method
     main_stage = 10**6
 
@@ -225,6 +231,76 @@ def step_functions(cfg: Config, teacher, student, prior, batch, device):
         "b_dense_student_teacher": with_teacher_forward_dense,
         "c_dense_icd": lambda: train_step(contexts["icd"], dense, main_stage),
     }, icd
+
+
+# ---- what each distillation method costs (issue #11) ------------------------------------------------
+
+# Every method of the slot on a one-stage and a two-stage pair at demo size: the demo's FCOS pair
+# (MobileNetV3-Large -> MobileNetV2) and Faster R-CNN FPN (ResNet-34 -> ResNet-18, FAMILY_ROW_ROIS
+# sampled RoIs per image), the same 8 images; "none" + the teacher's forward is the reference.
+METHOD_ROWS = ("icd", "fitnet", "mimic", "fgfi", "chen2017", "fbkd", "gid", "defeat")
+METHOD_PAIRS = ("fcos", "faster_rcnn")
+
+
+def time_methods(data_root: Path, iters: int, device: torch.device, extra: Sequence[str] = (),
+                 methods: Sequence[str] = METHOD_ROWS) -> dict[str, dict]:
+    """Per pair, per method: seconds per step, peak memory of one step (the CPU allocator's, via
+    the profiler; CUDA's peak on a GPU) and the ratio to the student + teacher-forward step; a
+    method that does not support the family gets its ConfigError's first sentence."""
+    out: dict[str, dict] = {}
+    for pair in METHOD_PAIRS:
+        cfg, teacher, student, prior, batch = (demo_setup(data_root, extra) if pair == "fcos"
+                                               else family_setup(pair, data_root, extra))
+        teacher.to(device)
+        batch = batch.to(device)
+        ctx = DistContext(device=device)
+        plain = step_context(cfg, "none", teacher, student, prior, ctx)
+
+        def reference():
+            teacher.features(batch.images)
+            train_step(plain, batch, 10**6)
+        rows = {"none + teacher": measure_step(reference, iters, device)}
+        for method in methods:
+            try:
+                step = step_context(cfg, method, teacher, student, prior, ctx)
+            except ConfigError as e:
+                rows[method] = {"not_supported": str(e).split(";")[0]}
+                continue
+            rows[method] = measure_step(lambda: train_step(step, batch, 10**6), iters, device)
+            rows[method]["ratio"] = rows[method]["s_per_iter"] / rows["none + teacher"]["s_per_iter"]
+        out[pair] = rows
+        print(pair, {k: round(v.get("s_per_iter", float("nan")), 3) for k, v in rows.items()})
+    return out
+
+
+def measure_step(step, iters: int, device: torch.device) -> dict[str, float]:
+    """:func:`time_step`, and on the CPU the peak of one more step under the profiler."""
+    timed = time_step(step, iters, device)
+    if device.type == "cpu":
+        timed["peak_mem_mb"] = peak_allocated_mb(step)
+    return timed
+
+
+def methods_table(result: dict) -> str:
+    if "methods" not in result:
+        return ""
+    lines = ["", "Every method at demo size, seconds per training step (median), its ratio to the student "
+             "step + teacher forward, and the peak memory PyTorch's allocator holds during one step "
+             f"(profiler-measured, MB). FCOS: the demo's MobileNetV3-Large -> MobileNetV2; Faster R-CNN FPN: "
+             f"ResNet-34 -> ResNet-18, {FAMILY_ROW_ROIS} sampled RoIs per image; the same 8 images:", "",
+             "| method | " + " | ".join(f"{p} s / iter | ratio | peak MB" for p in result["methods"]) + " |",
+             "|---|" + "---:|---:|---:|" * len(result["methods"])]
+    for method in next(iter(result["methods"].values())):
+        cells = []
+        for rows in result["methods"].values():
+            r = rows[method]
+            cells += (["n/a", "", ""] if "not_supported" in r else
+                      [f"{r['s_per_iter']:.3f}", f"{r.get('ratio', 1.0):.2f}", f"{r.get('peak_mem_mb', float('nan')):.0f}"])
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    skipped = [f"{m} on {p}: {r['not_supported']}" for p, rows in result["methods"].items()
+               for m, r in rows.items() if "not_supported" in r]
+    lines += ([""] + [f"n/a: {s}." for s in skipped]) if skipped else []
+    return "\n".join(lines) + "\n"
 
 
 # ---- ICD weight memory: chunked vs all-query, each in a fresh process ------------------------------
@@ -328,7 +404,7 @@ queries at a time) **{mem['chunked']['peak_mb']:.0f} MB** in {mem['chunked']['se
 all-query (B·H·K·S probabilities) **{mem['all_query']['peak_mb']:.0f} MB** in
 {mem['all_query']['seconds']:.2f} s: **{mem['memory_ratio']:.1f}x** less memory (target ≥ 4x); largest
 difference between the two results {mem['max_abs_difference']:.1e}.
-{families_table(result)}{coco_table(result)}{END}"""
+{families_table(result)}{methods_table(result)}{coco_table(result)}{END}"""
     page = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
     if BEGIN in page:
         page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END):]
@@ -353,6 +429,7 @@ def main() -> None:
         fns, icd = step_functions(*demo_setup(Path(tmp) / "shapes"), cpu)
         steps = {name: time_step(fn, args.iters, cpu) for name, fn in fns.items()}
         families = time_families(Path(tmp) / "shapes", args.iters, cpu)
+        methods = time_methods(Path(tmp) / "shapes", args.iters, cpu)
     for name, v in steps.items():
         print(f"{name:>20}: {v['s_per_iter']:.3f} s/iter")
     result = {
@@ -367,6 +444,7 @@ def main() -> None:
         "icd_overhead_ratio_dense": steps["c_dense_icd"]["s_per_iter"] / steps["b_dense_student_teacher"]["s_per_iter"],
         "icd_weights_memory": weights_memory(),
         "demo_families": families,
+        "methods": methods,
     }
     coco_device = torch.device("cuda") if torch.cuda.is_available() else (cpu if args.coco_on_cpu else None)
     if coco_device is not None:
