@@ -46,7 +46,10 @@ def test_attention_on_the_box_gives_mass_near_one_and_uniform_gives_the_area_sha
 
 
 def test_warnings_name_an_unlearned_decoder_and_stay_quiet_for_a_learned_one():
-    assert any("has not learned identification" in n for n in diagnostic_warnings({"icd/idf_auroc": 0.5}))
+    assert any("has not learned identification" in n and "position_prior: true" in n
+               for n in diagnostic_warnings({"icd/idf_auroc": 0.5}))
+    # a run that has the position prior is not told to turn it on
+    assert not any("position_prior" in n for n in diagnostic_warnings({"icd/idf_auroc": 0.5}, position_prior=True))
     assert diagnostic_warnings({"icd/idf_auroc": 0.9, "icd/attn_in_box": 0.4, "icd/attn_in_box_uniform": 0.05}) == []
     assert any("hardly on the instances" in n for n in diagnostic_warnings(
         {"icd/idf_auroc": 0.9, "icd/attn_in_box": 0.06, "icd/attn_in_box_uniform": 0.05}))

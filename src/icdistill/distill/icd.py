@@ -458,7 +458,7 @@ class ICDModule(DistillMethod):
     def warnings(self, metrics: dict[str, float]) -> list[str]:
         from icdistill.distill.icd_diagnostics import diagnostic_warnings
 
-        return diagnostic_warnings(metrics)
+        return diagnostic_warnings(metrics, position_prior=self.position_prior)
 
     def save_pictures(
         self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int],

@@ -137,16 +137,19 @@ def _diagnostics(icd, teacher, dataset, levels, strides, device, max_images: int
     }
 
 
-def diagnostic_warnings(metrics: dict[str, float]) -> list[str]:
-    """Plain sentences for a decoder that has not learned what ICD needs."""
+def diagnostic_warnings(metrics: dict[str, float], position_prior: bool = False) -> list[str]:
+    """Plain sentences for a decoder that has not learned what ICD needs; the remedies named
+    leave out the position prior when the run already has it."""
     notes = []
     value = metrics.get("icd/idf_auroc")
     if value is not None and not math.isnan(value) and value < UNLEARNED_AUROC:
+        warmup = "distill.decoder_warmup_iters, distill.decoder_warmup_lr"
+        remedy = (f"A longer decoder warm-up ({warmup}) helps" if position_prior else
+                  f"A longer or faster decoder warm-up ({warmup}) or distill.position_prior: true help")
         notes.append(
             f"ICD's decoder has not learned identification (icd/idf_auroc {value:.2f}; 0.5 is chance): its "
             "attention does not depend on the instance, so the distillation is imitation weighted by a "
-            "salient-region map. Longer or faster decoder warm-up (distill.decoder_warmup_iters, "
-            "distill.decoder_warmup_lr) or distill.position_prior: true help."
+            f"salient-region map. {remedy}."
         )
     in_box, uniform = metrics.get("icd/attn_in_box"), metrics.get("icd/attn_in_box_uniform")
     if in_box is not None and uniform and not math.isnan(in_box) and in_box < 1.5 * uniform:
