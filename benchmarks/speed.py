@@ -44,7 +44,7 @@ from icdistill.config import Config, load_config
 from icdistill.data import build_datasets, build_train_loader, compute_prior
 from icdistill.demo import demo_config_path
 from icdistill.detectors import build_detector, family_facts, freeze_as_teacher
-from icdistill.distill.build import build_distiller, prior_tensors
+from icdistill.distill.build import METHODS, build_distiller, prior_tensors
 from icdistill.distill.icd import ICDModule
 from icdistill.engine.distributed import DistContext
 from icdistill.engine.step import StepContext, build_optimisers, train_step
@@ -238,7 +238,7 @@ def step_functions(cfg: Config, teacher, student, prior, batch, device):
 # Every method of the slot on a one-stage and a two-stage pair at demo size: the demo's FCOS pair
 # (MobileNetV3-Large -> MobileNetV2) and Faster R-CNN FPN (ResNet-34 -> ResNet-18, FAMILY_ROW_ROIS
 # sampled RoIs per image), the same 8 images; "none" + the teacher's forward is the reference.
-METHOD_ROWS = ("icd", "fitnet", "mimic", "fgfi", "chen2017", "fbkd", "gid", "defeat")
+METHOD_ROWS = tuple(METHODS)  # every method of the slot, in its registry order
 METHOD_PAIRS = ("fcos", "faster_rcnn")
 
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from ..config import DataConfig
 from ..errors import ConfigError
+from .families import family_facts
 
 if TYPE_CHECKING:
     from ..data.coco import CocoDetection
-from .families import family_facts
 
 
 def dataset_name(data_cfg: DataConfig) -> str:
