@@ -150,17 +150,24 @@ def _box_only_coco(root, n_images: int = 3, with_one_segmentation: bool = False)
     return root / "ann.json"
 
 
-def test_a_mask_family_on_data_without_any_segmentation_is_a_config_error(tmp_path):
+def test_a_mask_family_on_data_without_any_segmentation_is_a_config_error(tmp_path, tiny_overrides, empty_config,
+                                                                          capsys):
     """Box-only data (VOC, YOLO, a box-only COCO json) would train the mask head on filled boxes:
-    the check names the data set; one real segmentation is enough. (Not yet called by training:
-    the shapes generator writes no segmentations.)"""
+    training stops before any step with an error naming the data set; one real segmentation is
+    enough, and box families need none."""
     from icdistill.data.coco import CocoDetection
     from icdistill.detectors.data_needs import require_segmentations
 
     ann = _box_only_coco(tmp_path)
+    sets = [f"--set={s}" for s in [
+        *tiny_overrides, "data.format=coco", f"data.train_ann={ann}", f"data.train_images={tmp_path}",
+        f"data.test_ann={ann}", f"data.test_images={tmp_path}", "model.family=mask_rcnn"]]
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(tmp_path / "run"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "has no segmentation in any of its 3 training annotations" in err and str(ann) in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
     cfg = DataConfig(train_ann=str(ann), train_images=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"has no segmentation in any of its 3 training annotations"):
-        require_segmentations("mask_rcnn", cfg, CocoDetection(tmp_path, ann, with_masks=True))
     require_segmentations("faster_rcnn", cfg, CocoDetection(tmp_path, ann))  # box families need none
     (tmp_path / "one").mkdir()
     one = _box_only_coco(tmp_path / "one", with_one_segmentation=True)

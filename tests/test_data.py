@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from icdistill.data import (
     CocoDetection,
@@ -115,6 +116,13 @@ def test_shapes_annotations(shapes):
         assert x >= 0 and y >= 0 and w > 0 and h > 0
         assert x + w <= im["width"] and y + h <= im["height"]
         assert a["iscrowd"] == 0 and 0 < a["area"] <= w * h
+        # the instance mask is the shape's visible pixels: its area and tight box are the annotation's
+        rle = a["segmentation"]
+        assert rle["size"] == [im["height"], im["width"]] and isinstance(rle["counts"], str)
+        visible = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert int(visible.sum()) == a["area"]
+        ys, xs = np.nonzero(visible)
+        assert [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] == a["bbox"]
     # frequencies differ as designed: circle > square > triangle, cross
     counts = Counter(names[a["category_id"]] for a in data["annotations"])
     total = sum(counts.values())
@@ -166,6 +174,14 @@ def test_coco_on_shapes(shapes):
                               a["bbox"][1] + a["bbox"][3]] for a in anns])
     assert torch.equal(t["boxes"], expected)
     assert tuple(img.shape[1:]) == t["orig_size"]
+    # with masks: every annotation's mask is the shape's visible pixels, not its box filled
+    masked = CocoDetection(shapes.train_images, shapes.train_json, with_masks=True)
+    assert masked.num_segmentations() == len(masked.coco.getAnnIds())
+    _, t = masked[0]
+    assert t["masks"].shape == (len(t["boxes"]), *t["orig_size"])
+    box_area = (t["boxes"][:, 2:] - t["boxes"][:, :2]).prod(1)
+    assert torch.equal(t["masks"].flatten(1).sum(1).float(), torch.tensor([a["area"] for a in anns]).float())
+    assert bool((t["masks"].flatten(1).sum(1).float() <= box_area).all())
 
 
 def test_coco_repairs_and_report(tiny_coco):

@@ -27,6 +27,9 @@ Design (all of it decided by ``seed``):
   dropped if none fits. Dropped objects are never drawn, so every visible shape is annotated.
 * Boxes are the **visible extent**: the tight box (pixel edges, COCO xywh) of the shape's pixels
   that remain visible after all later shapes are drawn. ``area`` is the visible pixel count.
+* Instance masks: each annotation's ``segmentation`` is a compressed COCO RLE (pycocotools) of
+  exactly those visible pixels, so the mask families (Mask R-CNN, Cascade Mask R-CNN, CondInst)
+  train on real shapes, not box-filled rectangles.
 * Image size: ``image_size`` (h, w) scaled independently per image and axis by a factor drawn
   from U(1 - size_jitter, 1 + size_jitter).
 
@@ -58,7 +61,7 @@ SHAPE_CLASSES: tuple[tuple[str, float, float, float], ...] = (
     ("cross", 0.10, 0.05, 0.45),
 )
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # 2: annotations carry an RLE ``segmentation``
 _MIN_VISIBLE = 0.4  # an annotated shape keeps at least this fraction of its pixels visible
 _PLACEMENT_TRIES = 8
 _MIN_COLOUR_DISTANCE = 90.0
@@ -215,7 +218,7 @@ def _generate_split(n, img_dir: Path, size, jitter, seed, split_id, bar) -> dict
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name,
                        "height": int(pixels.shape[0]), "width": int(pixels.shape[1])})
-        for cls, (x0, y0, x1, y1), area in objects:
+        for cls, (x0, y0, x1, y1), area, rle in objects:
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
@@ -223,6 +226,7 @@ def _generate_split(n, img_dir: Path, size, jitter, seed, split_id, bar) -> dict
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "area": area,
                 "iscrowd": 0,
+                "segmentation": rle,
             })
         if bar is not None:
             bar.update(1)
@@ -304,7 +308,9 @@ def _colour_far_from(rng: np.random.Generator, ref: np.ndarray) -> np.ndarray:
 
 
 def _render_image(rng: np.random.Generator, size, jitter):
-    """Returns (uint8 [h, w, 3] pixels, [(class, (x0, y0, x1, y1) ints, visible area), ...])."""
+    """Returns (uint8 [h, w, 3] pixels, [(class, (x0, y0, x1, y1) ints, visible area, rle), ...]);
+    ``rle`` is the compressed COCO RLE dict (``size`` [h, w], ``counts`` str) of the shape's
+    visible pixels."""
     h = max(32, int(round(size[0] * rng.uniform(1 - jitter, 1 + jitter))))
     w = max(32, int(round(size[1] * rng.uniform(1 - jitter, 1 + jitter))))
     img = _background(rng, h, w)
@@ -370,5 +376,13 @@ def _render_image(rng: np.random.Generator, size, jitter):
         if counts[idx] == 0:
             continue
         box = (int(x0[idx]), int(y0[idx]), int(x1[idx]) + 1, int(y1[idx]) + 1)
-        objects.append((cls, box, int(counts[idx])))
+        objects.append((cls, box, int(counts[idx]), _visible_rle(owner == idx)))
     return pixels, objects
+
+
+def _visible_rle(visible: np.ndarray) -> dict:
+    """Compressed COCO RLE of a bool [h, w] mask: ``{"size": [h, w], "counts": str}``."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}

@@ -28,7 +28,7 @@ from icdistill.data import (
     resolve_with_masks,
 )
 from icdistill.detectors import build_model, build_teacher, family_facts
-from icdistill.detectors.data_needs import require_masks
+from icdistill.detectors.data_needs import require_masks, require_segmentations
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.build import NO_METHOD, build_distiller
 from icdistill.distill.distiller import Distiller
@@ -80,6 +80,7 @@ def load_data(cfg: Config, out: Path, ctx: DistContext, progress: bool) -> tuple
     require_masks(cfg.model.family, cfg.data)  # before any loading: a mask family needs them
     with_masks = resolve_with_masks(cfg.data, family_facts(cfg.model.family).masks)
     train_set, test_set = build_datasets(cfg.data, with_masks=with_masks, progress=progress and ctx.is_main)
+    require_segmentations(cfg.model.family, cfg.data, train_set)  # box-only data: no mask targets
     if ctx.is_main:
         (out / "data_report.json").write_text(json.dumps(data_report(train_set, test_set), indent=2))
         print(f"data: {len(train_set)} training images ({train_set.report_summary()}), "
