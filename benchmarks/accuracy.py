@@ -4,6 +4,7 @@
     python benchmarks/accuracy.py --suite bccd [--bccd-root ../shared/data/bccd] [--json out.json]
     python benchmarks/accuracy.py --suite bccd_c4 | bccd_dc5   (FPN-free Faster R-CNN: seed 0)
     python benchmarks/accuracy.py --suite synthetic_retinanet  (FCOS teacher -> RetinaNet: seed 0)
+    python benchmarks/accuracy.py --suite synthetic_condinst   (CondInst, box and mask AP: seed 0)
     options: --students ROW ...  --split test|validation  --weights-from docs/sweep_bccd.json
              --out DIR  --eval-period N  --quick  --no-results  --results  --set KEY=VALUE (every run)
 
@@ -12,7 +13,8 @@ has them, one recipe per comparison method): ``synthetic`` uses ``configs/demo/*
 demo's shapes data, generated into ``<out>/data``), ``bccd`` uses ``configs/voc/bccd_*.yaml``
 (train on trainval, test on test), ``bccd_c4`` / ``bccd_dc5`` ``configs/voc/bccd_{c4,dc5}_*.yaml``,
 ``synthetic_retinanet`` the demo's FCOS teacher distilled into a RetinaNet student
-(``configs/demo/retinanet_*.yaml``: a cross-architecture pair).
+(``configs/demo/retinanet_*.yaml``: a cross-architecture pair), ``synthetic_condinst`` the demo
+as CondInst on the shapes' instance masks (``configs/demo/condinst_*.yaml``; its table adds mask AP).
 Every schedule comes from the recipes. Student rows (``--students``; the suite's default in
 ``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; ``icd_inherit`` = ICD recipe +
 ``distill.inherit=true`` (skipped when no neck/head tensor of the teacher fits the student); the
@@ -101,6 +103,9 @@ SUITES = {
     # the paper's Table 9 pair FCOS -> RetinaNet at demo size (the synthetic suite's teacher)
     "synthetic_retinanet": Suite("synthetic", "demo", "teacher.yaml", "retinanet_student.yaml", "retinanet_icd.yaml",
                                  students=("baseline", "icd"), seeds=(0,)),
+    # the paper's Table 8 family (CondInst) at demo size, trained on the shapes' instance masks
+    "synthetic_condinst": Suite("synthetic", "demo", "condinst_teacher.yaml", "condinst_student.yaml", "condinst_icd.yaml",
+                                students=("baseline", "icd"), seeds=(0,)),
     "bccd_c4": Suite("bccd", "voc", "bccd_c4_teacher.yaml", "bccd_c4_student.yaml", "bccd_c4_icd.yaml",
                      students=("baseline", "icd"), seeds=(0,)),
     "bccd_dc5": Suite("bccd", "voc", "bccd_dc5_teacher.yaml", "bccd_dc5_student.yaml", "bccd_dc5_icd.yaml",
@@ -125,6 +130,12 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             "icd_gtbox": Row("icd", ("distill.ablation_weights=gt_box",)),
             "icd_paper": Row("icd", ("distill.position_prior=false",))}
 TABLE = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s", "time/train_s")
+MASK_TABLE = ("segm/AP", "segm/AP50", "segm/AP75")  # added to TABLE when the teacher has mask AP
+
+
+def table_keys(data: dict[str, Any]) -> tuple[str, ...]:
+    """The columns of a suite's table: box AP and time, and mask AP for a mask family."""
+    return TABLE[:6] + (MASK_TABLE if data["teacher"].get("segm/AP") is not None else ()) + TABLE[6:]
 # The validation split of each data set: held-out images inside the training data, never test.
 VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.train_splits=[train]", "data.test_splits=[val]"]}
 QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
@@ -479,6 +490,12 @@ def cell(data: dict[str, Any], key: str) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def column_name(key: str) -> str:
+    """``bbox/AP50`` -> ``AP50``, ``segm/AP`` -> ``mask AP``, ``time/iter_s`` -> ``s/iter``."""
+    name = key.split("/")[-1].replace("iter_s", "s/iter").replace("train_s", "train s")
+    return f"mask {name}" if key.startswith("segm/") else name
+
+
 def results_section(data: dict[str, Any], png: str) -> str:
     """The suite's Markdown section for docs/RESULTS.md (between its markers)."""
     meta, st = data["meta"], data["students"]
@@ -496,11 +513,10 @@ def results_section(data: dict[str, Any], png: str) -> str:
              f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
              f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds / "
              "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
-             "| model | " + " | ".join(k.split("/")[-1].replace("iter_s", "s/iter").replace("train_s", "train s")
-                                      for k in TABLE) + " |",
-             "| --- |" + " ---: |" * len(TABLE)]
+             "| model | " + " | ".join(column_name(k) for k in table_keys(data)) + " |",
+             "| --- |" + " ---: |" * len(table_keys(data))]
     for name, d in [("teacher", data["teacher"]), *st.items()]:
-        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in TABLE) + " |")
+        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in table_keys(data)) + " |")
     lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
     rows = meta.get("rows") or {}
     if rows:

@@ -163,6 +163,28 @@ def test_c4_dc5_suites_and_quick_overrides_per_data_set(accuracy, tmp_path, bccd
     assert icd.cfg.solver == base.cfg.solver and icd.cfg.data == teacher.cfg.data
 
 
+def test_condinst_suite_trains_on_masks_and_its_table_adds_mask_ap(accuracy, tmp_path):
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic_condinst")
+    teacher, base, icd = plan.teacher(), plan.student("baseline", 0), plan.student("icd", 0)
+    assert args.students == ["baseline", "icd"] and args.seeds == [0]
+    assert {teacher.cfg.model.family, base.cfg.model.family, icd.cfg.model.family, icd.cfg.teacher.family} == {"condinst"}
+    assert icd.cfg.solver == base.cfg.solver and teacher.cfg.data.format == "shapes"
+    row = {"bbox/AP": 20.0, "segm/AP": 18.25, "segm/AP50": 30.0, "segm/AP75": None, "time/iter_s": 1.0}
+    agg = accuracy.aggregate([row])
+    meta = {"suite": "synthetic_condinst", "command": "c", "date": "d", "wall_s": 60.0, "runs_trained": 2,
+            "runs_cached": 0, "seeds": [0], "recipes": {}, "evaluator": "coco", "skipped": {},
+            "hardware": {"machine": "m", "processor": "p", "cpu_count": 2, "gpu": None, "torch": "t"},
+            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 2},
+            "models": {"teacher": "t", "baseline": "b"}}
+    section = accuracy.results_section({"meta": meta, "teacher": row, "students": {"baseline": agg}}, "p.png")
+    header = next(ln for ln in section.splitlines() if ln.startswith("| model"))
+    assert "| APl | mask AP | mask AP50 | mask AP75 | s/iter |" in header
+    assert "| 18.2 ± 0.0 | 30.0 ± 0.0 | n/a |" in section
+    # a box family's table has no mask columns
+    box = {"meta": meta, "teacher": {"bbox/AP": 20.0}, "students": {"baseline": accuracy.aggregate([{"bbox/AP": 1.0}])}}
+    assert "mask AP" not in accuracy.results_section(box, "p.png")
+
+
 def test_validation_split_trains_and_evaluates_inside_the_training_data(accuracy, tmp_path, bccd_root):
     args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--split", "validation", "--bccd-root", bccd_root)
     assert args.key == "bccd_validation" and accuracy.default_out(args).name == "bccd-validation"
