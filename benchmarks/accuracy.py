@@ -316,6 +316,17 @@ def prepare(run: Run) -> str:
     return "fresh"
 
 
+def die_with_parent() -> None:
+    """Pool-worker initialiser: on Linux the worker gets SIGTERM when the benchmark process dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a benchmark that is killed leaves no training run writing
+    on into folders a rerun will clear. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
 def train_run(recipe: str, overrides: list[str], out: str, resume: bool, threads: int, progress: bool) -> None:
     """Worker entry point (also used in-process): one training run with ``threads`` threads."""
     from icdistill.engine.trainer import train
@@ -396,7 +407,8 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             train_run(*call(r, states[r.out], layout["threads_per_job"]), progress)
             report(r, states[r.out])
     else:
-        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=die_with_parent) as pool:
             futures = {pool.submit(train_run, *call(r, states[r.out], layout["threads_per_job"]), False): r
                        for r in todo}
             try:

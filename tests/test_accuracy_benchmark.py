@@ -250,3 +250,38 @@ def test_quick_sweep_end_to_end(sweep, tmp_path, capsys):
     sweep.main(argv)
     assert len(re.findall(r"seed \S+: cached ", capsys.readouterr().out)) == 3
     assert (ROOT / "docs" / "RESULTS.md").stat().st_mtime_ns == docs_before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_benchmark_leaves_no_worker_training(tmp_path):
+    """--jobs workers die with the benchmark process: a killed benchmark's runs stop writing
+    into folders the rerun clears (before, they trained on and broke the rerun's TensorBoard)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "import concurrent.futures as cf, multiprocessing, os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import accuracy\n"
+        "if __name__ == '__main__':\n"
+        "    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                                  initializer=accuracy.die_with_parent)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    bench = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(bench.stdout.readline())
+    os.kill(bench.pid, signal.SIGKILL)
+    bench.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the pool worker outlived the killed benchmark")
