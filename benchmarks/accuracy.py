@@ -5,6 +5,7 @@
     python benchmarks/accuracy.py --suite bccd_c4 | bccd_dc5   (FPN-free Faster R-CNN: seed 0)
     python benchmarks/accuracy.py --suite synthetic_retinanet  (FCOS teacher -> RetinaNet: seed 0)
     python benchmarks/accuracy.py --suite synthetic_condinst   (CondInst, box and mask AP: seed 0)
+    python benchmarks/accuracy.py --suite bccd_cascade         (Cascade R-CNN teacher -> Faster R-CNN: seed 0)
     options: --students ROW ...  --split test|validation  --weights-from docs/sweep_bccd.json
              --out DIR  --eval-period N  --quick  --no-results  --results  --set KEY=VALUE (every run)
 
@@ -14,7 +15,9 @@ demo's shapes data, generated into ``<out>/data``), ``bccd`` uses ``configs/voc/
 (train on trainval, test on test), ``bccd_c4`` / ``bccd_dc5`` ``configs/voc/bccd_{c4,dc5}_*.yaml``,
 ``synthetic_retinanet`` the demo's FCOS teacher distilled into a RetinaNet student
 (``configs/demo/retinanet_*.yaml``: a cross-architecture pair), ``synthetic_condinst`` the demo
-as CondInst on the shapes' instance masks (``configs/demo/condinst_*.yaml``; its table adds mask AP).
+as CondInst on the shapes' instance masks (``configs/demo/condinst_*.yaml``; its table adds mask AP),
+``bccd_cascade`` a Cascade R-CNN teacher distilled into a Faster R-CNN student on BCCD
+(``configs/voc/bccd_{cascade_teacher,faster_rcnn_student,faster_rcnn_icd_from_cascade}.yaml``).
 Every schedule comes from the recipes. Student rows (``--students``; the suite's default in
 ``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; ``icd_inherit`` = ICD recipe +
 ``distill.inherit=true`` (skipped when no neck/head tensor of the teacher fits the student); the
@@ -106,6 +109,9 @@ SUITES = {
     # the paper's Table 8 family (CondInst) at demo size, trained on the shapes' instance masks
     "synthetic_condinst": Suite("synthetic", "demo", "condinst_teacher.yaml", "condinst_student.yaml", "condinst_icd.yaml",
                                 students=("baseline", "icd"), seeds=(0,)),
+    # the paper's Table 9 pair Cascade (Mask) R-CNN -> Faster R-CNN on real images (boxes only)
+    "bccd_cascade": Suite("bccd", "voc", "bccd_cascade_teacher.yaml", "bccd_faster_rcnn_student.yaml",
+                          "bccd_faster_rcnn_icd_from_cascade.yaml", students=("baseline", "icd"), seeds=(0,)),
     "bccd_c4": Suite("bccd", "voc", "bccd_c4_teacher.yaml", "bccd_c4_student.yaml", "bccd_c4_icd.yaml",
                      students=("baseline", "icd"), seeds=(0,)),
     "bccd_dc5": Suite("bccd", "voc", "bccd_dc5_teacher.yaml", "bccd_dc5_student.yaml", "bccd_dc5_icd.yaml",

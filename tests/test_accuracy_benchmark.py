@@ -161,6 +161,14 @@ def test_c4_dc5_suites_and_quick_overrides_per_data_set(accuracy, tmp_path, bccd
     assert args.seeds == [0] and teacher.cfg.model.family == "fcos" and icd.cfg.teacher.family == "fcos"
     assert base.cfg.model.family == icd.cfg.model.family == "retinanet" and icd.cfg.distill.inherit is False
     assert icd.cfg.solver == base.cfg.solver and icd.cfg.data == teacher.cfg.data
+    # ... and on BCCD: a Cascade R-CNN teacher, Faster R-CNN students
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd_cascade", "--bccd-root", bccd_root)
+    teacher, base, icd = plan.teacher(), plan.student("baseline", 0), plan.student("icd", 0)
+    assert args.seeds == [0] and teacher.cfg.model.family == icd.cfg.teacher.family == "cascade_rcnn"
+    assert base.cfg.model.family == icd.cfg.model.family == "faster_rcnn" and icd.cfg.distill.inherit is False
+    assert icd.cfg.teacher.backbone == teacher.cfg.model.backbone == "resnet34"
+    assert icd.cfg.teacher.fpn_channels == teacher.cfg.model.fpn_channels == 64
+    assert icd.cfg.solver == base.cfg.solver and icd.cfg.data == base.cfg.data == teacher.cfg.data
 
 
 def test_condinst_suite_trains_on_masks_and_its_table_adds_mask_ap(accuracy, tmp_path):
