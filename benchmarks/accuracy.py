@@ -135,13 +135,14 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             "icd_uniform": Row("icd", ("distill.ablation_weights=uniform",)),
             "icd_gtbox": Row("icd", ("distill.ablation_weights=gt_box",)),
             "icd_paper": Row("icd", ("distill.position_prior=false",))}
-TABLE = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl", "time/iter_s", "time/train_s")
-MASK_TABLE = ("segm/AP", "segm/AP50", "segm/AP75")  # added to TABLE when the teacher has mask AP
+BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
+MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
+TIME_COLUMNS = ("time/iter_s", "time/train_s")
 
 
 def table_keys(data: dict[str, Any]) -> tuple[str, ...]:
     """The columns of a suite's table: box AP and time, and mask AP for a mask family."""
-    return TABLE[:6] + (MASK_TABLE if data["teacher"].get("segm/AP") is not None else ()) + TABLE[6:]
+    return BOX_COLUMNS + (MASK_COLUMNS if data["teacher"].get("segm/AP") is not None else ()) + TIME_COLUMNS
 # The validation split of each data set: held-out images inside the training data, never test.
 VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.train_splits=[train]", "data.test_splits=[val]"]}
 QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
@@ -518,6 +519,7 @@ def results_section(data: dict[str, Any], png: str) -> str:
     """The suite's Markdown section for docs/RESULTS.md (between its markers)."""
     meta, st = data["meta"], data["students"]
     hw, lay = meta["hardware"], meta["layout"]
+    columns = table_keys(data)
     split = meta.get("split", "test")
     title = f"### {meta['suite']}" + (" — validation split (for choosing hyperparameters; not a test result)"
                                       if split == "validation" else "")
@@ -531,10 +533,10 @@ def results_section(data: dict[str, Any], png: str) -> str:
              f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
              f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds / "
              "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
-             "| model | " + " | ".join(column_name(k) for k in table_keys(data)) + " |",
-             "| --- |" + " ---: |" * len(table_keys(data))]
+             "| model | " + " | ".join(column_name(k) for k in columns) + " |",
+             "| --- |" + " ---: |" * len(columns)]
     for name, d in [("teacher", data["teacher"]), *st.items()]:
-        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in table_keys(data)) + " |")
+        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in columns) + " |")
     lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
     rows = meta.get("rows") or {}
     if rows:
