@@ -40,6 +40,11 @@ Runs live in ``<out>/teacher`` and ``<out>/<student>/seed<k>``. A run whose save
 distillation, teacher checkpoint) equals what would run now is reused ("cached"); an interrupted
 one resumes from its last checkpoint. ``--jobs N`` trains students in N spawned processes with
 threads/N threads each (threads: $OMP_NUM_THREADS or the CPU count); the teacher runs first, alone.
+Every finished run also leaves a *record* in ``benchmarks/records/<out folder>`` (benchmarks/records.py:
+its small files, and the teacher's weights), kept in git: a fresh checkout restores the records
+and reuses the runs whose config and teacher are unchanged, so a suite longer than one sitting
+can be finished over several (``--records DIR`` elsewhere, ``--no-records`` neither; none for
+``--quick``). The table says when and on what machine its runs were trained.
 
 Writes ``--json`` (teacher metrics; per student the seeds' metrics, their mean and sample std;
 ``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
@@ -76,8 +81,12 @@ import yaml
 from icdistill.config import Config, load_config
 from icdistill.demo import demo_config_path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this file
+from records import Records  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
+RECORDS = ROOT / "benchmarks" / "records"  # finished runs kept in git (records.py)
 RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
 METHODS = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017")
 BASE_ROWS = ("baseline", "fitnet", "icd", "icd_inherit")
@@ -386,7 +395,7 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
 
     def report(run: Run, state: str) -> None:
         m, done = read_metrics(run), {"fresh": "trained", "resume": "resumed"}.get(state, state)
-        counts["cached" if state == "cached" else "trained"] += 1
+        counts["cached" if state in ("cached", "record") else "trained"] += 1
         ap = "n/a" if m.get("bbox/AP") is None else f"{m['bbox/AP']:.1f}"
         print(f"[{args.suite}] {run.name:<14} seed {'-' if run.seed is None else run.seed}: {done:<7} AP {ap}, "
               f"{m.get('time/iter_s')} s/iter, elapsed {time.perf_counter() - started:.0f} s", flush=True)
@@ -394,10 +403,19 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
     def call(run: Run, state: str, threads: int) -> tuple[Any, ...]:
         return str(run.recipe), run.overrides, str(run.out), state == "resume", threads
 
+    records, machine = run_records(args, teacher.out.parent), hardware()
+
+    def keep(run: Run, state: str, is_teacher: bool = False) -> None:
+        """Record a run that finished here, or one cached here that has no record yet."""
+        if records is not None and (state != "cached" or records.provenance(run.out) is None):
+            records.save(run.out, machine, teacher=is_teacher)
+
+    from_record = records is not None and records.restore(teacher.out)
     state = prepare(teacher)
     if state != "cached":
         train_run(*call(teacher, state, layout["teacher_threads"]), progress)
-    report(teacher, state)
+    report(teacher, "record" if from_record and state == "cached" else state)
+    keep(teacher, state, is_teacher=True)
     skipped, inherit = {}, next((r for r in students if r.name == "icd_inherit"), None)
     if inherit is not None:
         reason = inherit_skip_reason(inherit)
@@ -405,14 +423,17 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             skipped["icd_inherit"] = reason
             print(f"skipping icd_inherit: {reason}")
     runs = [r for r in students if r.name not in skipped]
+    restored = {r.out for r in runs if records is not None and records.restore(r.out)}
     states = {r.out: prepare(r) for r in runs}
     for r in (r for r in runs if states[r.out] == "cached"):
-        report(r, "cached")
+        report(r, "cached" if r.out not in restored else "record")
+        keep(r, "cached")
     todo = [r for r in runs if states[r.out] != "cached"]
     if args.jobs == 1:
         for r in todo:
             train_run(*call(r, states[r.out], layout["threads_per_job"]), progress)
             report(r, states[r.out])
+            keep(r, states[r.out])
     else:
         with cf.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=die_with_parent) as pool:
@@ -422,11 +443,15 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
                 for fut in cf.as_completed(futures):
                     fut.result()
                     report(futures[fut], states[futures[fut].out])
+                    keep(futures[fut], states[futures[fut].out])
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise
     names = list(dict.fromkeys(r.name for r in runs))
+    provenance = {} if records is None else {
+        str(r.out.relative_to(teacher.out.parent)): records.provenance(r.out) for r in [teacher, *runs]}
     return {"teacher": read_metrics(teacher), "skipped": skipped, "layout": layout, "counts": counts,
+            "provenance": provenance,
             "students": {n: aggregate([read_metrics(r) for r in runs if r.name == n]) for n in names}}
 
 
@@ -529,7 +554,7 @@ def results_section(data: dict[str, Any], png: str) -> str:
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}; "
              f"{lay['jobs']} job(s) x {lay['threads_per_job']} thread(s) (teacher: {lay['teacher_threads']}). "
              f"Wall time {meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, "
-             f"{meta['runs_cached']} reused). Seeds {', '.join(map(str, meta['seeds']))}; "
+             f"{meta['runs_cached']} reused). {recorded_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; "
              f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
              f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds / "
              "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
@@ -574,6 +599,13 @@ def write_results(section: str, suite: str, path: Path = RESULTS) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
+def add_record_args(p: argparse.ArgumentParser) -> None:
+    """``--records DIR`` / ``--no-records`` (shared with sweep.py)."""
+    p.add_argument("--records", type=Path, metavar="DIR",
+                   help="run records to reuse and write (default: benchmarks/records/<out folder>; none with --quick)")
+    p.add_argument("--no-records", action="store_true", help="neither reuse nor write run records")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
@@ -591,12 +623,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
     p.add_argument("--no-results", action="store_true", help="do not touch docs/")
     p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    add_record_args(p)
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
     args.students = args.students or list(suite.students)
     args.seeds = args.seeds or ([0, 1] if args.quick and len(suite.seeds) > 1 else list(suite.seeds))
     args.key = args.suite + "_validation" * (args.split == "validation")  # the JSON / RESULTS / PNG name
     return args
+
+
+def recorded_on(provenance: dict[str, Any]) -> list[str]:
+    """Where and when the suite's runs were trained, e.g. ``["2026-12-02, AMD EPYC 7B13 (14 runs)"]``."""
+    seen: dict[str, int] = {}
+    for rec in provenance.values():
+        if rec:
+            key = f"{rec['recorded']}, {rec['hardware'].get('processor')}"
+            seen[key] = seen.get(key, 0) + 1
+    return [f"{k} ({n} run{'s' * (n > 1)})" for k, n in sorted(seen.items())]
+
+
+def recorded_clause(meta: dict[str, Any]) -> str:
+    """The sentence saying when and where the table's runs were trained, when that was not all in
+    this call (runs reused from records of earlier calls); else ''."""
+    if not meta.get("runs_cached") or not meta.get("recorded_on"):
+        return ""
+    return f"Runs trained on: {'; '.join(meta['recorded_on'])}. "
+
+
+def run_records(args: argparse.Namespace, out: Path) -> Records | None:
+    """The suite folder's run records (benchmarks/records.py) in ``benchmarks/records/<out name>``,
+    or ``--records DIR``; none for ``--quick`` (unless ``--records``) or with ``--no-records``."""
+    root = getattr(args, "records", None)
+    if getattr(args, "no_records", False) or (root is None and args.quick):
+        return None
+    subs = {str(out): "${OUT}", str(ROOT): "${ROOT}", str(Path(args.bccd_root).resolve()): "${DATA}"}
+    return Records(Path(root or RECORDS / out.name).resolve(), out, subs)
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -638,6 +699,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "evaluator": teacher.cfg.eval.evaluator, "models": {r.name: describe(r) for r in [teacher, *students]},
             "quick": args.quick, "skipped": res["skipped"],
             "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
+            "provenance": res["provenance"], "recorded_on": recorded_on(res["provenance"]),
             "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "compare": str(compare)}
     data = {"meta": meta, "teacher": res["teacher"], "students": res["students"]}
     if args.json:

@@ -131,7 +131,7 @@ def section(data: dict[str, Any], png: str) -> str:
              f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}. Wall time "
              f"{meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, {meta['runs_cached']} reused). "
-             f"Seeds {', '.join(map(str, meta['seeds']))}; teacher box AP on the validation images "
+             f"{accuracy.recorded_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; teacher box AP on the validation images "
              f"{_ap(data['teacher'].get('bbox/AP'))}. Cells: λ → validation box AP, mean ± sample std over seeds; "
              "the chosen λ is the best mean (ties: the default).", "",
              "| row | default λ | " + " | ".join(f"point {i + 1}" for i in range(points)) + " | chosen λ |",
@@ -165,6 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
     p.add_argument("--no-results", action="store_true", help="do not touch docs/")
     p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    accuracy.add_record_args(p)
     args = p.parse_args(argv)
     suite = accuracy.SUITES[args.suite]
     args.rows = args.rows or [n for n in suite.students if n in SWEEPABLE and n not in accuracy.ABLATION_ROWS]
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "date": date.today().isoformat(), "hardware": accuracy.hardware(), "seeds": args.seeds,
             "multipliers": args.multipliers or list(MULTIPLIERS), "grids": {k: v["grid"] for k, v in table.items()},
             "quick": args.quick, "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
+            "provenance": res["provenance"], "recorded_on": accuracy.recorded_on(res["provenance"]),
             "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "out": str(out)}
     data = {"meta": meta, "teacher": res["teacher"], "rows": table, "chosen": chosen}
     path = args.json or (accuracy.ROOT / "docs" / f"sweep_{args.suite}.json" if to_docs else None)

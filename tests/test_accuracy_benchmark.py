@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -293,3 +294,38 @@ def test_a_killed_benchmark_leaves_no_worker_training(tmp_path):
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the pool worker outlived the killed benchmark")
+
+
+def test_records_let_a_fresh_checkout_reuse_finished_runs(accuracy, tmp_path, capsys):
+    """A run's record (benchmarks/records.py) is restored into an empty out folder and reused; a
+    record whose config is not what would run now is retrained and replaced."""
+    out, records = tmp_path / "out", tmp_path / "records"
+    args = ["--suite", "synthetic", "--quick", "--seeds", "0", "--students", "baseline", "icd",
+            "--out", str(out), "--records", str(records), "--no-results"]
+    first = accuracy.main(args)
+    assert capsys.readouterr().out.count(": trained ") == 3
+    teacher_pt = (out / "teacher" / "detector.pt").read_bytes()
+    for run in ("teacher", "baseline/seed0", "icd/seed0"):
+        saved = records / run
+        assert {"config.yaml", "metrics.json", "metrics.jsonl", "benchmark_stamp.json", "record.json"} <= {
+            p.name for p in saved.iterdir()}
+        assert str(out) not in (saved / "config.yaml").read_text()  # portable: ${OUT}, ${ROOT}
+    assert (records / "teacher" / "detector.pt").read_bytes() == teacher_pt
+    assert not (records / "icd" / "seed0" / "detector.pt").exists()  # students: small files only
+
+    shutil.rmtree(out)  # a fresh checkout: no run folders, only the records
+    again = accuracy.main(args)
+    printed = capsys.readouterr().out
+    assert printed.count(": record ") == 3 and ": trained " not in printed
+    assert again["students"] == first["students"] and again["teacher"] == first["teacher"]
+    assert (out / "teacher" / "detector.pt").read_bytes() == teacher_pt
+    assert again["meta"]["runs_cached"] == 3 and len(again["meta"]["recorded_on"]) == 1
+    assert "Runs trained on: " in accuracy.results_section(again, "x.png")
+
+    shutil.rmtree(out)
+    stale = records / "icd" / "seed0" / "config.yaml"
+    stale.write_text(stale.read_text().replace("loss_weight:", "loss_weight: 123.0\n  old_loss_weight:", 1))
+    accuracy.main(args)
+    printed = capsys.readouterr().out
+    assert printed.count(": record ") == 2 and printed.count(": trained ") == 1  # only icd retrained
+    assert "old_loss_weight" not in stale.read_text()  # its record replaced by the new run's
