@@ -87,6 +87,7 @@ from records import Records  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
 RECORDS = ROOT / "benchmarks" / "records"  # finished runs kept in git (records.py)
+TRAINED = ("fresh", "resume")  # prepare()'s states that train; 'cached' and 'record' reuse
 RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
 METHODS = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017")
 BASE_ROWS = ("baseline", "fitnet", "icd", "icd_inherit")
@@ -315,14 +316,16 @@ def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
     return plan.teacher(), [plan.student(name, seed) for name in args.students for seed in args.seeds]
 
 
-def prepare(run: Run) -> str:
-    """'cached', 'resume' or 'fresh'; a run directory made with another config is deleted."""
+def prepare(run: Run, records: Records | None = None) -> str:
+    """'cached', 'record' (cached, restored from its record into an empty folder), 'resume' or
+    'fresh'; a run directory made with another config is deleted."""
+    restored = records is not None and records.restore(run.out)
     saved, stamp = run.out / "config.yaml", run.out / "benchmark_stamp.json"
     if saved.is_file():
         same = (yaml.safe_load(saved.read_text()) == run.cfg.to_dict() and stamp.is_file()
                 and json.loads(stamp.read_text()) == run.stamp())
         if same and (run.out / "metrics.json").is_file():
-            return "cached"
+            return "record" if restored else "cached"
         if same and (run.out / "checkpoints" / "last.pt").is_file():
             return "resume"
         shutil.rmtree(run.out)
@@ -395,7 +398,7 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
 
     def report(run: Run, state: str) -> None:
         m, done = read_metrics(run), {"fresh": "trained", "resume": "resumed"}.get(state, state)
-        counts["cached" if state in ("cached", "record") else "trained"] += 1
+        counts["trained" if state in TRAINED else "cached"] += 1
         ap = "n/a" if m.get("bbox/AP") is None else f"{m['bbox/AP']:.1f}"
         print(f"[{args.suite}] {run.name:<14} seed {'-' if run.seed is None else run.seed}: {done:<7} AP {ap}, "
               f"{m.get('time/iter_s')} s/iter, elapsed {time.perf_counter() - started:.0f} s", flush=True)
@@ -407,14 +410,13 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
 
     def keep(run: Run, state: str, is_teacher: bool = False) -> None:
         """Record a run that finished here, or one cached here that has no record yet."""
-        if records is not None and (state != "cached" or records.provenance(run.out) is None):
+        if records is not None and (state in TRAINED or records.provenance(run.out) is None):
             records.save(run.out, machine, teacher=is_teacher)
 
-    from_record = records is not None and records.restore(teacher.out)
-    state = prepare(teacher)
-    if state != "cached":
+    state = prepare(teacher, records)
+    if state in TRAINED:
         train_run(*call(teacher, state, layout["teacher_threads"]), progress)
-    report(teacher, "record" if from_record and state == "cached" else state)
+    report(teacher, state)
     keep(teacher, state, is_teacher=True)
     skipped, inherit = {}, next((r for r in students if r.name == "icd_inherit"), None)
     if inherit is not None:
@@ -423,12 +425,11 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             skipped["icd_inherit"] = reason
             print(f"skipping icd_inherit: {reason}")
     runs = [r for r in students if r.name not in skipped]
-    restored = {r.out for r in runs if records is not None and records.restore(r.out)}
-    states = {r.out: prepare(r) for r in runs}
-    for r in (r for r in runs if states[r.out] == "cached"):
-        report(r, "cached" if r.out not in restored else "record")
-        keep(r, "cached")
-    todo = [r for r in runs if states[r.out] != "cached"]
+    states = {r.out: prepare(r, records) for r in runs}
+    for r in (r for r in runs if states[r.out] not in TRAINED):
+        report(r, states[r.out])
+        keep(r, states[r.out])
+    todo = [r for r in runs if states[r.out] in TRAINED]
     if args.jobs == 1:
         for r in todo:
             train_run(*call(r, states[r.out], layout["threads_per_job"]), progress)

@@ -8,7 +8,7 @@ the small files of one finished run — ``config.yaml``, ``benchmark_stamp.json`
 ``metrics.jsonl``, ``command.txt`` — and, for a teacher, its ``detector.pt`` (the students'
 ``benchmark_stamp.json`` holds that file's SHA-256, so a student record is reused only with the
 very teacher it was distilled from). Paths inside the files are stored relative to the checkout
-(``${ROOT}``) and to the data root (``${DATA}``), so a record made in ``/work/main`` is found in
+(``${ROOT}``), the suite's out folder (``${OUT}``) and the data root (``${DATA}``), so a record made in ``/work/main`` is found in
 any clone.
 
 Layout: ``benchmarks/records/<suite folder>/<run folder relative to the suite's out>/``, e.g.
