@@ -39,3 +39,19 @@ def test_paper_recipes_follow_the_spec():
     assert voc.data.train_years == ("2007", "2012") and voc.data.test_years == ("2007",)
     coco = load_config(CONFIG_ROOT / "coco" / "retinanet_R50_3x_icd_inherit.yaml")
     assert coco.solver.max_iter == 270000 and coco.distill.inherit and coco.teacher.backbone == "resnet101"
+
+
+def test_icd_recipes_leave_the_distillation_warm_up_to_the_method():
+    """ICD recipes get ICD's 1000-iteration warm-up (ICD_SPEC §7) from the method default, so
+    ``--set distill.method=M`` on one of them runs M with M's own warm-up, not ICD's."""
+    from icdistill.distill.build import warmup_iters
+
+    # The full-schedule ICD recipes; the demo's and BCCD's short schedules set their own warm-up.
+    icd_recipes = [p for p in RECIPES if p.parent.name in ("coco", "voc", "cityscapes")
+                   and p.stem.endswith("_icd") and not p.stem.startswith("bccd")]
+    assert len(icd_recipes) == 12
+    for path in icd_recipes:
+        assert warmup_iters(load_config(path).distill) == 1000, path
+    recipe = CONFIG_ROOT / "coco" / "faster_rcnn_R50_1x_icd.yaml"
+    assert warmup_iters(load_config(recipe, ["distill.method=mimic"]).distill) == 0
+    assert warmup_iters(load_config(recipe, ["distill.method=fgfi"]).distill) == 25
