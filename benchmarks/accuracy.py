@@ -541,6 +541,13 @@ def column_name(key: str) -> str:
     return f"mask {name}" if key.startswith("segm/") else name
 
 
+def canonical_order(by_row: dict[str, Any]) -> dict[str, Any]:
+    """``by_row`` in ``STUDENTS`` order (baseline first), whatever order ``--students`` gave;
+    unknown rows last, as given."""
+    rank = {name: i for i, name in enumerate(STUDENTS)}
+    return dict(sorted(by_row.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
 def results_section(data: dict[str, Any], png: str) -> str:
     """The suite's Markdown section for docs/RESULTS.md (between its markers)."""
     meta, st = data["meta"], data["students"]
@@ -561,7 +568,7 @@ def results_section(data: dict[str, Any], png: str) -> str:
              "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
              "| model | " + " | ".join(column_name(k) for k in columns) + " |",
              "| --- |" + " ---: |" * len(columns)]
-    for name, d in [("teacher", data["teacher"]), *st.items()]:
+    for name, d in [("teacher", data["teacher"]), *canonical_order(st).items()]:
         lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in columns) + " |")
     lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
     rows = meta.get("rows") or {}
@@ -569,7 +576,7 @@ def results_section(data: dict[str, Any], png: str) -> str:
         lines += ["", "Rows: " + "; ".join(
             f"{k} = `{v['recipe']}`" + "".join(f" `{x}`" for x in v["sets"])
             + (f" (λ {v['loss_weight']:g}{', from the sweep' if v['loss_weight_from'] == 'sweep' else ''})"
-               if v["loss_weight"] is not None else "") for k, v in rows.items()) + "."]
+               if v["loss_weight"] is not None else "") for k, v in canonical_order(rows).items()) + "."]
     ap = {k: v["mean"].get("bbox/AP") for k, v in st.items()}
     teacher, base, icd, fit = data["teacher"].get("bbox/AP"), ap.get("baseline"), ap.get("icd"), ap.get("fitnet")
     checks = []

@@ -329,3 +329,16 @@ def test_records_let_a_fresh_checkout_reuse_finished_runs(accuracy, tmp_path, ca
     printed = capsys.readouterr().out
     assert printed.count(": record ") == 2 and printed.count(": trained ") == 1  # only icd retrained
     assert "old_loss_weight" not in stale.read_text()  # its record replaced by the new run's
+
+
+def test_results_table_lists_rows_in_the_canonical_order_not_the_command_line_order(accuracy):
+    agg = accuracy.aggregate([{"bbox/AP": 1.0}])
+    meta = {"suite": "bccd", "command": "c", "date": "d", "wall_s": 60.0, "runs_trained": 3,
+            "runs_cached": 0, "seeds": [0], "recipes": {}, "evaluator": "coco", "skipped": {},
+            "hardware": {"machine": "m", "processor": "p", "cpu_count": 2, "gpu": None, "torch": "t"},
+            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 2},
+            "models": {"teacher": "t", "mimic": "m", "baseline": "b", "icd": "i"}}
+    students = {"mimic": agg, "icd": agg, "baseline": agg}  # the order --students gave
+    section = accuracy.results_section({"meta": meta, "teacher": {"bbox/AP": 2.0}, "students": students}, "p.png")
+    names = [ln.split(" (")[0][2:] for ln in section.splitlines() if ln.startswith("| ") and " (" in ln]
+    assert names == ["teacher", "baseline", "icd", "mimic"]
