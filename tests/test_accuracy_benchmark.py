@@ -172,6 +172,14 @@ def test_c4_dc5_suites_and_quick_overrides_per_data_set(accuracy, tmp_path, bccd
     assert icd.cfg.solver == base.cfg.solver and icd.cfg.data == base.cfg.data == teacher.cfg.data
 
 
+def section_meta(suite: str, models: dict[str, str]) -> dict:
+    """The least ``meta`` that ``results_section`` renders: one seed, one job, placeholder hardware."""
+    return {"suite": suite, "command": "c", "date": "d", "wall_s": 60.0, "runs_trained": len(models) - 1,
+            "runs_cached": 0, "seeds": [0], "recipes": {}, "evaluator": "coco", "skipped": {},
+            "hardware": {"machine": "m", "processor": "p", "cpu_count": 2, "gpu": None, "torch": "t"},
+            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 2}, "models": models}
+
+
 def test_condinst_suite_trains_on_masks_and_its_table_adds_mask_ap(accuracy, tmp_path):
     args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic_condinst")
     teacher, base, icd = plan.teacher(), plan.student("baseline", 0), plan.student("icd", 0)
@@ -180,11 +188,7 @@ def test_condinst_suite_trains_on_masks_and_its_table_adds_mask_ap(accuracy, tmp
     assert icd.cfg.solver == base.cfg.solver and teacher.cfg.data.format == "shapes"
     row = {"bbox/AP": 20.0, "segm/AP": 18.25, "segm/AP50": 30.0, "segm/AP75": None, "time/iter_s": 1.0}
     agg = accuracy.aggregate([row])
-    meta = {"suite": "synthetic_condinst", "command": "c", "date": "d", "wall_s": 60.0, "runs_trained": 2,
-            "runs_cached": 0, "seeds": [0], "recipes": {}, "evaluator": "coco", "skipped": {},
-            "hardware": {"machine": "m", "processor": "p", "cpu_count": 2, "gpu": None, "torch": "t"},
-            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 2},
-            "models": {"teacher": "t", "baseline": "b"}}
+    meta = section_meta("synthetic_condinst", {"teacher": "t", "baseline": "b"})
     section = accuracy.results_section({"meta": meta, "teacher": row, "students": {"baseline": agg}}, "p.png")
     header = next(ln for ln in section.splitlines() if ln.startswith("| model"))
     assert "| APl | mask AP | mask AP50 | mask AP75 | s/iter |" in header
@@ -333,11 +337,7 @@ def test_records_let_a_fresh_checkout_reuse_finished_runs(accuracy, tmp_path, ca
 
 def test_results_table_lists_rows_in_the_canonical_order_not_the_command_line_order(accuracy):
     agg = accuracy.aggregate([{"bbox/AP": 1.0}])
-    meta = {"suite": "bccd", "command": "c", "date": "d", "wall_s": 60.0, "runs_trained": 3,
-            "runs_cached": 0, "seeds": [0], "recipes": {}, "evaluator": "coco", "skipped": {},
-            "hardware": {"machine": "m", "processor": "p", "cpu_count": 2, "gpu": None, "torch": "t"},
-            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 2},
-            "models": {"teacher": "t", "mimic": "m", "baseline": "b", "icd": "i"}}
+    meta = section_meta("bccd", {"teacher": "t", "mimic": "m", "baseline": "b", "icd": "i"})
     students = {"mimic": agg, "icd": agg, "baseline": agg}  # the order --students gave
     section = accuracy.results_section({"meta": meta, "teacher": {"bbox/AP": 2.0}, "students": students}, "p.png")
     names = [ln.split(" (")[0][2:] for ln in section.splitlines() if ln.startswith("| ") and " (" in ln]
