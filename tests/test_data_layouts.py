@@ -79,12 +79,33 @@ def test_train_val_test_folders_and_val_only(tmp_path):
     assert "test <- val/" in data_report(train, test)["test"]["reader"]["split"]
 
 
+def test_folders_of_any_name_found_by_what_they_hold(tmp_path):
+    # the one XML folder and the one image folder, whatever their names; the layout says so
+    _voc_set(tmp_path / "only", "pics", "annots", "abcde")
+    train, test = _build(tmp_path / "only")
+    assert len(train) + len(test) == 5
+    assert data_report(train, test)["train"]["reader"]["layout"] == \
+        "pics/ + annots/ (found by content: the only folders holding images and XML files)"
+    _voc_set(tmp_path / "named_images", "images", "annots", "ab")
+    layout = data_report(*_build(tmp_path / "named_images"))["train"]["reader"]["layout"]
+    assert layout == "images/ + annots/ (found by content: the only folder holding XML files)"
+    # two XML folders: no guess, the error names both and the key to set
+    _voc_set(tmp_path / "two", "pics", "annots", "ab")
+    _voc_set(tmp_path / "two", "pics", "annots_old", "ab")
+    with pytest.raises(DataError, match=r"several folders hold XML files \(annots/, annots_old/\): "
+                                        r"set data\.ann_dir"):
+        _build(tmp_path / "two")
+
+
 def test_image_dir_and_ann_dir_keys(tmp_path):
     _voc_set(tmp_path, "pics", "boxes_out", "abcde")
+    (tmp_path / "old_boxes").mkdir()
+    for xml in (tmp_path / "boxes_out").glob("*.xml"):
+        (tmp_path / "old_boxes" / xml.name).write_bytes(xml.read_bytes())
     with pytest.raises(DataError) as err:
         _build(tmp_path)
     msg = str(err.value)
-    assert str(tmp_path) in msg and "folders: boxes_out/, pics/" in msg
+    assert str(tmp_path) in msg and "folders: boxes_out/, old_boxes/, pics/" in msg
     assert "data.image_dir" in msg and "data.ann_dir" in msg
     train, test = _build(tmp_path, image_dir="pics", ann_dir="boxes_out")
     assert len(train) + len(test) == 5

@@ -6,7 +6,9 @@ case-insensitively, first match wins):
 * ``images/`` + ``annotations/`` (labelImg's default), ``JPEGImages/`` + ``Annotations/``
   (VOC), and the other pairs of :data:`IMAGE_DIR_NAMES` x :data:`ANN_DIR_NAMES`;
 * images and XML files mixed in one folder (several export services);
-* folders named explicitly (``data.image_dir`` / ``data.ann_dir``).
+* folders named explicitly (``data.image_dir`` / ``data.ann_dir``);
+* whatever their names, the one folder holding XML files and the one holding images (e.g.
+  ``imgs_raw/`` + ``annots/``); the layout then says it found them by what they hold.
 
 One folder per split (``train/`` beside ``test/``, ``valid/`` or ``val/``), each holding any of
 the layouts above, gives the split (:func:`find_split_folders`).
@@ -150,34 +152,58 @@ def find_xml_layout(
 
     ``ann_dir`` / ``image_dir`` (relative to ``folder`` or absolute) are used when given;
     otherwise the XML folder is the first of :data:`ANN_DIR_NAMES` holding ``*.xml``, else
-    ``folder`` itself; the image folder the first of :data:`IMAGE_DIR_NAMES` holding images,
-    else the XML folder when it holds images too (mixed), else ``folder``.
+    ``folder`` itself when it holds some, else the one subfolder holding ``*.xml`` whatever its
+    name; the image folder the first of :data:`IMAGE_DIR_NAMES` holding images, else the XML
+    folder when it holds images too (mixed), else ``folder`` when it holds images, else the one
+    other subfolder holding images whatever its name. A folder found by what it holds rather
+    than by its name is said so in the layout's ``kind`` (the data report's ``layout``).
 
     Raises:
         DataError: a named folder is missing, or no XML / no image is found; the message
             lists what ``folder`` holds and which keys to set.
     """
     folder = Path(folder)
-    if ann_dir is not None:
-        xml_dir = _given_dir(folder, ann_dir, "data.ann_dir")
-    else:
-        found = [d for d in _named_subdir(folder, ANN_DIR_NAMES) if _has_xml(d)]
-        xml_dir = found[0] if found else folder
-    if not _has_xml(xml_dir):
-        raise DataError(f"no VOC annotation (*.xml) found in {xml_dir}: it holds "
-                        f"{describe_folder(xml_dir)}; looked for {_layout_names()}; "
-                        f"{_format_hint(folder)}{_KEYS_HINT}")
+    xml_dir, xml_found_by = _xml_dir(folder, ann_dir)
     if image_dir is not None:
         return FolderLayout(_given_dir(folder, image_dir, "data.image_dir"), xml_dir, "as configured")
     for d in _named_subdir(folder, IMAGE_DIR_NAMES):
         if image_files(d):
-            return FolderLayout(d, xml_dir, "separate image and XML folders")
+            return FolderLayout(d, xml_dir, xml_found_by or "separate image and XML folders")
     for d, kind in ((xml_dir, "images and XMLs mixed"), (folder, "images beside the XML folder")):
         if image_files(d):
-            return FolderLayout(d, xml_dir, kind)
+            return FolderLayout(d, xml_dir, xml_found_by or kind)
+    holders = [d for d in _subdirs(folder) if d != xml_dir and image_files(d)]
+    if len(holders) == 1:
+        found_by = ("found by content: the only folders holding images and XML files"
+                    if xml_found_by else "found by content: the only folder holding images")
+        return FolderLayout(holders[0], xml_dir, found_by)
     raise DataError(f"VOC XMLs found in {xml_dir} but no image ({', '.join(IMAGE_EXTS)}) in "
                     f"{folder} or its folders {', '.join(IMAGE_DIR_NAMES)}: {folder} holds "
                     f"{describe_folder(folder)}; {_KEYS_HINT}")
+
+
+def _xml_dir(folder: Path, ann_dir: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """The XML folder of ``folder`` (see :func:`find_xml_layout`) and, when it was found by
+    what it holds rather than by its name, the words saying so (else ``None``)."""
+    if ann_dir is not None:
+        given = _given_dir(folder, ann_dir, "data.ann_dir")
+        if not _has_xml(given):
+            raise DataError(f"no VOC annotation (*.xml) found in {given} (data.ann_dir): it "
+                            f"holds {describe_folder(given)}; {_KEYS_HINT}")
+        return given, None
+    named = [d for d in _named_subdir(folder, ANN_DIR_NAMES) if _has_xml(d)]
+    if named:
+        return named[0], None
+    if _has_xml(folder):
+        return folder, None
+    holders = [d for d in _subdirs(folder) if _has_xml(d)]
+    if len(holders) == 1:
+        return holders[0], "found by content: the only folder holding XML files"
+    several = (f"several folders hold XML files ({', '.join(d.name + '/' for d in holders)}): "
+               f"set data.ann_dir to the one to read; " if holders else "")
+    raise DataError(f"no VOC annotation (*.xml) found in {folder}: it holds "
+                    f"{describe_folder(folder)}; {several}looked for {_layout_names()}; "
+                    f"{_format_hint(folder)}{_KEYS_HINT}")
 
 
 def _format_hint(folder: Path) -> str:
