@@ -76,3 +76,10 @@ def tiny_teacher(tmp_path_factory, tiny_overrides, empty_config) -> Path:
     assert main(["--no-progress", "train", str(empty_config), "--out", str(out),
                  *[f"--set={s}" for s in tiny_overrides]]) == 0
     return out / "detector.pt"
+
+
+@pytest.fixture(autouse=True)
+def _image_check_cache(tmp_path_factory, monkeypatch):
+    """The image check's cache (icdistill.data.image_check) in a folder of the test session,
+    not the user's cache folder."""
+    monkeypatch.setenv("ICDISTILL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -89,6 +89,11 @@ class DataConfig:
       instance classes; ``train_splits[0]`` / ``test_splits[0]`` name the splits (train / val).
     - ``shapes``: the generated demo data set (``shapes`` section).
 
+    ``class_aliases`` (``{alias: canonical name}``, any format) merges classes spelled two ways
+    (``"Rbc ": RBC``); names differing only in case, spaces or punctuation are reported by every
+    run's data report and by ``icdistill stats``. ``skip_unreadable`` leaves out (and counts)
+    images that are missing or do not decode in full, instead of stopping before the first step.
+
     ``with_masks`` null loads instance masks exactly when the model needs them (Mask R-CNN).
     ``filter_empty`` leaves training images without any box out (they are kept by default: they
     still teach the detector what background looks like); test images are always kept.
@@ -107,6 +112,7 @@ class DataConfig:
     train_years: Optional[tuple[str, ...]] = None
     test_years: Optional[tuple[str, ...]] = None
     class_names: Optional[tuple[str, ...]] = None
+    class_aliases: dict[str, str] = field(default_factory=dict)
     keep_difficult: bool = False
     test_fraction: float = 0.2
     split_seed: int = 0
@@ -496,6 +502,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return _build(tp, value, key + ".")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {_coerce(f"{key} (a key)", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+                for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, (int, float, str)):
             value = [value]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError, ModelMismatchError
 from .cityscapes import load_cityscapes
+from .class_names import check_class_aliases
 from .coco import CocoDetection, Transform
 from .synthetic import generate_shapes
 from .transforms import build_transforms
@@ -58,7 +59,9 @@ def build_datasets(
     Items are ``(image float Tensor[3, h, w] in [0, 1], target)`` with ``boxes`` float
     Tensor[N, 4] xyxy pixels of the transformed image (see :mod:`icdistill.data.coco`). With
     ``data.filter_empty`` training images without a box are left out; with
-    ``data.validate_images`` every image header is checked up front.
+    ``data.validate_images`` every image is decoded in full up front (remembered per file, see
+    :mod:`icdistill.data.image_check`), so that a broken image stops the run before its first
+    step; with ``data.skip_unreadable`` such images are left out and counted instead.
 
     Raises:
         ConfigError: a key the format needs is missing (the key is named).
@@ -77,7 +80,7 @@ def build_datasets(
         )
     if len(train) == 0:
         raise DataError(f"the training set {train.source} has no images")
-    if data_cfg.validate_images:
+    if data_cfg.validate_images and not data_cfg.skip_unreadable:  # skipping decoded them already
         train.check_images(progress=progress)
         test.check_images(progress=progress)
     return train, test
@@ -96,7 +99,8 @@ def _load_datasets(
 ) -> tuple[CocoDetection, CocoDetection]:
     """The two datasets as read, before filtering and checks, with what their reader found
     (``report["reader"]``: format, layout, how the split was made)."""
-    options = {"skip_unreadable": data.skip_unreadable, "with_masks": with_masks}
+    options = {"skip_unreadable": data.skip_unreadable, "with_masks": with_masks,
+               "progress": progress, "class_aliases": check_class_aliases(data.class_aliases)}
     if data.format == "shapes":
         s = data.shapes
         paths = generate_shapes(
@@ -159,7 +163,7 @@ def _voc_folder_splits(data: DataConfig) -> tuple[_Split, _Split]:
     """Both splits of a plain VOC-XML folder in one read (split folders or the seeded split)."""
     got = read_voc_folder(
         data.root, image_dir=data.image_dir, ann_dir=data.ann_dir,
-        class_names=list(data.class_names) if data.class_names else None,
+        class_names=_with_aliases(data.class_names, data),
         test_fraction=data.test_fraction, seed=data.split_seed, keep_difficult=data.keep_difficult,
         train_folders=_given(data, "train_splits"), test_folders=_given(data, "test_splits"))
     return tuple(  # type: ignore[return-value]
@@ -190,11 +194,13 @@ def _yolo_splits(data: DataConfig) -> tuple[_Split, _Split]:
 
 def _voc_dicts(data: DataConfig) -> tuple[_Split, _Split]:
     """The VOC training and test splits (``*_splits`` of ``*_years``) of ``data.root``."""
-    names = list(data.class_names) if data.class_names else None
+    names = _with_aliases(data.class_names, data)
     train = load_voc(data.root, data.train_splits, years=data.train_years, class_names=names,
                      keep_difficult=data.keep_difficult)
     # The test split takes the training classes, so both map ids the same way.
     train_names = [c["name"] for c in sorted(train[0]["categories"], key=lambda c: c["id"])]
+    # Aliases are kept as classes of their own until CocoDetection merges them, as in training.
+    train_names = _with_aliases(train_names, data)
     test = load_voc(data.root, data.test_splits, years=data.test_years, class_names=train_names,
                     keep_difficult=data.keep_difficult)
     how = {"split": "ImageSets/Main: data.train_splits, data.test_splits"}
@@ -205,3 +211,12 @@ def _voc_dicts(data: DataConfig) -> tuple[_Split, _Split]:
 def _split_tag(splits: tuple[str, ...], years: tuple[str, ...] | None) -> str:
     """``trainval`` or ``train+val (2007+2012)``: how a VOC split is named in ``source``."""
     return "+".join(splits) + (f" ({'+'.join(years)})" if years else "")
+
+
+def _with_aliases(names: Sequence[str] | None, data: DataConfig) -> list[str] | None:
+    """A reader's class list with the aliases of ``data.class_aliases`` added (a reader leaves
+    out objects of classes not in its list; CocoDetection then merges the aliases), or
+    ``None`` (the reader finds the classes) when ``names`` is not given."""
+    if not names:
+        return None
+    return [*names, *(a for a in data.class_aliases if a not in names)]

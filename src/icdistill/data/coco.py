@@ -32,7 +32,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .class_names import apply_class_aliases, describe_similar, similar_class_names
+from .image_check import find_undecodable
 
 __all__ = ["CocoDetection", "Transform"]
 
@@ -92,11 +94,13 @@ class CocoDetection(Dataset):
         ann_file: COCO json (``images``, ``annotations``, ``categories``).
         transforms: callable ``(image uint8 Tensor[3, H, W], target) -> (image, target)`` where
             target boxes are float Tensor[N, 4] xyxy pixels; ``None`` only converts to float.
-        skip_unreadable: if True, images whose file is missing or whose header cannot be read
-            are checked for at construction (reads file headers, not pixels) and left out of the
-            data set (counted in :attr:`report`); an image that still fails to decode later is
-            replaced by the next readable one, with a warning. If False (default) a bad image
-            raises :class:`DataError` naming the file when it is loaded.
+        skip_unreadable: if True, every image is decoded in full at construction (threaded,
+            remembered per file: :mod:`icdistill.data.image_check`) and those missing, not
+            decoding or of another size than the json says are left out of the data set
+            (counted in :attr:`report` as ``unreadable_images``); an image that still fails to
+            decode later (changed during the run) is replaced by the next readable one, with a
+            warning, and counted too. If False (default) a bad image raises :class:`DataError`
+            naming the file when it is loaded (:meth:`check_images` finds them all up front).
         with_masks: if True, each target also has ``masks``: uint8 Tensor[N, h, w] (0/1), mask
             i belonging to box i, in pixels of the transformed image, decoded from the kept
             annotations' ``segmentation`` (see the module docstring; box-filled when there is
@@ -104,6 +108,11 @@ class CocoDetection(Dataset):
             the image and annotation id. ``transforms`` must then accept ``target["masks"]``
             (as :class:`icdistill.data.transforms.DetectionTransforms` does) and keep it
             aligned with the boxes.
+        progress: show a progress bar while ``skip_unreadable`` decodes the images.
+        class_aliases: ``{alias: canonical name}``: each category named by an alias is merged
+            into the canonical one (:func:`~icdistill.data.class_names.apply_class_aliases`),
+            before anything else; names that still differ only in case, spaces or punctuation
+            are reported (``report["similar_class_names"]``) and logged.
 
     Attributes:
         coco: the ``pycocotools.coco.COCO`` object (ground truth for the evaluator). Missing
@@ -119,7 +128,8 @@ class CocoDetection(Dataset):
         report: ``{"num_images", "num_annotations", "kept_annotations", "counts": {problem: n},
             "files": {problem: sorted file names}}``, problems being ``crowd``,
             ``repaired_boxes``, ``degenerate_boxes``, ``unknown_category``, ``unknown_image``
-            and ``unreadable_images``.
+            and ``unreadable_images``; when found, also ``merged_classes`` (``{alias: {"into",
+            "annotations"}}``) and ``similar_class_names`` (``[{name: annotations}]``).
 
     ``dataset[i]`` returns item i, using the global torch RNG for augmentation;
     ``dataset[(i, aug_seed)]`` runs the transforms under ``torch.random.fork_rng()`` seeded with
@@ -134,6 +144,8 @@ class CocoDetection(Dataset):
         *,
         skip_unreadable: bool = False,
         with_masks: bool = False,
+        progress: bool = False,
+        class_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.ann_file: Path | None = Path(ann_file)
         if not Path(image_dir).is_dir():
@@ -141,7 +153,7 @@ class CocoDetection(Dataset):
         data = _load_coco_json(self.ann_file)
         self._build(data, image_dir, transforms, skip_unreadable,
                     source=str(self.ann_file), label=f"annotation file {self.ann_file}",
-                    with_masks=with_masks)
+                    with_masks=with_masks, progress=progress, class_aliases=class_aliases)
 
     @classmethod
     def from_dict(
@@ -153,6 +165,8 @@ class CocoDetection(Dataset):
         skip_unreadable: bool = False,
         source: str = "<in-memory>",
         with_masks: bool = False,
+        progress: bool = False,
+        class_aliases: Mapping[str, str] | None = None,
     ) -> "CocoDetection":
         """Build the data set from an in-memory COCO dict instead of a json file.
 
@@ -178,7 +192,8 @@ class CocoDetection(Dataset):
             raise DataError(f"{source}: image folder not found: {image_root}")
         data = _check_coco_dict(copy.deepcopy(coco_dict), str(source))
         self._build(data, image_root, transforms, skip_unreadable,
-                    source=str(source), label=str(source), with_masks=with_masks)
+                    source=str(source), label=str(source), with_masks=with_masks,
+                    progress=progress, class_aliases=class_aliases)
         return self
 
     def _build(
@@ -191,6 +206,8 @@ class CocoDetection(Dataset):
         source: str,
         label: str,
         with_masks: bool = False,
+        progress: bool = False,
+        class_aliases: Mapping[str, str] | None = None,
     ) -> None:
         """Shared construction from a structurally checked COCO dict (taken over, mutated)."""
         self.with_masks = bool(with_masks)
@@ -199,13 +216,15 @@ class CocoDetection(Dataset):
         self.skip_unreadable = bool(skip_unreadable)
         self.source = source
 
+        merged = apply_class_aliases(data, class_aliases or {}, label)
+        similar = similar_class_names(data)
         grouping = _drop_grouping_category(data)
         self._index_categories(data["categories"], label)
         self._images, by_id = _image_records(data["images"], label, self.with_masks, self.image_dir)
         num_annotations = len(data["annotations"])
         counts, files = self._attach_annotations(data["annotations"], by_id, label)
         if self.skip_unreadable:
-            self._drop_unreadable(counts, files)
+            self._drop_unreadable(counts, files, progress)
 
         self.image_ids: list[int] = [rec["id"] for rec in self._images]
         self.report: dict[str, Any] = {
@@ -215,6 +234,11 @@ class CocoDetection(Dataset):
             "counts": counts,
             "files": {p: sorted(v) for p, v in files.items()},
         }
+        if merged:
+            self.report["merged_classes"] = merged
+        if similar:
+            self.report["similar_class_names"] = similar
+            log.warning("%s: %s", self.source, describe_similar(similar))
         if grouping:
             self.report["grouping_category"] = grouping
             log.info("%s: left out category %r: it groups all the others and has no box",
@@ -310,39 +334,49 @@ class CocoDetection(Dataset):
         rec["labels"].append(cat)
         return ("repaired_boxes" if repaired else None), name
 
-    def _drop_unreadable(self, counts: dict[str, int], files: dict[str, set[str]]) -> None:
-        """Leave out images whose header cannot be read, counting them as ``unreadable_images``."""
-        readable = []
-        for rec in self._images:
-            if _header_ok(self.image_dir / rec["file_name"]):
-                readable.append(rec)
-            else:
-                counts["unreadable_images"] += 1
-                files["unreadable_images"].add(rec["file_name"])
-        self._images = readable
+    def _undecodable(self, progress: bool) -> dict[str, str]:
+        """``{file name: why}`` of the images that do not decode in full to their size
+        (:func:`~icdistill.data.image_check.find_undecodable`: threaded, cached per file)."""
+        return find_undecodable(self.image_dir, [(r["file_name"], r["width"], r["height"])
+                                                 for r in self._images],
+                                desc=f"decoding images of {self.source}", progress=progress)
+
+    def _drop_unreadable(self, counts: dict[str, int], files: dict[str, set[str]],
+                         progress: bool) -> None:
+        """Leave out the images that do not decode, counting them as ``unreadable_images``."""
+        bad = self._undecodable(progress)
+        for name in bad:
+            counts["unreadable_images"] += 1
+            files["unreadable_images"].add(name)
+        self._images = [rec for rec in self._images if rec["file_name"] not in bad]
 
     # ------------------------------------------------------------------------------------------
 
     def check_images(self, *, progress: bool = False) -> None:
-        """Open every image's header; raise DataError naming the missing or unreadable files.
+        """Decode every image in full (a truncated JPEG passes a header check but not this);
+        raise DataError naming the missing, undecodable or wrongly sized files.
 
         With ``skip_unreadable`` such images were already dropped (and counted) at load time, so
-        this passes.
+        this passes. Decoded files are remembered (:mod:`icdistill.data.image_check`), so a
+        second run does not decode them again.
         """
-        from tqdm import tqdm
-
-        bad = [
-            rec["file_name"]
-            for rec in tqdm(self._images, desc=f"checking images of {self.source}", disable=not progress, leave=False)
-            if not _header_ok(self.image_dir / rec["file_name"])
-        ]
+        bad = self._undecodable(progress)
         if bad:
-            shown = ", ".join(str(self.image_dir / name) for name in bad[:5])
+            shown = "; ".join(f"{self.image_dir / name}: {why}"
+                              for name, why in list(bad.items())[:5])
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
             raise DataError(
                 f"{len(bad)} image(s) of {self.source} are missing or unreadable: {shown}{more}; "
                 "fix them or set data.skip_unreadable: true to skip and count them"
             )
+
+    def _count_unreadable(self, file_name: str) -> None:
+        """Count an image that failed when loaded (in this process's :attr:`report`)."""
+        names = self.report["files"].setdefault("unreadable_images", [])
+        if file_name not in names:
+            names.append(file_name)
+            names.sort()
+            self.report["counts"]["unreadable_images"] = len(names)
 
     @property
     def num_classes(self) -> int:
@@ -454,6 +488,7 @@ class CocoDetection(Dataset):
                 if not self.skip_unreadable or attempt == len(self) - 1:
                     raise
                 log.warning("%s; using the next image instead", e)
+                self._count_unreadable(self._images[index]["file_name"])
                 index = (index + 1) % len(self)
         assert image is not None
         rec = self._images[index]
@@ -738,15 +773,6 @@ def _decode_masks(
             decoded = mask_utils.decode(rles)  # uint8 [h, w, len(rles)], Fortran order
         out[rows] = np.moveaxis(decoded, -1, 0)
     return out
-
-
-def _header_ok(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means unreadable
-        return False
 
 
 def _fill_missing_segmentations(annotations: list[dict]) -> None:

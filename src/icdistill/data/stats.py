@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .class_names import describe_similar
 from .coco import CocoDetection
 
 __all__ = ["class_table", "format_class_table", "format_data_report"]
@@ -85,6 +86,11 @@ def format_data_report(report: dict[str, dict[str, Any]]) -> str:
         for key, value in r.get("reader", {}).items():
             if key != "format" and value not in (None, "", 0):
                 lines.append(f"  {key.replace('_', ' ')}: {value}")
+        for alias, merge in r.get("merged_classes", {}).items():
+            lines.append(f"  class {alias!r} merged into {merge['into']!r} "
+                         f"({merge['annotations']} annotations; data.class_aliases)")
+        if r.get("similar_class_names"):
+            lines += ["  " + line for line in describe_similar(r["similar_class_names"]).splitlines()]
         if r.get("grouping_category"):
             lines.append(f"  left out category {r['grouping_category']!r} (groups the others, no box)")
         for problem, n in r["counts"].items():
