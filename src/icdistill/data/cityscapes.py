@@ -30,7 +30,6 @@ polygon's vertices, in pixels as written), ``bbox`` ``[x, y, w, h]`` = the verti
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .coco_parse import read_json
 
 __all__ = ["CITYSCAPES_CLASSES", "load_cityscapes"]
 
@@ -56,13 +56,7 @@ _GROUP = "group"
 
 def _read_polygon_json(path: Path) -> tuple[int, int, list[dict[str, Any]]]:
     """``(height, width, objects)`` of one ``*_gtFine_polygons.json``; DataError names the file."""
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"Cityscapes polygon file {path} is not valid json: {e}") from e
-    except OSError as e:
-        raise DataError(f"cannot read Cityscapes polygon file {path}: {e}") from e
+    data = read_json(path, "Cityscapes polygon file")
     if not isinstance(data, dict):
         raise DataError(f"Cityscapes polygon file {path}: expected a json object, "
                         f"got {type(data).__name__}")
