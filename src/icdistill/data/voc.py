@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from ..errors import DataError
 from .layouts import IMAGE_EXTS
 
-__all__ = ["VOC_CLASSES", "load_voc", "parse_voc_xml"]
+__all__ = ["VOC_CLASSES", "VOCObject", "VOCRecord", "image_file_of", "load_voc", "parse_voc_xml",
+           "records_to_coco", "resolve_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _voc_box_to_coco(box: tuple[float, float, float, float]) -> list[float]:
     return [x1, y1, xmax - x1, ymax - y1]
 
 
-def _resolve_classes(
+def resolve_classes(
     class_names: Sequence[str] | None, found: Sequence[str], fallback: Sequence[str] | None = None
 ) -> list[str]:
     """Given names, else the 20 VOC names if every name found fits them, else sorted names."""
@@ -166,13 +166,19 @@ def _resolve_classes(
     return sorted(set(fallback if fallback is not None else found))
 
 
-def _to_coco(
+def records_to_coco(
     records: Sequence[tuple[int, str, VOCRecord]],
     class_names: list[str],
     keep_difficult: bool,
     extra: Sequence[dict[str, Any]] | None = None,
 ) -> dict:
-    """COCO dict from ``(image id, file name relative to the image root, record)`` triples."""
+    """COCO dict from ``(image id, file name relative to the image root, record)`` triples.
+
+    Boxes: VOC's 1-based inclusive ``bndbox`` becomes COCO ``[x, y, w, h]`` in 0-based pixels.
+    Category ``k + 1`` is ``class_names[k]``; objects of other classes are left out (logged).
+    Difficult objects are crowd (ignore regions) unless ``keep_difficult``; ``extra[i]`` is
+    merged into image entry ``i`` (e.g. ``{"voc_id": ...}``).
+    """
     cat_of = {n: i + 1 for i, n in enumerate(class_names)}
     images, annotations = [], []
     dropped: Counter[str] = Counter()
@@ -204,7 +210,7 @@ def _to_coco(
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _image_file(jpeg_dir: Path, stem: str, xml_filename: str) -> str:
+def image_file_of(jpeg_dir: Path, stem: str, xml_filename: str) -> str:
     """Name of the image of ``stem`` in ``jpeg_dir``: ``<stem>.jpg`` (VOC's rule) if it exists,
     else the XML's ``<filename>`` if that exists, else ``<stem>`` with another image extension
     found, else ``<stem>.jpg`` (then :class:`CocoDetection` reports the missing file)."""
@@ -296,7 +302,7 @@ def load_voc(
     names = _voc_class_names(class_names, loaded, folders)
     records = [(i + 1, fn, rec) for i, (_, fn, rec) in enumerate(loaded)]
     extra = [{"voc_id": key} for key, _, _ in loaded]
-    return _to_coco(records, names, keep_difficult, extra), image_root
+    return records_to_coco(records, names, keep_difficult, extra), image_root
 
 
 def _voc_folders(root: Path, years: Sequence[str] | None) -> tuple[list[tuple[Path, str]], Path]:
@@ -346,7 +352,7 @@ def _load_voc_split(
             raise DataError(f"VOC split {split_file} lists '{stem}' but its annotation "
                             f"{xml} does not exist")
         rec = parse_voc_xml(xml)
-        file_name = prefix + ("JPEGImages/" if prefix else "") + _image_file(
+        file_name = prefix + ("JPEGImages/" if prefix else "") + image_file_of(
             jpeg_dir, stem, rec.filename)
         loaded.append((key, file_name, rec))
     return loaded
@@ -357,10 +363,10 @@ def _voc_class_names(
     loaded: Sequence[tuple[str, str, VOCRecord]],
     folders: Sequence[tuple[Path, str]],
 ) -> list[str]:
-    """:func:`_resolve_classes` over the loaded objects; the fallback (names of every XML of the
+    """:func:`resolve_classes` over the loaded objects; the fallback (names of every XML of the
     folders) is only read when it can be needed, as it parses all of them."""
     found = sorted({o.name for _, _, rec in loaded for o in rec.objects})
     fallback = None
     if class_names is None and not set(found) <= set(VOC_CLASSES):
         fallback = sorted(set().union(*(_all_names(f / "Annotations") for f, _ in folders)))
-    return _resolve_classes(class_names, found, fallback)
+    return resolve_classes(class_names, found, fallback)

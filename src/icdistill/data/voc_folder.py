@@ -24,7 +24,7 @@ from PIL import Image
 from ..errors import DataError
 from .layouts import (FolderLayout, SplitFolders, find_split_folders, find_xml_layout, image_files,
                       xml_files)
-from .voc import VOCRecord, _image_file, _resolve_classes, _to_coco, parse_voc_xml
+from .voc import VOCRecord, image_file_of, parse_voc_xml, records_to_coco, resolve_classes
 
 __all__ = ["VOCFolderSplit", "load_voc_folder", "read_voc_folder"]
 
@@ -142,7 +142,7 @@ def _scan(layout: FolderLayout, prefix: str) -> tuple[list[_Loaded], dict[str, l
     for xml in xmls:
         # Some tools write <width>0</width> or no <size>: the image header has it.
         rec = parse_voc_xml(xml, need_size=False)
-        name = _image_file(layout.image_dir, xml.stem, rec.filename)
+        name = image_file_of(layout.image_dir, xml.stem, rec.filename)
         if rec.width <= 0 or rec.height <= 0:
             rec.width, rec.height = _header_size(xml, layout.image_dir / name)
             sized.append(prefix + name)
@@ -171,7 +171,7 @@ def _seeded_splits(
 ) -> dict[str, VOCFolderSplit]:
     """The seeded train/test split of one folder (see :func:`read_voc_folder`)."""
     loaded, noted = _scan(layout, "")
-    names = _resolve_classes(class_names, sorted({o.name for _, _, r in loaded for o in r.objects}))
+    names = resolve_classes(class_names, sorted({o.name for _, _, r in loaded for o in r.objects}))
     n = len(loaded)
     n_test = int(math.floor(test_fraction * n + 0.5))
     order = np.random.default_rng(seed).permutation(n)
@@ -184,7 +184,7 @@ def _seeded_splits(
     for split, idx in keep.items():
         records = [(i + 1, loaded[i][1], loaded[i][2]) for i in idx]
         extra = [{"voc_id": loaded[i][0]} for i in idx]
-        out[split] = VOCFolderSplit(_to_coco(records, names, keep_difficult, extra),
+        out[split] = VOCFolderSplit(records_to_coco(records, names, keep_difficult, extra),
                                     layout.image_dir, layout.describe(root), how,
                                     noted if split != "test" else {})
     return out
@@ -209,7 +209,7 @@ def _folder_splits(
                 noted.setdefault(reason, []).extend(names)
         per_role[role] = (loaded, noted)
     everything = per_role["train"][0] + per_role["test"][0]
-    names = _resolve_classes(class_names, sorted({o.name for _, _, r in everything for o in r.objects}))
+    names = resolve_classes(class_names, sorted({o.name for _, _, r in everything for o in r.objects}))
     first_id = {"train": 1, "test": len(per_role["train"][0]) + 1, "all": 1}
     per_role["all"] = (everything, {k: per_role["train"][1].get(k, []) + per_role["test"][1].get(k, [])
                                     for k in {*per_role["train"][1], *per_role["test"][1]}})
@@ -218,7 +218,7 @@ def _folder_splits(
     for split, (loaded, noted) in per_role.items():
         records = [(first_id[split] + k, fn, rec) for k, (_, fn, rec) in enumerate(loaded)]
         extra = [{"voc_id": key} for key, _, _ in loaded]
-        out[split] = VOCFolderSplit(_to_coco(records, names, keep_difficult, extra), root,
+        out[split] = VOCFolderSplit(records_to_coco(records, names, keep_difficult, extra), root,
                                     "; ".join(layouts[split]), folders.describe(root),
                                     noted)
     return out
