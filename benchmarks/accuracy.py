@@ -154,14 +154,14 @@ def table_keys(data: dict[str, Any]) -> tuple[str, ...]:
     """The columns of a suite's table: box AP and time, and mask AP for a mask family."""
     return BOX_COLUMNS + (MASK_COLUMNS if data["teacher"].get("segm/AP") is not None else ()) + TIME_COLUMNS
 # The validation split of each data set: held-out images inside the training data, never test.
-VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.train_splits=[train]", "data.test_splits=[val]"]}
+VALIDATION = {"synthetic": ["data.shapes.seed=1"], "bccd": ["data.voc.train_splits=[train]", "data.voc.test_splits=[val]"]}
 QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "solver.log_period=2",
                     "eval.batch_size=8", "eval.viz_images=0", "model.detections_per_image=10"],
          # per data set; bccd trains on `val` (87 images): with --split validation also tested on it
          "data": {"synthetic": ["data.shapes.num_train=16", "data.shapes.num_test=8", "data.shapes.image_height=64",
                                 "data.shapes.image_width=96", "data.min_sizes=[64]", "data.max_size=128",
                                 "data.test_size=64"],
-                  "bccd": ["data.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
+                  "bccd": ["data.voc.train_splits=[val]", "data.validate_images=false", "data.min_sizes=[64]",
                            "data.max_size=96", "data.test_size=64"]},
          "teacher": ["solver.max_iter=8"], "student": ["solver.max_iter=6"],
          # an 8-iteration teacher scores ~0 AP: the teacher check would stop the smoke run
@@ -273,7 +273,7 @@ def split_names(run: Run) -> dict[str, str]:
     data = run.cfg.data
     if data.format == "shapes":
         return {"train": f"shapes seed {data.shapes.seed} train", "evaluated on": f"shapes seed {data.shapes.seed} test"}
-    return {"train": "+".join(data.train_splits), "evaluated on": "+".join(data.test_splits)}
+    return {"train": "+".join(data.voc.train_splits), "evaluated on": "+".join(data.voc.test_splits)}
 
 
 def data_overrides(args: argparse.Namespace, out: Path) -> list[str]:
@@ -286,7 +286,7 @@ def data_overrides(args: argparse.Namespace, out: Path) -> list[str]:
         if not (root / "ImageSets" / "Main").is_dir():
             sys.exit(f"accuracy.py: BCCD not found at {root} (expected VOC layout with ImageSets/Main); "
                      "pass --bccd-root DIR")
-        common = [f"data.root={root}"]
+        common = [f"data.voc.root={root}"]
     common += VALIDATION[dataset] if args.split == "validation" else []
     return common + ([*QUICK["common"], *QUICK["data"][dataset]] if args.quick else [])
 

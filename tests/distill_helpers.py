@@ -112,6 +112,6 @@ def assert_recipes_follow_the_paper_protocols(method: str, family: str) -> None:
     for cfg in (voc, coco):
         assert cfg.distill.method == method and cfg.distill.warmup_iters == 0
         assert (cfg.teacher.backbone, cfg.model.backbone, cfg.teacher.family) == ("resnet101", "resnet50", family)
-    assert voc.solver.max_iter == 18000 and voc.data.train_years == ("2007", "2012")
+    assert voc.solver.max_iter == 18000 and voc.data.voc.train_years == ("2007", "2012")
     assert coco.solver.max_iter == 90000
     assert load_config(root / "voc" / f"bccd_{method}.yaml").distill.method == method

@@ -129,7 +129,7 @@ def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, 
         run = plan.student(method, 0)
         assert run.recipe.name == f"bccd_{method}.yaml" and run.cfg.distill.method == method
         assert run.teacher_pt == tmp_path / "out" / "teacher" / "detector.pt"
-        assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.train_splits == ("trainval",)
+        assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.voc.train_splits == ("trainval",)
     ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_paper")}
     assert [d.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
     assert [d.position_prior for d in ablation.values()] == [True, True, True, False]
@@ -202,7 +202,7 @@ def test_validation_split_trains_and_evaluates_inside_the_training_data(accuracy
     args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--split", "validation", "--bccd-root", bccd_root)
     assert args.key == "bccd_validation" and accuracy.default_out(args).name == "bccd-validation"
     for run in (plan.teacher(), plan.student("baseline", 0), plan.student("fgfi", 2)):
-        assert run.cfg.data.train_splits == ("train",) and run.cfg.data.test_splits == ("val",)
+        assert run.cfg.data.voc.train_splits == ("train",) and run.cfg.data.voc.test_splits == ("val",)
     assert accuracy.split_names(plan.teacher()) == {"train": "train", "evaluated on": "val"}
     args, plan = plan_for(accuracy, tmp_path, "--suite", "synthetic", "--split", "validation")
     assert plan.teacher().cfg.data.shapes.seed == 1 and plan.student("icd", 0).cfg.data.shapes.seed == 1
@@ -236,7 +236,7 @@ def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_r
     default, other = by_name[("icd@8", 1)], by_name[("icd@2", 1)]
     assert default.out == plan.student("icd", 1).out and default.cfg == plan.student("icd", 1).cfg
     assert other.out == tmp_path / "out" / "sweep" / "icd" / "w2" / "seed1" and other.cfg.distill.loss_weight == 2.0
-    assert all(r.cfg.data.test_splits == ("val",) for r in runs[::7])
+    assert all(r.cfg.data.voc.test_splits == ("val",) for r in runs[::7])
     pts = lambda *m: [{"loss_weight": w, "mean": v} for w, v in zip((1.0, 2.0, 4.0), m)]  # noqa: E731
     assert sweep.choose(pts(1.0, 3.0, 2.0), 4.0) == 2.0
     assert sweep.choose(pts(3.0, 3.0, 3.0), 4.0) == 4.0 and sweep.choose(pts(3.0, 3.0, 1.0), 4.0) == 1.0

@@ -14,7 +14,7 @@ BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd"
 pytestmark = pytest.mark.skipif(not BCCD.is_dir(), reason="BCCD is not beside the checkout (../shared/data/bccd)")
 RECIPE = demo_config_path("student").parents[1] / "voc" / "bccd_student.yaml"
 TINY = [
-    f"data.root={BCCD}",
+    f"data.voc.root={BCCD}",
     "data.min_sizes=[96]",
     "data.max_size=128",
     "data.test_size=96",
@@ -50,7 +50,7 @@ def xml_counts(split: str) -> tuple[int, Counter, int]:
 
 def test_stats_match_the_xml_counts(tmp_path):
     out = tmp_path / "prior.json"
-    assert main(["--no-progress", "stats", str(RECIPE), "--out", str(out), *sets(f"data.root={BCCD}")]) == 0
+    assert main(["--no-progress", "stats", str(RECIPE), "--out", str(out), *sets(f"data.voc.root={BCCD}")]) == 0
     prior = json.loads(out.read_text())
     num_images, counts, _ = xml_counts("trainval")
     assert prior["num_images"] == num_images

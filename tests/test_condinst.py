@@ -178,11 +178,11 @@ def test_train_and_distil_condinst_from_the_cli(tmp_path, tiny_overrides, empty_
 
 
 def test_data_without_masks_is_a_config_error_naming_the_dataset():
-    from icdistill.config import DataConfig
+    from icdistill.config import CocoDataConfig, DataConfig
     from icdistill.detectors.data_needs import require_masks
 
     with pytest.raises(ConfigError, match="model.family condinst predicts instance masks.*coco data train.json"):
-        require_masks("condinst", DataConfig(format="coco", train_ann="train.json", with_masks=False))
+        require_masks("condinst", DataConfig(format="coco", coco=CocoDataConfig(train_ann="train.json"), with_masks=False))
 
 
 def test_cityscapes_recipes_are_table_8s():

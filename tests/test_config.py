@@ -63,8 +63,8 @@ def test_base_include_and_relative_paths(tmp_path):
     path = write(tmp_path, "_base_: base.yaml\nsolver:\n  ims_per_batch: 2\n")
     cfg = load_config(path)
     assert cfg.solver.max_iter == 5 and cfg.solver.ims_per_batch == 2
-    assert cfg.data.train_ann == str((tmp_path / "ann/train.json").resolve())
-    assert cfg.data.test_ann == "elsewhere.json"  # nothing there: relative to the working directory
+    assert cfg.data.coco.train_ann == str((tmp_path / "ann/train.json").resolve())
+    assert cfg.data.coco.test_ann == "elsewhere.json"  # nothing there: relative to the working directory
 
 
 def test_round_trip_through_dict():

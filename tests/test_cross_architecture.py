@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from icdistill.cli import main
-from icdistill.config import DataConfig, DistillConfig
+from icdistill.config import CocoDataConfig, DataConfig, DistillConfig
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.detectors.data_needs import require_masks
@@ -123,7 +123,7 @@ def test_inheriting_a_cascade_teacher_into_faster_rcnn_copies_fpn_and_rpn():
 
 def test_a_mask_family_without_masks_names_the_dataset(tmp_path, tiny_overrides, empty_config, capsys):
     with pytest.raises(ConfigError, match=r"data\.with_masks.*coco data /d/train\.json"):
-        require_masks("mask_rcnn", DataConfig(train_ann="/d/train.json", with_masks=False))
+        require_masks("mask_rcnn", DataConfig(coco=CocoDataConfig(train_ann="/d/train.json"), with_masks=False))
     require_masks("faster_rcnn", DataConfig(with_masks=False))  # box families need none
     sets = [f"--set={s}" for s in [*tiny_overrides, "model.family=mask_rcnn", "data.with_masks=false"]]
     assert main(["--no-progress", "train", str(empty_config), "--out", str(tmp_path / "run"), *sets]) == 2
@@ -160,14 +160,14 @@ def test_a_mask_family_on_data_without_any_segmentation_is_a_config_error(tmp_pa
 
     ann = _box_only_coco(tmp_path)
     sets = [f"--set={s}" for s in [
-        *tiny_overrides, "data.format=coco", f"data.train_ann={ann}", f"data.train_images={tmp_path}",
-        f"data.test_ann={ann}", f"data.test_images={tmp_path}", "model.family=mask_rcnn"]]
+        *tiny_overrides, "data.format=coco", f"data.coco.train_ann={ann}", f"data.coco.train_images={tmp_path}",
+        f"data.coco.test_ann={ann}", f"data.coco.test_images={tmp_path}", "model.family=mask_rcnn"]]
     assert main(["--no-progress", "train", str(empty_config), "--out", str(tmp_path / "run"), *sets]) == 2
     err = capsys.readouterr().err
     assert "has no segmentation in any of its 3 training annotations" in err and str(ann) in err
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
-    cfg = DataConfig(train_ann=str(ann), train_images=str(tmp_path))
+    cfg = DataConfig(coco=CocoDataConfig(train_ann=str(ann), train_images=str(tmp_path)))
     require_segmentations("faster_rcnn", cfg, CocoDetection(tmp_path, ann))  # box families need none
     (tmp_path / "one").mkdir()
     one = _box_only_coco(tmp_path / "one", with_one_segmentation=True)

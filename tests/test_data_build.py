@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icdistill.config import DataConfig, EvalConfig, ShapesConfig
+from icdistill.config import CocoDataConfig, DataConfig, EvalConfig, ShapesConfig, VOCDataConfig
 from icdistill.data import CocoDetection, build_datasets, data_report, resolve_with_masks
 from icdistill.errors import ConfigError, DataError, ModelMismatchError
 from icdistill.evaluation import COCOEvaluator, VOCEvaluator, build_evaluator
@@ -71,32 +71,35 @@ def test_shapes_with_masks(shapes_dir):
 
 def test_coco_missing_key_is_named(tmp_path):
     img_dir, ann = _coco_files(tmp_path, [{"id": 1, "name": "a"}])
-    cfg = DataConfig(format="coco", train_images=str(img_dir), train_ann=str(ann), test_images=str(img_dir))
-    with pytest.raises(ConfigError, match=r"config key 'data\.test_ann' is required for data\.format 'coco'"):
+    cfg = DataConfig(format="coco", coco=CocoDataConfig(train_images=str(img_dir), train_ann=str(ann),
+                                                        test_images=str(img_dir)))
+    with pytest.raises(ConfigError, match=r"config key 'data\.coco\.test_ann' is required for data\.format 'coco'"):
         build_datasets(cfg, with_masks=False, progress=False)
-    with pytest.raises(ConfigError, match=r"'data\.train_images'"):
+    with pytest.raises(ConfigError, match=r"'data\.coco\.train_images'"):
         build_datasets(DataConfig(format="coco"), with_masks=False, progress=False)
 
 
 @pytest.mark.parametrize("fmt", ["voc", "voc_folder", "yolo", "cityscapes"])
 def test_root_required(fmt):
-    with pytest.raises(ConfigError, match=rf"config key 'data\.root' is required for data\.format '{fmt}'"):
+    with pytest.raises(ConfigError, match=rf"config key 'data\.{fmt}\.root' is required for data\.format '{fmt}'"):
         build_datasets(DataConfig(format=fmt), with_masks=False, progress=False)
 
 
 def test_coco_format_checks(tmp_path):
     img_dir, train_ann = _coco_files(tmp_path, [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
     _, test_ann = _coco_files(tmp_path, [{"id": 1, "name": "a"}])
-    coco = dict(format="coco", train_images=str(img_dir), test_images=str(img_dir), **SIZES)
-    train, test = build_datasets(DataConfig(train_ann=str(train_ann), test_ann=str(train_ann), **coco),
-                                 with_masks=False, progress=False)
+    def coco(train_ann: Path, test_ann: Path, **keys) -> DataConfig:
+        files = CocoDataConfig(train_images=str(img_dir), test_images=str(img_dir),
+                               train_ann=str(train_ann), test_ann=str(test_ann))
+        return DataConfig(format="coco", coco=files, **SIZES, **keys)
+
+    train, test = build_datasets(coco(train_ann, train_ann), with_masks=False, progress=False)
     assert train.class_names == ["a", "b"] and len(train) == len(test) == 2
     with pytest.raises(ModelMismatchError, match=r"training classes \['a', 'b'\] differ from test classes \['a'\]"):
-        build_datasets(DataConfig(train_ann=str(train_ann), test_ann=str(test_ann), **coco),
-                       with_masks=False, progress=False)
+        build_datasets(coco(train_ann, test_ann), with_masks=False, progress=False)
 
     (img_dir / "1.png").write_bytes(b"broken")
-    cfg = DataConfig(train_ann=str(train_ann), test_ann=str(train_ann), **coco)
+    cfg = coco(train_ann, train_ann)
     with pytest.raises(DataError, match=r"missing or unreadable: .*1\.png"):
         build_datasets(cfg, with_masks=False, progress=False)
     train, _ = build_datasets(dataclasses.replace(cfg, validate_images=False), with_masks=False, progress=False)
@@ -110,8 +113,9 @@ def test_filter_empty_and_empty_training_set(tmp_path):
     data = json.loads(ann.read_text())
     data["annotations"] = data["annotations"][:1]
     ann.write_text(json.dumps(data))
-    cfg = DataConfig(format="coco", train_images=str(img_dir), train_ann=str(ann),
-                     test_images=str(img_dir), test_ann=str(ann), **SIZES)
+    cfg = DataConfig(format="coco", coco=CocoDataConfig(train_images=str(img_dir), train_ann=str(ann),
+                                                        test_images=str(img_dir), test_ann=str(ann)),
+                     **SIZES)
     train, test = build_datasets(cfg, with_masks=False, progress=False)
     assert (len(train), len(test)) == (2, 2)
     train, test = build_datasets(dataclasses.replace(cfg, filter_empty=True), with_masks=False, progress=False)
@@ -143,13 +147,14 @@ def _voc_tree(root: Path) -> Path:
 
 def test_voc_splits_share_classes(tmp_path):
     root = _voc_tree(tmp_path / "voc")
-    cfg = DataConfig(format="voc", root=str(root), train_splits=("train",), test_splits=("test",), **SIZES)
+    cfg = DataConfig(format="voc", voc=VOCDataConfig(root=str(root), train_splits=("train",),
+                                                     test_splits=("test",)), **SIZES)
     train, test = build_datasets(cfg, with_masks=False, progress=False)
     assert train.class_names == test.class_names == ["rbc", "wbc"]
     assert (len(train), len(test)) == (2, 1)
     assert train.source == f"{root} train" and test.source == f"{root} test"
-    train, test = build_datasets(dataclasses.replace(cfg, class_names=("wbc", "rbc")), with_masks=False,
-                                 progress=False)
+    named = dataclasses.replace(cfg, voc=dataclasses.replace(cfg.voc, class_names=("wbc", "rbc")))
+    train, test = build_datasets(named, with_masks=False, progress=False)
     assert train.class_names == test.class_names == ["wbc", "rbc"]
 
 

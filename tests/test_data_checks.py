@@ -14,7 +14,7 @@ from PIL import Image
 from test_voc import H, W, _xml
 
 from icdistill.cli import main
-from icdistill.config import DataConfig, load_config
+from icdistill.config import DataConfig, VOCFolderDataConfig, load_config
 from icdistill.data import CocoDetection, build_datasets, data_report, image_check
 from icdistill.errors import ConfigError, DataError
 
@@ -48,8 +48,9 @@ def _split_folder(folder: Path, stems: str, names: dict[str, str] | None = None)
 
 
 def _build(root: Path, **keys):
-    return build_datasets(DataConfig(format="voc_folder", root=str(root), **SIZES, **keys),
-                          with_masks=False, progress=False)
+    common = {k: keys.pop(k) for k in ("skip_unreadable",) if k in keys}
+    return build_datasets(DataConfig(format="voc_folder", voc_folder=VOCFolderDataConfig(
+        root=str(root), **keys), **SIZES, **common), with_masks=False, progress=False)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -147,14 +148,15 @@ def test_class_aliases_config_checks():
         load_config(None, ["data.class_aliases=[a, b]"])
     for aliases, said in (({"a": "b", "b": "c"}, "itself an alias"), ({"a": "a"}, "maps to itself")):
         with pytest.raises(ConfigError, match=said):
-            build_datasets(DataConfig(format="voc_folder", root="/nowhere", class_aliases=aliases),
+            build_datasets(DataConfig(format="voc_folder", voc_folder=VOCFolderDataConfig(root="/nowhere"),
+                                      class_aliases=aliases),
                            with_masks=False)
 
 
 def test_stats_names_similar_classes_and_the_chosen_folders(tmp_path, empty_config, capsys):
     _split_folder(tmp_path / "train", "abcd", names={"d": "Rbc "})  # the XML reader strips
     _split_folder(tmp_path / "test", "ef")
-    sets = ["--set=data.format=voc_folder", f"--set=data.root={tmp_path}",
+    sets = ["--set=data.format=voc_folder", f"--set=data.voc_folder.root={tmp_path}",
             "--set=data.min_sizes=[32]", "--set=data.test_size=32",
             "--set=data.max_size=64"]
     out = tmp_path / "prior.json"
@@ -177,7 +179,7 @@ def test_train_with_a_truncated_test_image_stops_before_the_first_step_or_skips_
     _split_folder(data / "test", "ef")
     _truncate(data / "test" / "images" / "f.jpg")
     sets = [f"--set={s}" for s in (
-        "data.format=voc_folder", f"data.root={data}", "data.min_sizes=[32]",
+        "data.format=voc_folder", f"data.voc_folder.root={data}", "data.min_sizes=[32]",
         "data.test_size=32", "data.max_size=64", *TINY_MODEL, "solver.max_iter=2",
         "solver.ims_per_batch=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
         "eval.batch_size=2", "eval.viz_images=0", "eval.report=false")]

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from test_voc import H, W, _image, _xml
 
 from icdistill.cli import main
-from icdistill.config import DataConfig
+from icdistill.config import DataConfig, VOCFolderDataConfig, YoloDataConfig
 from icdistill.data import CocoDetection, build_datasets, data_report, load_voc_folder
 from icdistill.errors import ConfigError, DataError
 
@@ -28,8 +27,8 @@ def _voc_set(folder: Path, image_dir: str, ann_dir: str, stems: str, ext: str = 
 
 
 def _build(root: Path, **keys):
-    return build_datasets(DataConfig(format="voc_folder", root=str(root), **SIZES, **keys),
-                          with_masks=False, progress=False)
+    return build_datasets(DataConfig(format="voc_folder", voc_folder=VOCFolderDataConfig(
+        root=str(root), **keys), **SIZES), with_masks=False, progress=False)
 
 
 @pytest.mark.parametrize("image_dir,ann_dir,kind", [
@@ -67,7 +66,7 @@ def test_split_folders_give_the_split(tmp_path):
     # the config can pick and join split folders
     train, test = _build(tmp_path, train_splits=("train", "test"), test_splits=("valid",))
     assert (len(train), len(test)) == (7, 2)
-    with pytest.raises(DataError, match=r"data\.test_splits: no folder 'holdout'.*test, train, valid"):
+    with pytest.raises(DataError, match=r"data\.voc_folder\.test_splits: no folder 'holdout'.*test, train, valid"):
         _build(tmp_path, test_splits=("holdout",))
 
 
@@ -93,7 +92,7 @@ def test_folders_of_any_name_found_by_what_they_hold(tmp_path):
     _voc_set(tmp_path / "two", "pics", "annots", "ab")
     _voc_set(tmp_path / "two", "pics", "annots_old", "ab")
     with pytest.raises(DataError, match=r"several folders hold XML files \(annots/, annots_old/\): "
-                                        r"set data\.ann_dir"):
+                                        r"set data\.voc_folder\.ann_dir"):
         _build(tmp_path / "two")
 
 
@@ -106,11 +105,11 @@ def test_image_dir_and_ann_dir_keys(tmp_path):
         _build(tmp_path)
     msg = str(err.value)
     assert str(tmp_path) in msg and "folders: boxes_out/, old_boxes/, pics/" in msg
-    assert "data.image_dir" in msg and "data.ann_dir" in msg
+    assert "data.voc_folder.image_dir" in msg and "data.voc_folder.ann_dir" in msg
     train, test = _build(tmp_path, image_dir="pics", ann_dir="boxes_out")
     assert len(train) + len(test) == 5
     assert "as configured" in data_report(train, test)["train"]["reader"]["layout"]
-    with pytest.raises(DataError, match=r"data\.image_dir: folder not found: .*nope"):
+    with pytest.raises(DataError, match=r"data\.voc_folder\.image_dir: folder not found: .*nope"):
         _build(tmp_path, image_dir="nope", ann_dir="boxes_out")
     # inside split folders the keys name each split's folders
     for split in ("train", "test"):
@@ -128,7 +127,7 @@ def test_nothing_recognised_says_what_is_there(tmp_path):
     msg = str(err.value)
     assert "no VOC annotation (*.xml) found in" in msg
     assert "3 files (2 .jpg, 1 .txt: a.jpg, b.jpg, c.txt)" in msg and "folders: raw/" in msg
-    assert "data.image_dir" in msg and "data.format" in msg
+    assert "data.voc_folder.image_dir" in msg and "data.format" in msg
     # XMLs without any image
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "a.xml").write_text(_xml("a.jpg", []))
@@ -168,10 +167,10 @@ def test_sizes_from_images_and_the_cli_error(tmp_path, empty_config, capsys):
     # through the CLI: one line naming the folder and what it holds, exit status 2
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "notes.txt").write_text("x")
-    sets = ["--set=data.format=voc_folder", f"--set=data.root={tmp_path / 'e'}"]
+    sets = ["--set=data.format=voc_folder", f"--set=data.voc_folder.root={tmp_path / 'e'}"]
     assert main(["--no-progress", "stats", str(empty_config), *sets]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "1 file (1 .txt: notes.txt)" in err and "data.ann_dir" in err
+    assert len(err.splitlines()) == 1 and "1 file (1 .txt: notes.txt)" in err and "data.voc_folder.ann_dir" in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +236,7 @@ def _yolo_split(folder: Path, stems: str, line: str = "0 0.5 0.5 0.25 0.5\n") ->
 
 
 def _yolo(root: str = "", **keys):
-    return build_datasets(DataConfig(format="yolo", root=root, **SIZES, **keys),
+    return build_datasets(DataConfig(format="yolo", yolo=YoloDataConfig(root=root, **keys), **SIZES),
                           with_masks=False, progress=False)
 
 
@@ -259,7 +258,7 @@ def test_ultralytics_yaml(tmp_path):
     with pytest.raises(DataError, match=r"no 'holdout' images.*it gives train, val"):
         _yolo(str(ds_dir), test_splits=("holdout",))
     (ds_dir / "names.txt").write_text("rbc\nwbc\n")
-    with pytest.raises(ConfigError, match=r"'data\.root' is required .*names\.txt is not one"):
+    with pytest.raises(ConfigError, match=r"'data\.yolo\.root' is required .*names\.txt is not one"):
         _yolo(names_file=str(ds_dir / "names.txt"))
 
 
@@ -297,7 +296,7 @@ def test_stats_prints_the_class_table_and_the_data_report(tmp_path, empty_config
     (tmp_path / "data" / "train" / "annotations" / "a.xml").write_text(
         _xml("a.jpg", [("rbc", (2, 3, 12, 9), 0), ("rbc", (20, 3, 12, 9), 0)]))
     out = tmp_path / "prior.json"
-    sets = [f"--set=data.{k}" for k in ("format=voc_folder", f"root={tmp_path / 'data'}")]
+    sets = [f"--set=data.{k}" for k in ("format=voc_folder", f"voc_folder.root={tmp_path / 'data'}")]
     assert main(["--no-progress", "stats", str(empty_config), "--out", str(out), *sets]) == 0
     text = capsys.readouterr().out
     assert "| rbc | 3 | 3 | 1 | 1 | 11 x 7 | 100% / 0% / 0% |" in text

@@ -8,6 +8,7 @@ Sections: ``data``, ``model`` (the detector being trained: the student), ``teach
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any, Optional
 import yaml
 
 from icdistill.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn",
             "cascade_mask_rcnn", "condinst")
@@ -69,66 +72,183 @@ class ShapesConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the images are and how they are resized.
+class CocoDataConfig:
+    """``data.coco`` (``data.format: coco``): COCO json files and their image folders, all four
+    required; relative paths are taken relative to the config file when something is there."""
 
-    - ``coco``: ``train_images``/``train_ann`` and ``test_images``/``test_ann`` (COCO json).
-    - ``voc``: ``root`` (a VOC year folder, or a VOCdevkit with ``train_years``/``test_years``),
-      ``train_splits``/``test_splits`` of ImageSets/Main; difficult objects are excluded from
-      training and ignored by the evaluators unless ``keep_difficult``.
-    - ``voc_folder``: ``root`` with images + VOC XML files, no ImageSets, in a layout found
-      there (``images/`` + ``annotations/``, ``JPEGImages/`` + ``Annotations/``, mixed) or named
-      by ``image_dir`` / ``ann_dir`` (relative to ``root``); split folders (``train/``, ``test/``
-      or ``valid/``) give the split, else a split seeded by ``split_seed`` with
-      ``test_fraction`` of the images for testing.
-    - ``yolo``: ``root`` with ``images/<split>``, ``labels/<split>`` and a class names file
-      (``names_file``, default classes.txt / obj.names / data.yaml); ``train_splits[0]`` and
-      ``test_splits[0]`` name the splits; or an Ultralytics data.yaml (with ``train:``) in
-      ``root`` or named by ``names_file``.
-    - ``cityscapes``: ``root`` with ``leftImg8bit/`` and ``gtFine/`` (polygons); the eight
-      instance classes; ``train_splits[0]`` / ``test_splits[0]`` name the splits (train / val).
-    - ``shapes``: the generated demo data set (``shapes`` section).
-
-    ``class_aliases`` (``{alias: canonical name}``, any format) merges classes spelled two ways
-    (``"Rbc ": RBC``); names differing only in case, spaces or punctuation are reported by every
-    run's data report and by ``icdistill stats``. ``skip_unreadable`` leaves out (and counts)
-    images that are missing or do not decode in full, instead of stopping before the first step.
-
-    ``with_masks`` null loads instance masks exactly when the model needs them (Mask R-CNN).
-    ``filter_empty`` leaves training images without any box out (they are kept by default: they
-    still teach the detector what background looks like); test images are always kept.
-
-    Relative paths are resolved against the directory of the config file.
-    """
-
-    format: str = "coco"
     train_images: str = ""
     train_ann: str = ""
     test_images: str = ""
     test_ann: str = ""
+
+
+@dataclass(frozen=True)
+class VOCDataConfig:
+    """``data.voc`` (``data.format: voc``): ``root`` is a VOC year folder, or a VOCdevkit with
+    ``train_years`` / ``test_years``; ``train_splits`` / ``test_splits`` are ImageSets/Main
+    split names (joined). Difficult objects are excluded from training and ignored by the
+    evaluators unless ``keep_difficult``. ``class_names`` null: the 20 VOC names if they
+    cover the data, else the sorted names found."""
+
     root: str = ""
     train_splits: tuple[str, ...] = ("trainval",)
     test_splits: tuple[str, ...] = ("test",)
     train_years: Optional[tuple[str, ...]] = None
     test_years: Optional[tuple[str, ...]] = None
     class_names: Optional[tuple[str, ...]] = None
-    class_aliases: dict[str, str] = field(default_factory=dict)
     keep_difficult: bool = False
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    names_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class VOCFolderDataConfig:
+    """``data.voc_folder`` (``data.format: voc_folder``): ``root`` with images + VOC XML files,
+    no ImageSets, in a layout found there (``images/`` + ``annotations/``, ``JPEGImages/`` +
+    ``Annotations/``, mixed, or the one folder holding XMLs and the one holding images) or
+    named by ``image_dir`` / ``ann_dir`` (relative to ``root``). Split folders (``train/``
+    beside ``test/``, ``valid/`` or ``val/``; ``train_splits`` / ``test_splits`` name others,
+    null: found) give the split, else a split seeded by ``split_seed`` with ``test_fraction``
+    of the images for testing. ``class_names`` / ``keep_difficult``: as for ``voc``."""
+
+    root: str = ""
     image_dir: Optional[str] = None
     ann_dir: Optional[str] = None
+    train_splits: Optional[tuple[str, ...]] = None
+    test_splits: Optional[tuple[str, ...]] = None
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    class_names: Optional[tuple[str, ...]] = None
+    keep_difficult: bool = False
+
+
+@dataclass(frozen=True)
+class YoloDataConfig:
+    """``data.yolo`` (``data.format: yolo``): ``root`` with ``images/<split>``,
+    ``labels/<split>`` and a class names file (``names_file``, default classes.txt / obj.names /
+    data.yaml), the splits named by ``train_splits[0]`` / ``test_splits[0]`` (null:
+    ``trainval`` / ``test``); or an Ultralytics data.yaml (with ``train:``) in ``root`` or named
+    by ``names_file``, whose keys ``train_splits[0]`` / ``test_splits[0]`` pick (null: ``train``,
+    and ``test`` if it gives test images else ``val``)."""
+
+    root: str = ""
+    names_file: Optional[str] = None
+    train_splits: Optional[tuple[str, ...]] = None
+    test_splits: Optional[tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
+class CityscapesDataConfig:
+    """``data.cityscapes`` (``data.format: cityscapes``): ``root`` with ``leftImg8bit/`` and
+    ``gtFine/`` (polygons); the eight instance classes; ``train_splits[0]`` / ``test_splits[0]``
+    name the splits."""
+
+    root: str = ""
+    train_splits: tuple[str, ...] = ("train",)
+    test_splits: tuple[str, ...] = ("val",)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data (``format`` and its own section) and how it is checked and resized.
+
+    ``format`` picks the reader (:mod:`icdistill.data.formats`) and the section it reads:
+    ``coco``, ``voc``, ``voc_folder``, ``yolo``, ``cityscapes`` or ``shapes`` (the generated
+    demo set), each documented in its class above. The keys of the other sections are not read.
+    Configs written with the older flat keys (``data.root``, ``data.train_ann`` ...) still load:
+    each is moved into the section of ``format`` (:func:`_move_flat_data_keys`), with a warning
+    naming the new key.
+
+    ``class_aliases`` (``{alias: canonical name}``, any format) merges classes spelled two ways
+    (``"Rbc ": RBC``); names differing only in case, spaces or punctuation are reported by every
+    run's data report and by ``icdistill stats``. ``validate_images`` decodes every image in full
+    before the first step; ``skip_unreadable`` leaves out (and counts) images that are missing
+    or do not decode, instead of stopping there.
+
+    ``with_masks`` null loads instance masks exactly when the model needs them (Mask R-CNN).
+    ``filter_empty`` leaves training images without any box out (they are kept by default: they
+    still teach the detector what background looks like); test images are always kept.
+    """
+
+    format: str = "coco"
+    coco: CocoDataConfig = field(default_factory=CocoDataConfig)
+    voc: VOCDataConfig = field(default_factory=VOCDataConfig)
+    voc_folder: VOCFolderDataConfig = field(default_factory=VOCFolderDataConfig)
+    yolo: YoloDataConfig = field(default_factory=YoloDataConfig)
+    cityscapes: CityscapesDataConfig = field(default_factory=CityscapesDataConfig)
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    class_aliases: dict[str, str] = field(default_factory=dict)
     skip_unreadable: bool = False
     validate_images: bool = True
     with_masks: Optional[bool] = None
     filter_empty: bool = False
-    shapes: ShapesConfig = field(default_factory=ShapesConfig)
     min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
     max_size: int = 1333
     test_size: int = 800
     flip_prob: float = 0.5
     num_workers: int = 0
+
+    @property
+    def section(self) -> Any:
+        """The section of the chosen format (``data.<format>``)."""
+        return getattr(self, self.format)
+
+    @property
+    def location(self) -> str:
+        """Where the data is, for messages: the training json (``coco``), else the section's
+        ``root`` ("" when not set)."""
+        return self.coco.train_ann if self.format == "coco" else self.section.root
+
+
+#: The flat ``data`` keys of older configs: their value before sections (a value equal to it
+#: meant "not given" and is dropped), and the format sections that hold them now.
+_FLAT_DATA_KEYS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    **{k: ("", ("coco",)) for k in ("train_images", "train_ann", "test_images", "test_ann")},
+    "root": ("", ("voc", "voc_folder", "yolo", "cityscapes")),
+    "train_splits": (["trainval"], ("voc", "voc_folder", "yolo", "cityscapes")),
+    "test_splits": (["test"], ("voc", "voc_folder", "yolo", "cityscapes")),
+    "train_years": (None, ("voc",)),
+    "test_years": (None, ("voc",)),
+    "class_names": (None, ("voc", "voc_folder")),
+    "keep_difficult": (False, ("voc", "voc_folder")),
+    "test_fraction": (0.2, ("voc_folder",)),
+    "split_seed": (0, ("voc_folder",)),
+    "names_file": (None, ("yolo",)),
+    "image_dir": (None, ("voc_folder",)),
+    "ann_dir": (None, ("voc_folder",)),
+}
+
+
+def _move_flat_data_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` mapping with each older flat key (``root``, ``train_ann`` ...) moved into
+    the section of ``data.format`` (``data.voc.root`` ...), so that older configs and saved
+    runs still load. A flat key left at its old default is dropped (it meant "not given");
+    one the format does not read, or one set both flat and in the section, is a ConfigError
+    naming the new key."""
+    fmt = values.get("format", DataConfig.format)
+    out = dict(values)
+    for key in [k for k in values if k in _FLAT_DATA_KEYS]:
+        value = out.pop(key)
+        old_default, sections = _FLAT_DATA_KEYS[key]
+        as_list = list(value) if isinstance(value, tuple) else value
+        if as_list == old_default:
+            continue
+        if fmt not in sections:
+            raise ConfigError(f"config key 'data.{key}' is not read by data.format '{fmt}'; it "
+                              f"is now a key of the format's own section: "
+                              f"{', '.join(f'data.{s}.{key}' for s in sections)}")
+        section = dict(out.get(fmt) or {})
+        if key in section and section[key] != value:
+            raise ConfigError(f"config keys 'data.{key}' and 'data.{fmt}.{key}' are both set; "
+                              f"keep 'data.{fmt}.{key}' (the flat key is the older spelling)")
+        section[key] = value
+        out[fmt] = section
+        if (key, fmt) not in _WARNED:
+            _WARNED.add((key, fmt))
+            log.warning("config key 'data.%s' is now 'data.%s.%s' (moved there for this run)",
+                        key, fmt, key)
+    return out
+
+
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -543,6 +663,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    if cls is DataConfig:
+        values = _move_flat_data_keys(values)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
@@ -613,9 +735,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
-# Config keys that name files; relative values are taken relative to the config file.
+# Config keys that name files (section path -> keys); relative values are taken relative to
+# the config file. ``data`` itself: the older flat keys.
 PATH_KEYS = {
-    "data": ("train_images", "train_ann", "test_images", "test_ann", "root"),
+    ("data",): ("train_images", "train_ann", "test_images", "test_ann", "root"),
+    ("data", "coco"): ("train_images", "train_ann", "test_images", "test_ann"),
+    **{("data", fmt): ("root",) for fmt in ("voc", "voc_folder", "yolo", "cityscapes")},
 }
 
 
@@ -623,8 +748,10 @@ def _resolve_paths(values: dict[str, Any], base_dir: Path) -> None:
     """Relative data paths: against the config file's folder when something exists there,
     else left relative to the working directory (recipes shipped in the package name data
     beside the checkout, e.g. ``../shared/data/bccd``)."""
-    for section, keys in PATH_KEYS.items():
-        sec = values.get(section)
+    for path, keys in PATH_KEYS.items():
+        sec: Any = values
+        for part in path:
+            sec = sec.get(part) if isinstance(sec, dict) else None
         if not isinstance(sec, dict):
             continue
         for key in keys:

@@ -6,7 +6,7 @@ case-insensitively, first match wins):
 * ``images/`` + ``annotations/`` (labelImg's default), ``JPEGImages/`` + ``Annotations/``
   (VOC), and the other pairs of :data:`IMAGE_DIR_NAMES` x :data:`ANN_DIR_NAMES`;
 * images and XML files mixed in one folder (several export services);
-* folders named explicitly (``data.image_dir`` / ``data.ann_dir``);
+* folders named explicitly (``data.voc_folder.image_dir`` / ``data.voc_folder.ann_dir``);
 * whatever their names, the one folder holding XML files and the one holding images (e.g.
   ``imgs_raw/`` + ``annots/``); the layout then says it found them by what they hold.
 
@@ -50,8 +50,9 @@ ANN_DIR_NAMES: tuple[str, ...] = ("Annotations", "annotations", "annotation", "x
 TRAIN_SPLIT_NAMES: tuple[str, ...] = ("train", "training")
 TEST_SPLIT_NAMES: tuple[str, ...] = ("test", "testing", "valid", "val", "validation")
 
-_KEYS_HINT = ("set data.image_dir and data.ann_dir (relative to data.root) to name the image and "
-              "XML folders, or data.format to the format the folder is in (coco, yolo, voc)")
+_KEYS_HINT = ("set data.voc_folder.image_dir and data.voc_folder.ann_dir (relative to "
+              "data.voc_folder.root) to name the image and XML folders, or data.format to the "
+              "format the folder is in (coco, yolo, voc)")
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def find_xml_layout(
     folder = Path(folder)
     xml_dir, xml_found_by = _xml_dir(folder, ann_dir)
     if image_dir is not None:
-        return FolderLayout(_given_dir(folder, image_dir, "data.image_dir"), xml_dir, "as configured")
+        return FolderLayout(_given_dir(folder, image_dir, "data.voc_folder.image_dir"), xml_dir, "as configured")
     for d in _named_subdir(folder, IMAGE_DIR_NAMES):
         if image_files(d):
             return FolderLayout(d, xml_dir, xml_found_by or "separate image and XML folders")
@@ -186,9 +187,9 @@ def _xml_dir(folder: Path, ann_dir: str | os.PathLike | None) -> tuple[Path, str
     """The XML folder of ``folder`` (see :func:`find_xml_layout`) and, when it was found by
     what it holds rather than by its name, the words saying so (else ``None``)."""
     if ann_dir is not None:
-        given = _given_dir(folder, ann_dir, "data.ann_dir")
+        given = _given_dir(folder, ann_dir, "data.voc_folder.ann_dir")
         if not _has_xml(given):
-            raise DataError(f"no VOC annotation (*.xml) found in {given} (data.ann_dir): it "
+            raise DataError(f"no VOC annotation (*.xml) found in {given} (data.voc_folder.ann_dir): it "
                             f"holds {describe_folder(given)}; {_KEYS_HINT}")
         return given, None
     named = [d for d in _named_subdir(folder, ANN_DIR_NAMES) if _has_xml(d)]
@@ -200,7 +201,7 @@ def _xml_dir(folder: Path, ann_dir: str | os.PathLike | None) -> tuple[Path, str
     if len(holders) == 1:
         return holders[0], "found by content: the only folder holding XML files"
     several = (f"several folders hold XML files ({', '.join(d.name + '/' for d in holders)}): "
-               f"set data.ann_dir to the one to read; " if holders else "")
+               f"set data.voc_folder.ann_dir to the one to read; " if holders else "")
     raise DataError(f"no VOC annotation (*.xml) found in {folder}: it holds "
                     f"{describe_folder(folder)}; {several}looked for {_layout_names()}; "
                     f"{_format_hint(folder)}{_KEYS_HINT}")
@@ -231,8 +232,8 @@ def find_split_folders(
 ) -> SplitFolders | None:
     """The split folders of ``root``, or ``None`` when it has none.
 
-    ``train`` / ``test``: folder names to read (joined when several), as ``data.train_splits``
-    / ``data.test_splits`` give them; ``None`` picks ``train`` (or ``training``) and the first
+    ``train`` / ``test``: folder names to read (joined when several), as ``data.voc_folder.train_splits``
+    / ``data.voc_folder.test_splits`` give them; ``None`` picks ``train`` (or ``training``) and the first
     of ``test``, ``testing``, ``valid``, ``val``, ``validation`` found. Split folders are used
     only when a training and a test folder both exist.
 
@@ -255,7 +256,8 @@ def find_split_folders(
             continue
         missing = [n for n in names if n.lower() not in known]
         if missing:
-            raise DataError(f"data.{role}_splits: no folder {', '.join(map(repr, missing))} in "
+            raise DataError(f"data.voc_folder.{role}_splits: no folder "
+                            f"{', '.join(map(repr, missing))} in "
                             f"{root}; it has the folders "
                             f"{', '.join(sorted(known)) or '(none)'}")
         chosen[role] = [known[n.lower()] for n in names]

@@ -111,8 +111,8 @@ def read_voc_folder(
             XMLs read (whatever the split), so train and test get the same classes.
         test_fraction, seed: the seeded split (not used with split folders).
         keep_difficult: as in :func:`~icdistill.data.voc.load_voc`.
-        train_folders, test_folders: split folder names (``data.train_splits`` /
-            ``data.test_splits`` when set); ``None``: found.
+        train_folders, test_folders: split folder names (``data.voc_folder.train_splits`` /
+            ``data.voc_folder.test_splits`` when set); ``None``: found.
 
     Raises:
         DataError: ``root`` or a named folder is missing, no layout is recognised (the message
@@ -178,7 +178,7 @@ def _seeded_splits(
     test_idx = {int(i) for i in order[:n_test]}
     keep = {"all": list(range(n)), "test": sorted(test_idx),
             "train": [i for i in range(n) if i not in test_idx]}
-    how = (f"seeded: data.test_fraction {test_fraction:g}, data.split_seed {seed} "
+    how = (f"seeded: data.voc_folder.test_fraction {test_fraction:g}, data.voc_folder.split_seed {seed} "
            f"({n_test} of {n} images for testing)")
     out = {}
     for split, idx in keep.items():

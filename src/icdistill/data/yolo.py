@@ -171,7 +171,7 @@ def yaml_split_keys(yaml_path: str | os.PathLike, train: str | None = None,
         if not data.get(key):
             have = [k for k in ("train", "val", "test") if data.get(k)]
             raise DataError(f"YOLO data file {yaml_path}: no '{key}' images for the {role} split "
-                            f"(data.{role}_splits); it gives {', '.join(have) or 'none'}")
+                            f"(data.yolo.{role}_splits); it gives {', '.join(have) or 'none'}")
     return keys["train"], keys["test"]
 
 
@@ -303,8 +303,8 @@ def read_yolo(
     if not img_dir.is_dir():
         where = describe_folder(root) if root.is_dir() else "(the folder does not exist)"
         raise DataError(f"YOLO image folder not found: {img_dir}; {root} holds {where}; a YOLO "
-                        f"folder has images/<split>/ and labels/<split>/ (data.train_splits, "
-                        f"data.test_splits) or an Ultralytics data.yaml (data.names_file)")
+                        f"folder has images/<split>/ and labels/<split>/ (data.yolo.train_splits, "
+                        f"data.yolo.test_splits) or an Ultralytics data.yaml (data.yolo.names_file)")
     names = _class_names(root, names_file)
     images = image_files(img_dir)
     coco, without = _to_coco(images, img_dir, lambda p: lbl_dir / f"{p.stem}.txt", names)
@@ -359,7 +359,7 @@ def _class_names(root: Path, names_file: str | os.PathLike | None) -> list[str]:
         if (root / cand).is_file():
             return read_yolo_names(root / cand)
     raise DataError(f"YOLO folder {root}: no class names file (looked for "
-                    f"{', '.join(_NAME_FILES)}); set data.names_file")
+                    f"{', '.join(_NAME_FILES)}); set data.yolo.names_file")
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def dataset_name(data_cfg: DataConfig) -> str:
     """How errors name the configured training data, e.g. ``"coco data train.json"``."""
-    where = data_cfg.train_ann or data_cfg.root or (data_cfg.shapes.root if data_cfg.format == "shapes" else "")
+    where = data_cfg.location
     return f"{data_cfg.format} data {where}".rstrip()
 
 
