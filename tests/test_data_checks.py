@@ -193,3 +193,15 @@ def test_train_with_a_truncated_test_image_stops_before_the_first_step_or_skips_
     report = json.loads((out / "data_report.json").read_text())
     assert report["test"]["files"]["unreadable_images"] == ["test/images/f.jpg"]
     assert (out / "detector.pt").is_file()
+
+
+def test_image_broken_during_the_run_is_replaced_and_counted(tmp_path):
+    _split_folder(tmp_path / "train", "abc")
+    _split_folder(tmp_path / "test", "d")
+    train, _ = _build(tmp_path, skip_unreadable=True)
+    assert train.report["counts"]["unreadable_images"] == 0
+    _truncate(tmp_path / "train" / "images" / "b.jpg")  # after the start-of-run check
+    _, target = train[1]
+    assert target["image_id"] == train.image_ids[2]  # the next readable image
+    assert train.report["counts"]["unreadable_images"] == 1
+    assert train.report["files"]["unreadable_images"] == ["train/images/b.jpg"]
