@@ -78,8 +78,11 @@ def tiny_teacher(tmp_path_factory, tiny_overrides, empty_config) -> Path:
     return out / "detector.pt"
 
 
-@pytest.fixture(autouse=True)
-def _image_check_cache(tmp_path_factory, monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _image_check_cache(tmp_path_factory):
     """The image check's cache (icdistill.data.image_check) in a folder of the test session,
-    not the user's cache folder."""
-    monkeypatch.setenv("ICDISTILL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    not the user's cache folder; session-scoped so that session fixtures (tiny_teacher's run)
+    use it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ICDISTILL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
