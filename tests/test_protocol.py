@@ -112,3 +112,61 @@ def test_config_rejects_unknown_schedule():
 
     with pytest.raises(ConfigError, match="solver.lr_schedule"):
         load_config(None, ["solver.lr_schedule=linear"])
+
+
+def test_cosine_schedule_warms_up_then_ends_at_zero():
+    from icdistill.engine.optim import warmup_cosine_lambda
+
+    f = warmup_cosine_lambda(max_iter=100, warmup_iters=10, warmup_factor=0.001)
+    assert f(0) == pytest.approx(0.001)
+    assert f(10) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.1)).item()))
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12)
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+
+
+def test_ema_averages_floats_copies_counters_and_restores_the_trained_weights():
+    from icdistill.engine.ema import StudentEMA
+
+    bn = torch.nn.BatchNorm1d(2)
+    ema = StudentEMA(bn, decay=0.9, tau=1.0)
+    start = bn.weight.detach().clone()
+    with torch.no_grad():
+        bn.weight.add_(1.0)
+        bn.running_mean.fill_(2.0)
+    bn.num_batches_tracked.fill_(7)
+    ema.update(bn)
+    d = 0.9 * (1 - torch.exp(torch.tensor(-1.0)).item())
+    assert ema.decay_at(1) == pytest.approx(d)
+    assert torch.allclose(ema.state["weight"], d * start + (1 - d) * (start + 1))
+    assert torch.allclose(ema.state["running_mean"], torch.full((2,), (1 - d) * 2.0))  # BN statistics averaged
+    assert int(ema.state["num_batches_tracked"]) == 7
+    with ema.applied(bn):
+        assert torch.equal(bn.weight, ema.state["weight"])
+    assert torch.equal(bn.weight, start + 1)
+
+
+def test_ema_run_saves_the_average_and_resumes_exactly(monkeypatch, tmp_path, tiny_config):
+    from icdistill.files import load_checkpoint
+
+    cfg = tiny_config("solver.ema=true", "solver.ema_tau=2", "solver.lr_schedule=cosine", "eval.viz_images=0")
+    _, _, whole = recorded_run(monkeypatch, cfg, tmp_path / "whole")
+    saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    detector = load_checkpoint(tmp_path / "whole" / "detector.pt")["model"]
+    assert saved["ema"]["updates"] == 4
+    averaged = {k.removeprefix("model."): v for k, v in saved["ema"]["state"].items()}
+    trained = {k.removeprefix("student.model."): v for k, v in saved["trainable"].items()}
+    assert all(torch.equal(detector[k], averaged[k]) for k in detector)
+    assert any(not torch.equal(detector[k], trained[k]) for k in detector if detector[k].is_floating_point())
+    recorded_run(monkeypatch, cfg, tmp_path / "cut", stop_at=3)
+    _, _, resumed = recorded_run(monkeypatch, cfg, tmp_path / "cut", resume=True)
+    assert resumed.metrics["bbox/AP"] == whole.metrics["bbox/AP"]
+    again = load_checkpoint(tmp_path / "cut" / "detector.pt")["model"]
+    assert all(torch.equal(again[k], detector[k]) for k in detector)
+
+
+def test_ema_settings_are_checked():
+    from icdistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="solver.ema_decay"):
+        load_config(None, ["solver.ema_decay=1.5"])

@@ -4,13 +4,15 @@ and the pictures. Only the main process writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from icdistill.engine.distributed import barrier, reduce_for_logging
@@ -138,6 +140,7 @@ def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot
         "train_seconds": clock.train_seconds(),
         "eval_seconds": clock.eval_seconds(),
         "method_stage_seconds": run.method_stage_seconds,
+        "ema": run.ema.state_dict() if run.ema is not None else None,  # solver.ema: resume is exact
         "world_size": run.ctx.world_size,
         "trainable": run.distiller.state_dict(),
         **run.step.opts.state_dict(),
@@ -168,10 +171,22 @@ def method_metrics(run: Run) -> dict[str, float]:
                            strides=run.distiller.strides, device=run.ctx.device)
 
 
+@contextlib.contextmanager
+def evaluated_student(run: Run) -> Iterator[nn.Module]:
+    """The student as it is evaluated and saved: with ``solver.ema`` its averaged weights (the
+    trained ones are back after the block), else itself."""
+    student = run.distiller.student
+    if run.ema is None:
+        yield student
+        return
+    with run.ema.applied(student):
+        yield student
+
+
 def periodic_evaluation(run: Run, done: int) -> None:
     """``eval/*`` metrics of the student and the method's own at iteration ``done``, into the log."""
-    metrics = evaluate_detector(run.distiller.student, run.test_loader, run.evaluator, run.ctx.device,
-                                progress=False, ctx=run.ctx)
+    with evaluated_student(run) as student:
+        metrics = evaluate_detector(student, run.test_loader, run.evaluator, run.ctx.device, progress=False, ctx=run.ctx)
     metrics.update(method_metrics(run))
     run.log.log(done, metrics, prefix="eval/")
     run.distiller.train()
@@ -183,8 +198,9 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
     ``report.html`` (with ``pr_curves.json``, :mod:`icdistill.reporting`)."""
     ctx, distiller = run.ctx, run.distiller
     train_seconds = clock.train_seconds()
-    metrics = evaluate_detector(distiller.student, run.test_loader, run.evaluator, ctx.device,
-                                progress=progress and ctx.is_main, ctx=ctx)
+    with evaluated_student(run) as student:
+        metrics = evaluate_detector(student, run.test_loader, run.evaluator, ctx.device,
+                                    progress=progress and ctx.is_main, ctx=ctx)
     metrics.update(method_metrics(run))
     warnings = distiller.method.warnings(metrics) if distiller.method is not None else []
     if ctx.is_main:
@@ -197,8 +213,9 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
         write_metrics_json(run.out / "metrics.json", metrics, run.train_set.class_names)
         final = {k: v for k, v in metrics.items() if "/" in k and not k.startswith("time/")}
         run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
-        save_detector_file(run, run.out / DETECTOR_FILE)
-        save_pictures(run)
+        with evaluated_student(run):  # detector.pt and its pictures: the weights that were evaluated
+            save_detector_file(run, run.out / DETECTOR_FILE)
+            save_pictures(run)
         if run.cfg.eval.report:
             write_run_report(run.out, pr_curves=getattr(run.evaluator, "pr_curves", None))  # report.html
     run.log.close()

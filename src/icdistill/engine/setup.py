@@ -34,6 +34,7 @@ from icdistill.distill.build import NO_METHOD, build_distiller
 from icdistill.distill.distiller import Distiller
 from icdistill.distill.inherit import inherit_weights
 from icdistill.engine.distributed import DistContext, init_distributed
+from icdistill.engine.ema import StudentEMA
 from icdistill.engine.report import RunLog
 from icdistill.engine.step import StepContext, build_optimisers
 from icdistill.engine.teacher_check import check_teacher
@@ -167,6 +168,7 @@ class Run:
     teacher_metrics: dict[str, float] = field(default_factory=dict)  # the teacher check's teacher/*
     method_loader: DataLoader | None = None  # the method-only stage's own batches (None: no stage left)
     method_stage_seconds: float = 0.0  # training seconds of the method-only stage (0: none)
+    ema: StudentEMA | None = None  # solver.ema: the averaged student, what is evaluated and saved
 
     @property
     def distiller(self) -> Distiller:
@@ -213,6 +215,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
                        student_clip_value=solver.grad_clip_value, clip_plain_runs=solver.grad_clip_runs == "all",
                        checkpoint_path=last)
     run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
+    if solver.ema:
+        run.ema = StudentEMA(distiller.student, decay=solver.ema_decay, tau=solver.ema_tau)
     begin_stream(run)  # a resume replaces it with the checkpoint's generators
     if point is not None:
         resume_from(run, point)
@@ -257,6 +261,11 @@ def resume_from(run: Run, point: ResumePoint) -> None:
     run.train_seconds_before = state.get("train_seconds", 0.0)
     run.eval_seconds_before = state.get("eval_seconds", 0.0)
     run.method_stage_seconds = state.get("method_stage_seconds", 0.0)
+    if run.ema is not None:
+        if not state.get("ema"):
+            raise ConfigError(f"{point.path} was written without solver.ema; resume it with --set solver.ema=false "
+                              "or start a fresh run")
+        run.ema.load_state_dict(state["ema"])
     run.teacher_metrics = dict(state.get("teacher_check") or {})
     if run.ctx.is_main:
         if point.fallback_message():

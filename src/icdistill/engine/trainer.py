@@ -50,6 +50,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
             begin_student_stage(run, clock.train_seconds())
         batch = next(method_batches if it < stage_iters else student_batches)
         total, losses = train_step(run.step, batch.to(run.ctx.device), it)
+        if run.ema is not None and it >= stage_iters:
+            run.ema.update(run.distiller.student)
         done = it + 1
         bar.update(1)
         is_last = done == run.total_iters
