@@ -30,6 +30,7 @@ from icdistill.files import (
     write_text_atomic,
 )
 from icdistill.reporting import write_run_report
+from icdistill.teacher_vs_student import note_student_ap
 from icdistill.viz import save_training_curves
 
 if TYPE_CHECKING:  # the setup imports this module
@@ -189,7 +190,17 @@ def periodic_evaluation(run: Run, done: int) -> None:
         metrics = evaluate_detector(student, run.test_loader, run.evaluator, run.ctx.device, progress=False, ctx=run.ctx)
     metrics.update(method_metrics(run))
     run.log.log(done, metrics, prefix="eval/")
+    warn_if_teacher_weaker(run, metrics, done)
     run.distiller.train()
+
+
+def warn_if_teacher_weaker(run: Run, metrics: dict[str, float], done: int) -> None:
+    """Compare an evaluation's student AP with the teacher check's; the first time the student
+    passes the teacher, print why that matters. The flag lands in ``teacher/*`` (checkpoint,
+    ``metrics.json``, report.html)."""
+    note = note_student_ap(run.teacher_metrics, metrics.get("bbox/AP"), done)
+    if note is not None and run.ctx.is_main:
+        print(f"warning: {note}")
 
 
 def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
@@ -203,6 +214,8 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
                                     progress=progress and ctx.is_main, ctx=ctx)
     metrics.update(method_metrics(run))
     warnings = distiller.method.warnings(metrics) if distiller.method is not None else []
+    weaker = note_student_ap(run.teacher_metrics, metrics.get("bbox/AP"), run.total_iters)
+    warnings += [weaker] if weaker is not None else []
     if ctx.is_main:
         for note in warnings:
             print(f"warning: {note}")

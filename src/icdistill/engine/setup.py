@@ -64,7 +64,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# The method-only stage (ICD's decoder warm-up) draws its batches and random numbers from a
+# The method-only stage (e.g. a decoder warm-up) draws its batches and random numbers from a
 # stream of its own, seeded from solver.seed + this offset, so that the student's stream (its
 # batches, its random draws) is the same in every row of one seed: a baseline and a distilled
 # run of seed k are paired, batch for batch.
