@@ -424,3 +424,45 @@ def test_inheriting_is_a_switch_for_every_row(accuracy, tmp_path, bccd_root):
     fgfi = plan.student("fgfi_inherit", 0)
     assert fgfi.cfg.distill.method == "fgfi" and fgfi.cfg.distill.inherit
     assert fgfi.recipe.name == "bccd_fgfi.yaml"
+
+
+@pytest.fixture(scope="module")
+def variance(accuracy):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("variance_benchmark", ROOT / "benchmarks" / "variance.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variance_rules_run_on_the_validation_split(accuracy, variance, tmp_path, bccd_root):
+    args = variance.parse_args(["--suite", "bccd", "--bccd-root", bccd_root])
+    assert args.rules == ["step", "step_ema", "cosine", "cosine_ema"] and args.seeds == [0, 1, 2, 3, 4]
+    plan = accuracy.make_plan(args, tmp_path / "out")
+    runs = variance.variance_runs(plan, ["step", "cosine_ema"], [0, 1, 2], 500)
+    assert len(runs) == 2 * (3 + 1)
+    ema = next(r for r in runs if r.name == "cosine_ema" and r.seed == 1)
+    assert ema.cfg.solver.lr_schedule == "cosine" and ema.cfg.solver.ema and ema.cfg.solver.max_iter == 500
+    assert ema.cfg.solver.ema_decay == pytest.approx(0.992) and ema.cfg.solver.ema_tau == 50
+    assert ema.cfg.data.test_splits == ("val",) and ema.cfg.distill.method == "none"
+    repeat = [r for r in runs if r.name == "step-repeat"]
+    assert len(repeat) == 1 and repeat[0].seed == 0 and repeat[0].out.name == "seed0-repeat"
+    assert repeat[0].cfg == next(r for r in runs if r.name == "step" and r.seed == 0).cfg
+    with pytest.raises(SystemExit, match="unknown rule"):
+        variance.rule_sets("linear", 100)
+
+
+def test_quick_variance_is_deterministic_and_resumable(variance, tmp_path, capsys):
+    """The determinism check: two runs of one recipe and seed give the same AP."""
+    out, result = tmp_path / "variance", tmp_path / "variance.json"
+    argv = ["--suite", "synthetic", "--quick", "--rules", "cosine_ema", "--seeds", "0", "1", "--out", str(out),
+            "--set", "eval.report=false", "--json", str(result), "--no-results"]
+    data = variance.main(argv)
+    row = data["rules"]["cosine_ema"]
+    assert row["repeat_diff"] == 0.0 and set(row["bbox/AP"]) == {"0", "1"}
+    assert json.loads(result.read_text())["rules"] == data["rules"]
+    assert "| cosine_ema |" in variance.section(data)
+    capsys.readouterr()
+    variance.main(argv)
+    assert len(re.findall(r": cached ", capsys.readouterr().out)) == 4  # teacher + 2 seeds + the repeat
