@@ -396,7 +396,7 @@ def _require_number(section: str, name: str, value: Optional[float], *, positive
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """The student's SGD schedule (detectron2 1x recipe, §7). ``base_lr`` null means the
+    """The student's SGD schedule (detectron2's 1x recipe). ``base_lr`` null means the
     family's reference LR (0.01 one-stage, 0.02 two-stage at 16 images) scaled linearly to
     ``ims_per_batch``. ``steps`` are fractions of ``max_iter``. ``ims_per_batch`` is the global
     batch: with torchrun each process takes ``ims_per_batch / WORLD_SIZE`` images.
