@@ -705,6 +705,19 @@ def write_results(section: str, suite: str, path: Path = RESULTS) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark built on these runs shares (accuracy, sweep, variance)."""
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
+    p.add_argument("--bccd-root", default=str(ROOT.parent / "shared" / "data" / "bccd"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
+    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
+    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+
+
 def add_record_args(p: argparse.ArgumentParser) -> None:
     """``--records DIR`` / ``--no-records`` (shared with sweep.py)."""
     p.add_argument("--records", type=Path, metavar="DIR",
@@ -720,15 +733,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="validation: train on a training part, evaluate on held-out training images")
     p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="distill.loss_weight per row from a sweep")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
-    p.add_argument("--bccd-root", default=str(ROOT.parent / "shared" / "data" / "bccd"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
-    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
-    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    add_run_args(p)
     add_record_args(p)
     args = p.parse_args(argv)
     suite = SUITES[args.suite]

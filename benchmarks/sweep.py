@@ -157,15 +157,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--multipliers", nargs="+", type=float,
                    help="every row's grid = default x these (default: 0.25 0.5 1 2 4)")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
-    p.add_argument("--bccd-root", default=str(accuracy.ROOT.parent / "shared" / "data" / "bccd"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
-    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
-    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    accuracy.add_run_args(p)
     accuracy.add_record_args(p)
     args = p.parse_args(argv)
     suite = accuracy.SUITES[args.suite]

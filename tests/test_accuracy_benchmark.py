@@ -106,14 +106,19 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
 
 # ---- rows, suites, the validation split and the sweep (#10.5, #11.5, #12.7) ----------------------
 
-@pytest.fixture(scope="module")
-def sweep(accuracy):
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (it imports accuracy.py from beside itself)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("sweep_benchmark", ROOT / "benchmarks" / "sweep.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def sweep(accuracy):
+    return load_benchmark("sweep")
 
 
 @pytest.fixture
@@ -428,12 +433,7 @@ def test_inheriting_is_a_switch_for_every_row(accuracy, tmp_path, bccd_root):
 
 @pytest.fixture(scope="module")
 def variance(accuracy):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("variance_benchmark", ROOT / "benchmarks" / "variance.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("variance")
 
 
 def test_variance_rules_run_on_the_validation_split(accuracy, variance, tmp_path, bccd_root):
