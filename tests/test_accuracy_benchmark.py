@@ -421,7 +421,9 @@ def test_results_section_warns_when_rows_come_from_different_machines(accuracy, 
 def test_inheriting_is_a_switch_for_every_row(accuracy, tmp_path, bccd_root):
     _, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root)
     suite = accuracy.SUITES["bccd"]
-    assert {"baseline_inherit", "icd_inherit", "fitnet_inherit", "fgfi_inherit", "defeat_inherit"} <= set(suite.students)
+    assert {"baseline_inherit", "icd_inherit", "fitnet_inherit", "fgfi_inherit", "defeat_inherit"} <= set(suite.rows)
+    args = accuracy.parse_args(["--suite", "bccd", "--bccd-root", bccd_root])
+    assert args.students == list(suite.rows) and "fgfi_inherit" not in suite.students  # the suite setting adds them
     assert list(suite.seeds) == [0, 1, 2, 3, 4]
     base = plan.student("baseline_inherit", 0)
     assert base.cfg.distill.method == "none" and base.cfg.distill.inherit and base.cfg.teacher.weights

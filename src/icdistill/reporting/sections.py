@@ -10,7 +10,7 @@ from icdistill.reporting.curves import ap_panels, diagnostic_panels, loss_panels
 from icdistill.reporting.plots import panel_grid
 from icdistill.reporting.run_summary import PR_CURVES_FILE, SUMMARY_NAMES, TASK_PREFIXES, RunSummary
 
-TIME_KEYS = ("time/train_s", "time/iter_s", "time/eval_s", "world_size")
+TIME_KEYS = ("time/train_s", "time/iter_s", "time/method_stage_s", "time/eval_s", "world_size")
 # viz/ pictures that are not the method's own: the detections (own section) and the training
 # curves (drawn again, larger, in the loss section).
 NOT_METHOD_PICTURES = ("detections_", "training_curves")
