@@ -19,11 +19,14 @@ as CondInst on the shapes' instance masks (``configs/demo/condinst_*.yaml``; its
 ``bccd_cascade`` a Cascade R-CNN teacher distilled into a Faster R-CNN student on BCCD
 (``configs/voc/bccd_{cascade_teacher,faster_rcnn_student,faster_rcnn_icd_from_cascade}.yaml``).
 Every schedule comes from the recipes. Student rows (``--students``; the suite's default in
-``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; ``icd_inherit`` = ICD recipe +
-``distill.inherit=true`` (skipped when no neck/head tensor of the teacher fits the student); the
-comparison methods ``fitnet mimic fgfi fbkd gid defeat chen2017`` = the method's own recipe where
-the suite has one (bccd), else the ICD recipe + ``distill.method=M`` (the JSON's ``meta.rows``
-says which); the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
+``SUITES``): ``baseline`` = student recipe; ``icd`` = ICD recipe; the comparison methods
+``fitnet mimic fgfi fbkd gid defeat chen2017`` = the method's own recipe where the suite has one
+(bccd), else the ICD recipe + ``distill.method=M`` (the JSON's ``meta.rows`` says which).
+Inheriting is a protocol switch for every row: ``baseline_inherit`` (the ICD recipe's teacher,
+``distill.method=none distill.inherit=true``: the student starts from the teacher's neck/head
+tensors and trains without any distillation loss), ``icd_inherit`` and ``<method>_inherit`` (the
+suite's ``inherit_methods``: FitNet, FGFI, DeFeat on bccd), each skipped when no neck/head tensor of
+the teacher fits the student; the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
 ``distill.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
 ``distill.position_prior=false`` (the paper's attention). Each run can be repeated by hand with
 the command in ``<run>/command.txt``.
@@ -46,8 +49,14 @@ and reuses the runs whose config and teacher are unchanged, so a suite longer th
 can be finished over several (``--records DIR`` elsewhere, ``--no-records`` neither; none for
 ``--quick``). The table says when and on what machine its runs were trained.
 
+Runs of one seed are paired (the same initial student weights, the same student batches, a
+method-only stage on its own stream: engine/setup.py); the table gives per row the paired
+difference to the baseline and to ICD with a 95 % interval (paired t over seeds, benchmarks/paired.py)
+and calls a row better only when its interval excludes 0; five seeds by default. It names the
+machine type and warns loudly when its runs come from several.
+
 Writes ``--json`` (teacher metrics; per student the seeds' metrics, their mean and sample std;
-``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
+``paired``: per row the intervals; ``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
 and (unless ``--no-results``; ``--quick`` only with
 ``--results``) the suite's section of docs/RESULTS.md with the PNG in docs/.
 ``--quick`` is a smoke run on tiny data and schedules: the numbers mean nothing.
@@ -80,8 +89,10 @@ import yaml
 
 from icdistill.config import Config, load_config
 from icdistill.demo import demo_config_path
+from icdistill.teacher_vs_student import below_baseline, teacher_is_weaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this file
+from paired import describe_interval, paired_interval  # noqa: E402
 from records import Records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +101,26 @@ RECORDS = ROOT / "benchmarks" / "records"  # finished runs kept in git (records.
 TRAINED = ("fresh", "resume")  # prepare()'s states that train; 'cached' and 'record' reuse
 RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
 METHODS = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017")
-BASE_ROWS = ("baseline", "fitnet", "icd", "icd_inherit")
+BASE_ROWS = ("baseline", "fitnet", "icd", "baseline_inherit", "icd_inherit")
 ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_paper")
+INHERIT = "_inherit"  # a row name's suffix: the student starts from the teacher's neck/head tensors
+# The comparison methods of a suite that also run with inheriting (Suite.inherit_methods): FitNet and
+# the two best comparison methods on BCCD's old-protocol table (DeFeat 34.8, FGFI 34.6), so that
+# ICD's contribution on top of inheriting is measured against the same switch on other methods.
+INHERIT_METHODS = ("fitnet", "fgfi", "defeat")
+# Methods whose RetinaNet/FCOS form is this project's adaptation (docs/method.md): marked in tables.
+ADAPTED_ON_DENSE = {"mimic", "fgfi", "chen2017"}
+DENSE_FAMILIES = ("retinanet", "fcos")
+# The distillation-weight key, in one place (the lead adjusts it at merge): a row's weight is a
+# multiplier of its method's default (distill.weight_scale), written here through today's
+# distill.loss_weight as default x scale.
+WEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+SEEDS = (0, 1, 2, 3, 4)  # at least five: a paired t interval over 2-3 seeds is too wide to resolve anything
+
+
+def weight_override(default_weight: float, scale: float) -> str:
+    """The --set that runs a method at ``scale`` x its default weight."""
+    return f"distill.loss_weight={default_weight * scale:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +135,19 @@ class Suite:
     icd: str
     method_recipe: str | None = None
     students: tuple[str, ...] = BASE_ROWS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = SEEDS
+    inherit_methods: tuple[str, ...] = ()  # comparison methods that also get a `<method>_inherit` row
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """The default student rows: ``students`` and a ``<method>_inherit`` row per ``inherit_methods``."""
+        return (*self.students, *(m + INHERIT for m in self.inherit_methods if m + INHERIT not in self.students))
 
 
 SUITES = {
     "synthetic": Suite("synthetic", "demo", "teacher.yaml", "student.yaml", "icd.yaml"),
     "bccd": Suite("bccd", "voc", "bccd_teacher.yaml", "bccd_student.yaml", "bccd_icd.yaml", "bccd_{}.yaml",
-                  students=(*BASE_ROWS, *METHODS[1:], *ABLATION_ROWS)),
+                  students=(*BASE_ROWS, *METHODS[1:], *ABLATION_ROWS), inherit_methods=INHERIT_METHODS),
     # the paper's Table 9 pair FCOS -> RetinaNet at demo size (the synthetic suite's teacher)
     "synthetic_retinanet": Suite("synthetic", "demo", "teacher.yaml", "retinanet_student.yaml", "retinanet_icd.yaml",
                                  students=("baseline", "icd"), seeds=(0,)),
@@ -140,14 +175,18 @@ class Row:
 
 
 STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", method="fitnet"),
-            "icd": Row("icd"), "icd_inherit": Row("icd", ("distill.inherit=true",)),
+            "icd": Row("icd"),
+            # the ICD recipe for its teacher section; no distillation loss
+            "baseline_inherit": Row("icd", ("distill.method=none", "distill.inherit=true"), method="none"),
+            "icd_inherit": Row("icd", ("distill.inherit=true",)),
             **{m: Row("method", method=m) for m in METHODS[1:]},
+            **{m + INHERIT: Row("method", ("distill.inherit=true",), method=m) for m in METHODS},
             "icd_uniform": Row("icd", ("distill.ablation_weights=uniform",)),
             "icd_gtbox": Row("icd", ("distill.ablation_weights=gt_box",)),
             "icd_paper": Row("icd", ("distill.position_prior=false",))}
 BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
 MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
-TIME_COLUMNS = ("time/iter_s", "time/train_s")
+TIME_COLUMNS = ("time/iter_s", "time/method_stage_s", "time/train_s")
 
 
 def table_keys(data: dict[str, Any]) -> tuple[str, ...]:
@@ -261,7 +300,7 @@ class Plan:
         role = "student" if STUDENTS[name].base == "student" else "distill"
         weight = self.weights.get(name, self.weights.get(STUDENTS[name].method))
         if sets is None:
-            sets = [f"distill.loss_weight={weight:g}"] if weight is not None and role == "distill" else []
+            sets = [weight_override(weight, 1.0)] if weight is not None and STUDENTS[name].method != "none" else []
         run_sets = [*self.common, *(QUICK[role] if self.quick else []), *extra, *sets, f"eval.period={self.period}"]
         run_sets += [f"teacher.weights={self.teacher_pt}"] if role == "distill" else []
         return Run(label or name, seed, recipe, [*run_sets, f"solver.seed={seed}", *self.user],
@@ -373,7 +412,8 @@ def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def inherit_skip_reason(run: Run) -> str | None:
-    """Why ``icd_inherit`` cannot run (no neck/head tensor of the teacher fits the student), or None."""
+    """Why the inheriting rows (``*_inherit``) cannot run (no neck/head tensor of the teacher fits
+    the student), or None."""
     from icdistill.distill.inherit import inherit_weights
     from icdistill.detectors import build_model
     from icdistill.files import load_checkpoint
@@ -381,7 +421,7 @@ def inherit_skip_reason(run: Run) -> str | None:
     cfg, classes = run.cfg, load_checkpoint(run.teacher_pt)["num_classes"]
     bare = lambda m: dataclasses.replace(m, weights=None, backbone_weights=None)  # noqa: E731
     report = inherit_weights(build_model(bare(cfg.teacher), classes, "teacher"), build_model(bare(cfg.model), classes, "model"))
-    print(f"icd_inherit: {report.summary(3)}")
+    print(f"inheriting rows: {report.summary(3)}")
     return None if report.copied else f"no neck/head tensor of the teacher fits the student ({report.summary(3)})"
 
 
@@ -418,12 +458,12 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
         train_run(*call(teacher, state, layout["teacher_threads"]), progress)
     report(teacher, state)
     keep(teacher, state, is_teacher=True)
-    skipped, inherit = {}, next((r for r in students if r.name == "icd_inherit"), None)
+    skipped, inherit = {}, next((r for r in students if r.name.endswith(INHERIT)), None)
     if inherit is not None:
         reason = inherit_skip_reason(inherit)
-        if reason:
-            skipped["icd_inherit"] = reason
-            print(f"skipping icd_inherit: {reason}")
+        for name in dict.fromkeys(r.name for r in students if r.name.endswith(INHERIT) and reason):
+            skipped[name] = reason
+            print(f"skipping {name}: {reason}")
     runs = [r for r in students if r.name not in skipped]
     states = {r.out: prepare(r, records) for r in runs}
     for r in (r for r in runs if states[r.out] not in TRAINED):
@@ -531,13 +571,14 @@ def cell(data: dict[str, Any], key: str) -> str:
     mean, std = (data["mean"].get(key, "-"), data["std"].get(key)) if "mean" in data else (data.get(key, "-"), None)
     if mean is None or mean == "-":
         return "n/a" if mean is None else "-"
-    digits = 3 if key == "time/iter_s" else (0 if key == "time/train_s" else 1)
+    digits = 3 if key == "time/iter_s" else (0 if key in ("time/train_s", "time/method_stage_s") else 1)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 def column_name(key: str) -> str:
     """``bbox/AP50`` -> ``AP50``, ``segm/AP`` -> ``mask AP``, ``time/iter_s`` -> ``s/iter``."""
-    name = key.split("/")[-1].replace("iter_s", "s/iter").replace("train_s", "train s")
+    name = key.split("/")[-1].replace("iter_s", "s/iter").replace("train_s", "train s").replace(
+        "method_stage_s", "stage s")
     return f"mask {name}" if key.startswith("segm/") else name
 
 
@@ -546,6 +587,73 @@ def canonical_order(by_row: dict[str, Any]) -> dict[str, Any]:
     unknown rows last, as given."""
     rank = {name: i for i, name in enumerate(STUDENTS)}
     return dict(sorted(by_row.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def row_label(name: str, meta: dict[str, Any]) -> str:
+    """A table row's name and model; ``[ADAPT]`` where the method's form on this detector family is
+    this project's adaptation (Mimic, FGFI, Chen 2017 on RetinaNet/FCOS; docs/method.md)."""
+    model = meta["models"].get(name, "")
+    method = STUDENTS[name].method if name in STUDENTS else name
+    adapted = method in ADAPTED_ON_DENSE and model.startswith(DENSE_FAMILIES)
+    return f"{name}{' [ADAPT]' if adapted else ''} ({model})"
+
+
+def paired_differences(students: dict[str, Any], references: tuple[str, ...] = ("baseline", "icd")) -> dict[str, Any]:
+    """Per row, per reference row: the paired box-AP difference over the seeds both ran (seed i of
+    every row is the same seed: rows are aggregated in the seeds' order) with its 95 % interval."""
+    ap = {n: [s.get("bbox/AP") for s in d["seeds"]] for n, d in students.items()}
+    return {n: {ref: paired_interval(ap[n], ap[ref]) for ref in references if ref in ap and ref != n} for n in ap}
+
+
+def machine_types(meta: dict[str, Any]) -> list[str]:
+    """The CPU models (or GPUs) the table's runs were trained on: the records' where runs come
+    from records, else this machine's."""
+    seen = {(rec["hardware"].get("gpu") or rec["hardware"].get("processor"))
+            for rec in (meta.get("provenance") or {}).values() if rec}
+    return sorted(str(m) for m in seen) or [str(meta["hardware"].get("gpu") or meta["hardware"]["processor"])]
+
+
+def paired_lines(data: dict[str, Any]) -> list[str]:
+    """The paired-difference table (row − baseline, row − ICD) and the machine note."""
+    paired, machines = data.get("paired") or {}, machine_types(data["meta"])
+    refs = [r for r in ("baseline", "icd") if r in data["students"]]
+    if not refs or len(data["meta"]["seeds"]) < 2:
+        return []
+    lines = ["", f"Paired differences in box AP, seed by seed (every row of one seed starts from the same weights "
+                 f"and sees the same student batches), mean and 95 % interval (paired t, {len(data['meta']['seeds'])} "
+                 "seeds); a row is better or worse only where its interval excludes 0 (\"resolved\").", "",
+             "| row | " + " | ".join(f"− {r}" for r in refs) + " |", "| --- |" + " --- |" * len(refs)]
+    for name in canonical_order(data["students"]):
+        cells = [describe_interval(paired[name][r]) if r in paired.get(name, {}) else "" for r in refs]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(machines) > 1:
+        lines += ["", f"**WARNING: these rows were trained on different machine types ({'; '.join(machines)}).** "
+                      "The same recipe and seed give other numbers on another machine, so a paired difference "
+                      "across machines mixes the machine into the method: rerun every row on one machine type "
+                      "before reading the intervals."]
+    else:
+        lines += ["", f"Every run on one machine type: {machines[0]}."]
+    return lines
+
+
+def target_checks(data: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with its verdict."""
+    ap = {k: v["mean"].get("bbox/AP") for k, v in data["students"].items()}
+    teacher, base = data["teacher"].get("bbox/AP"), ap.get("baseline")
+    icd_vs = (data.get("paired") or {}).get("icd", {})
+    checks = []
+    if "baseline" in icd_vs and icd_vs["baseline"]["mean"] is not None:
+        low = icd_vs["baseline"]["low"]
+        checks.append(f"ICD − baseline {describe_interval(icd_vs['baseline'])} (target: interval above 0: "
+                      f"{'met' if low is not None and low > 0 else 'not met'})")
+    if None not in (teacher, base) and teacher != base:
+        checks += [f"{k} closes {(ap[k] - base) / (teacher - base):.0%} of the teacher–baseline gap"
+                   for k in ("icd", "icd_inherit") if ap.get(k) is not None]
+    flagged = [k for k, v in ap.items() if teacher_is_weaker(v, teacher)]
+    checks += [f"teacher weaker than {', '.join(flagged)} (a weaker teacher has little to teach)"] if flagged else []
+    below = [k for k, v in ap.items() if k in STUDENTS and STUDENTS[k].method != "none" and below_baseline(v, base)]
+    checks += [f"below the baseline on the mean: {', '.join(below)}"] if below else []
+    return checks
 
 
 def results_section(data: dict[str, Any], png: str) -> str:
@@ -564,29 +672,23 @@ def results_section(data: dict[str, Any], png: str) -> str:
              f"Wall time {meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, "
              f"{meta['runs_cached']} reused). {recorded_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; "
              f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
-             f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds / "
-             "iterations, evaluation excluded; ICD's iterations include its decoder warm-up (no student step).", "",
+             f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds of the "
+             "student's iterations / their number, evaluation excluded; a method-only stage (ICD's decoder "
+             "warm-up, no student step) is in its own column, stage s. [ADAPT]: the method's form on this "
+             "detector family is this project's adaptation (docs/method.md).", "",
              "| model | " + " | ".join(column_name(k) for k in columns) + " |",
              "| --- |" + " ---: |" * len(columns)]
     for name, d in [("teacher", data["teacher"]), *canonical_order(st).items()]:
-        lines.append(f"| {name} ({meta['models'][name]}) | " + " | ".join(cell(d, k) for k in columns) + " |")
+        lines.append(f"| {row_label(name, meta)} | " + " | ".join(cell(d, k) for k in columns) + " |")
     lines += [f"\nSkipped: {k}: {v}." for k, v in meta["skipped"].items()]
+    lines += paired_lines(data)
     rows = meta.get("rows") or {}
     if rows:
         lines += ["", "Rows: " + "; ".join(
             f"{k} = `{v['recipe']}`" + "".join(f" `{x}`" for x in v["sets"])
             + (f" (λ {v['loss_weight']:g}{', from the sweep' if v['loss_weight_from'] == 'sweep' else ''})"
                if v["loss_weight"] is not None else "") for k, v in canonical_order(rows).items()) + "."]
-    ap = {k: v["mean"].get("bbox/AP") for k, v in st.items()}
-    teacher, base, icd, fit = data["teacher"].get("bbox/AP"), ap.get("baseline"), ap.get("icd"), ap.get("fitnet")
-    checks = []
-    if None not in (icd, base):
-        checks.append(f"ICD − baseline mean AP = {icd - base:+.1f} (target ≥ +1.0: {'met' if icd - base >= 1 else 'not met'})")
-    if None not in (icd, fit):
-        checks.append(f"ICD {icd:.1f} vs FitNet {fit:.1f} (target: ICD above: {'met' if icd > fit else 'not met'})")
-    if None not in (teacher, base) and teacher != base:
-        checks += [f"{k} closes {(ap[k] - base) / (teacher - base):.0%} of the teacher–baseline gap"
-                   for k in ("icd", "icd_inherit") if ap.get(k) is not None]
+    checks = target_checks(data)
     lines += ["", "Targets: " + "; ".join(checks) + "." if checks else "", "", f"![AP vs iteration]({png})"]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -607,6 +709,19 @@ def write_results(section: str, suite: str, path: Path = RESULTS) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options every benchmark built on these runs shares (accuracy, sweep, variance)."""
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
+    p.add_argument("--bccd-root", default=str(ROOT.parent / "shared" / "data" / "bccd"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
+    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
+    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+
+
 def add_record_args(p: argparse.ArgumentParser) -> None:
     """``--records DIR`` / ``--no-records`` (shared with sweep.py)."""
     p.add_argument("--records", type=Path, metavar="DIR",
@@ -622,19 +737,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="validation: train on a training part, evaluate on held-out training images")
     p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="distill.loss_weight per row from a sweep")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
-    p.add_argument("--bccd-root", default=str(ROOT.parent / "shared" / "data" / "bccd"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
-    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
-    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    add_run_args(p)
     add_record_args(p)
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
-    args.students = args.students or list(suite.students)
+    args.students = args.students or list(suite.rows)
     args.seeds = args.seeds or ([0, 1] if args.quick and len(suite.seeds) > 1 else list(suite.seeds))
     args.key = args.suite + "_validation" * (args.split == "validation")  # the JSON / RESULTS / PNG name
     return args
@@ -688,6 +795,14 @@ def row_meta(plan: Plan, runs: list[Run]) -> dict[str, Any]:
     return meta
 
 
+def warn_about_machines(meta: dict[str, Any]) -> None:
+    """Say loudly, on stderr, when the runs come from different machine types."""
+    machines = machine_types(meta)
+    if len(machines) > 1:
+        print(f"accuracy.py: WARNING: the runs come from different machine types ({'; '.join(machines)}); "
+              "paired differences across them are not trustworthy: rerun on one machine type", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out, started = default_out(args), time.perf_counter()
@@ -709,7 +824,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
             "provenance": res["provenance"], "recorded_on": recorded_on(res["provenance"]),
             "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "compare": str(compare)}
-    data = {"meta": meta, "teacher": res["teacher"], "students": res["students"]}
+    data = {"meta": meta, "teacher": res["teacher"], "students": res["students"],
+            "paired": paired_differences(res["students"])}
+    warn_about_machines(meta)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))
     if to_docs:

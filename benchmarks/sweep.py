@@ -7,10 +7,12 @@ training images (never on test), with the same budget for every method.
 
 Every run is an accuracy-benchmark run of ``--split validation`` (benchmarks/accuracy.py: bccd
 trains on ImageSets ``train`` and is evaluated on ``val``; synthetic on the shapes generator at
-seed 1): the same teacher, the row's recipe, ``distill.loss_weight`` = each point of its grid.
-Grids (``GRID``): ICD λ ∈ {1, 2, 4, 8, 16} (the paper's Table 12); every other method its
-default weight (the recipe's, or the method's when the recipe leaves it null) × {0.25, 0.5, 1, 2,
-4}: five points and the same seeds for every method. The grid point equal to the default runs
+seed 1): the same teacher, the row's recipe, the distillation weight at each point of its grid.
+Grids: every method, ICD included, its default weight (the recipe's, or the method's when the
+recipe leaves it null) × {0.25, 0.5, 1, 2, 4} (``accuracy.WEIGHT_SCALES``: one meaning for every
+method, a multiplier of its default, the ``distill.weight_scale`` of the config): five points and
+the same seeds for every method. The weight's key is written in one place,
+``accuracy.weight_override``. The grid point equal to the default runs
 the row exactly as ``accuracy.py --split validation`` does, in the same folder
 (``<out>/<row>/seed<k>``), so either reuses the other's run; the others live in
 ``<out>/sweep/<row>/w<weight>/seed<k>``. Runs are cached / resumed as in accuracy.py.
@@ -38,17 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy.py beside t
 
 import accuracy  # noqa: E402
 
-MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
-GRID = {"icd": (1.0, 2.0, 4.0, 8.0, 16.0)}  # the paper's Table 12; other rows: MULTIPLIERS x default
-SWEEPABLE = tuple(n for n, r in accuracy.STUDENTS.items() if r.method != "none" and n != "icd_inherit")
+MULTIPLIERS = accuracy.WEIGHT_SCALES  # x the row's default weight, the same for every method
+# inheriting rows take their method's chosen weight: the switch changes the start, not the loss
+SWEEPABLE = tuple(n for n, r in accuracy.STUDENTS.items() if r.method != "none" and not n.endswith(accuracy.INHERIT))
 
 
 def grid(row: str, default: float, multipliers: list[float] | None = None) -> tuple[float, ...]:
-    """The row's loss weights: ``default`` x ``multipliers`` when given (every row), else
-    ``GRID[row]`` or ``default`` x :data:`MULTIPLIERS`."""
-    if multipliers:
-        return tuple(default * m for m in multipliers)
-    return GRID.get(row, tuple(default * m for m in MULTIPLIERS))
+    """The row's loss weights: ``default`` x ``multipliers`` (default :data:`MULTIPLIERS`)."""
+    return tuple(default * m for m in (multipliers or MULTIPLIERS))
 
 
 def label(row: str, weight: float) -> str:
@@ -68,7 +67,8 @@ def sweep_runs(plan: accuracy.Plan, rows: list[str], seeds: list[int],
                 if w == default:  # the validation suite's own run of the row
                     runs.append(plan.student(row, seed, sets=[], label=label(row, w)))
                 else:
-                    runs.append(plan.student(row, seed, sets=[f"distill.loss_weight={w:g}"], label=label(row, w),
+                    runs.append(plan.student(row, seed, sets=[accuracy.weight_override(default, w / default)],
+                                             label=label(row, w),
                                              out=plan.out / "sweep" / row / f"w{w:g}" / f"seed{seed}"))
     return table, runs
 
@@ -155,16 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", choices=sorted(accuracy.SUITES), required=True)
     p.add_argument("--rows", nargs="+", choices=SWEEPABLE, help="default: the suite's method rows and icd")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--multipliers", nargs="+", type=float, help="every row's grid = default x these (default: GRID)")
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--json", type=Path)
-    p.add_argument("--eval-period", type=int, help="default: the student recipe's max_iter // 5")
-    p.add_argument("--bccd-root", default=str(accuracy.ROOT.parent / "shared" / "data" / "bccd"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
-    p.add_argument("--quick", action="store_true", help="smoke run on tiny data and schedules")
-    p.add_argument("--no-results", action="store_true", help="do not touch docs/")
-    p.add_argument("--results", action="store_true", help="with --quick: write docs/ all the same")
+    p.add_argument("--multipliers", nargs="+", type=float,
+                   help="every row's grid = default x these (default: 0.25 0.5 1 2 4)")
+    accuracy.add_run_args(p)
     accuracy.add_record_args(p)
     args = p.parse_args(argv)
     suite = accuracy.SUITES[args.suite]

@@ -65,8 +65,13 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
     raw = result.read_text()
     assert "NaN" not in raw
     data = json.loads(raw)
-    assert set(data) == {"meta", "teacher", "students"}
+    assert set(data) == {"meta", "teacher", "students", "paired"}
     assert set(data["students"]) == {"baseline", "icd"}
+    icd_ap = [s["bbox/AP"] for s in data["students"]["icd"]["seeds"]]
+    base_ap = [s["bbox/AP"] for s in data["students"]["baseline"]["seeds"]]
+    vs_base = data["paired"]["icd"]["baseline"]
+    assert vs_base["n"] == 2 and vs_base["mean"] == pytest.approx(statistics.fmean(a - b for a, b in zip(icd_ap, base_ap)))
+    assert set(data["paired"]["baseline"]) == {"icd"}
     assert data["meta"]["seeds"] == [0, 1] and data["meta"]["layout"]["jobs"] == 1
     assert {"bbox/AP", "time/iter_s", "time/eval_s"} <= set(data["teacher"])
     for name, student in data["students"].items():
@@ -101,14 +106,19 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
 
 # ---- rows, suites, the validation split and the sweep (#10.5, #11.5, #12.7) ----------------------
 
-@pytest.fixture(scope="module")
-def sweep(accuracy):
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (it imports accuracy.py from beside itself)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("sweep_benchmark", ROOT / "benchmarks" / "sweep.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def sweep(accuracy):
+    return load_benchmark("sweep")
 
 
 @pytest.fixture
@@ -124,7 +134,7 @@ def plan_for(accuracy, tmp_path, *argv):
 
 def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, bccd_root):
     args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root)
-    assert args.seeds == [0, 1, 2] and set(accuracy.METHODS) | {"baseline", "icd", "icd_inherit"} <= set(args.students)
+    assert args.seeds == [0, 1, 2, 3, 4] and set(accuracy.METHODS) | {"baseline", "icd", "icd_inherit"} <= set(args.students)
     for method in accuracy.METHODS:
         run = plan.student(method, 0)
         assert run.recipe.name == f"bccd_{method}.yaml" and run.cfg.distill.method == method
@@ -229,7 +239,7 @@ def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_r
     assert args.rows == ["fitnet", "icd", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017"]
     plan = accuracy.make_plan(args, tmp_path / "out")
     table, runs = sweep.sweep_runs(plan, args.rows, args.seeds)
-    assert table["icd"]["grid"] == [1, 2, 4, 8, 16] and table["icd"]["default"] == 8.0
+    assert table["icd"]["grid"] == [2, 4, 8, 16, 32] and table["icd"]["default"] == 8.0  # x 0.25 ... 4 like every row
     assert table["fgfi"]["grid"] == [0.75, 1.5, 3, 6, 12] and table["mimic"]["grid"] == [0.25, 0.5, 1, 2, 4]
     assert len(runs) == 8 * 5 * 2  # the same budget for every method
     by_name = {(r.name, r.seed): r for r in runs}
@@ -342,3 +352,119 @@ def test_results_table_lists_rows_in_the_canonical_order_not_the_command_line_or
     section = accuracy.results_section({"meta": meta, "teacher": {"bbox/AP": 2.0}, "students": students}, "p.png")
     names = [ln.split(" (")[0][2:] for ln in section.splitlines() if ln.startswith("| ") and " (" in ln]
     assert names == ["teacher", "baseline", "icd", "mimic"]
+
+
+# ---- statistics a reader can trust (#22) -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def paired():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paired as module
+
+    return module
+
+
+def test_paired_interval_on_known_numbers(paired):
+    # differences 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776 -> half-width 2.776 * 1.5811 / sqrt(5) = 1.963
+    result = paired.paired_interval([11, 12, 13, 14, 15], [10, 10, 10, 10, 10])
+    assert result["n"] == 5 and result["mean"] == 3.0
+    assert result["low"] == pytest.approx(1.037, abs=1e-3) and result["high"] == pytest.approx(4.963, abs=1e-3)
+    assert result["resolved"] and paired.describe_interval(result) == "+3.0 [+1.0, +5.0] resolved"
+    noisy = paired.paired_interval([12, 8, 13, 7], [10, 10, 10, 10])  # mean 0.5, wide
+    assert not noisy["resolved"] and noisy["low"] < 0 < noisy["high"]
+    assert paired.describe_interval(noisy).endswith("not resolved")
+    worse = paired.paired_interval([9.0, 8.9, 9.1], [10.0, 10.0, 10.0])
+    assert worse["resolved"] and worse["high"] < 0  # resolved below
+    assert paired.paired_interval([1.0, None], [0.0, 0.0])["low"] is None  # one pair: no interval
+    assert paired.t975(1) == 12.706 and paired.t975(35) == 2.042 and paired.t975(500) == 1.960
+    with pytest.raises(ValueError):
+        paired.t975(0)
+
+
+def section_data(accuracy, processors):
+    seeds = lambda *aps: {"seeds": [{"bbox/AP": a} for a in aps], "mean": {"bbox/AP": sum(aps) / len(aps)},  # noqa: E731
+                          "std": {"bbox/AP": 0.0}}
+    students = {"baseline": seeds(10, 11, 12, 10, 11), "icd": seeds(14, 15, 16, 15, 14),
+                "mimic": seeds(9, 13, 12, 8, 14), "fgfi_inherit": seeds(20, 21, 22, 20, 21)}
+    provenance = {f"{n}/seed{k}": {"recorded": "2026-12-07", "hardware": {"processor": processors[k % len(processors)]}}
+                  for n in students for k in range(5)}
+    meta = {"suite": "bccd", "command": "python benchmarks/accuracy.py --suite bccd", "date": "2026-12-07",
+            "hardware": {"machine": "x86_64", "processor": processors[0], "cpu_count": 2, "gpu": None, "torch": "2"},
+            "layout": {"jobs": 1, "threads_per_job": 1, "teacher_threads": 1}, "wall_s": 60.0, "runs_trained": 0,
+            "runs_cached": 20, "seeds": [0, 1, 2, 3, 4], "recipes": {}, "evaluator": "coco", "skipped": {},
+            "provenance": provenance, "recorded_on": [],
+            "models": {n: "fcos mobilenet_v2, 250 it" for n in ["teacher", *students]}}
+    data = {"meta": meta, "teacher": {"bbox/AP": 19.0}, "students": students}
+    data["paired"] = accuracy.paired_differences(students)
+    return data
+
+
+def test_results_section_says_which_rows_are_resolved_and_marks_adaptations(accuracy):
+    text = accuracy.results_section(section_data(accuracy, ["Intel Xeon"]), "x.png")
+    # icd − baseline per seed 4, 4, 4, 5, 3: mean 4, sd 0.707, t(4) 2.776 -> ± 0.88
+    assert "| icd | +4.0 [+3.1, +4.9] resolved |  |" in text
+    assert "| mimic | +0.4 [" in text and "not resolved" in text.split("| mimic |")[1].splitlines()[0]
+    assert "mimic [ADAPT] (fcos" in text and "icd [ADAPT]" not in text and "fgfi_inherit [ADAPT]" in text
+    assert "ICD − baseline +4.0 [+3.1, +4.9] resolved (target: interval above 0: met)" in text
+    assert "teacher weaker than fgfi_inherit" in text
+    assert "one machine type: Intel Xeon" in text and "WARNING" not in text
+
+
+def test_results_section_warns_when_rows_come_from_different_machines(accuracy, capsys):
+    data = section_data(accuracy, ["Intel Xeon", "AMD EPYC"])
+    assert "**WARNING: these rows were trained on different machine types (AMD EPYC; Intel Xeon).**" in \
+        accuracy.results_section(data, "x.png")
+    accuracy.warn_about_machines(data["meta"])
+    assert "different machine types" in capsys.readouterr().err
+
+
+def test_inheriting_is_a_switch_for_every_row(accuracy, tmp_path, bccd_root):
+    _, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root)
+    suite = accuracy.SUITES["bccd"]
+    assert {"baseline_inherit", "icd_inherit", "fitnet_inherit", "fgfi_inherit", "defeat_inherit"} <= set(suite.rows)
+    args = accuracy.parse_args(["--suite", "bccd", "--bccd-root", bccd_root])
+    assert args.students == list(suite.rows) and "fgfi_inherit" not in suite.students  # the suite setting adds them
+    assert list(suite.seeds) == [0, 1, 2, 3, 4]
+    base = plan.student("baseline_inherit", 0)
+    assert base.cfg.distill.method == "none" and base.cfg.distill.inherit and base.cfg.teacher.weights
+    assert base.command().startswith("icdistill train ")
+    fgfi = plan.student("fgfi_inherit", 0)
+    assert fgfi.cfg.distill.method == "fgfi" and fgfi.cfg.distill.inherit
+    assert fgfi.recipe.name == "bccd_fgfi.yaml"
+
+
+@pytest.fixture(scope="module")
+def variance(accuracy):
+    return load_benchmark("variance")
+
+
+def test_variance_rules_run_on_the_validation_split(accuracy, variance, tmp_path, bccd_root):
+    args = variance.parse_args(["--suite", "bccd", "--bccd-root", bccd_root])
+    assert args.rules == ["step", "step_ema", "cosine", "cosine_ema"] and args.seeds == [0, 1, 2, 3, 4]
+    plan = accuracy.make_plan(args, tmp_path / "out")
+    runs = variance.variance_runs(plan, ["step", "cosine_ema"], [0, 1, 2], 500)
+    assert len(runs) == 2 * (3 + 1)
+    ema = next(r for r in runs if r.name == "cosine_ema" and r.seed == 1)
+    assert ema.cfg.solver.lr_schedule == "cosine" and ema.cfg.solver.ema and ema.cfg.solver.max_iter == 500
+    assert ema.cfg.solver.ema_decay == pytest.approx(0.992) and ema.cfg.solver.ema_tau == 50
+    assert ema.cfg.data.test_splits == ("val",) and ema.cfg.distill.method == "none"
+    repeat = [r for r in runs if r.name == "step-repeat"]
+    assert len(repeat) == 1 and repeat[0].seed == 0 and repeat[0].out.name == "seed0-repeat"
+    assert repeat[0].cfg == next(r for r in runs if r.name == "step" and r.seed == 0).cfg
+    with pytest.raises(SystemExit, match="unknown rule"):
+        variance.rule_sets("linear", 100)
+
+
+def test_quick_variance_is_deterministic_and_resumable(variance, tmp_path, capsys):
+    """The determinism check: two runs of one recipe and seed give the same AP."""
+    out, result = tmp_path / "variance", tmp_path / "variance.json"
+    argv = ["--suite", "synthetic", "--quick", "--rules", "cosine_ema", "--seeds", "0", "1", "--out", str(out),
+            "--set", "eval.report=false", "--json", str(result), "--no-results"]
+    data = variance.main(argv)
+    row = data["rules"]["cosine_ema"]
+    assert row["repeat_diff"] == 0.0 and set(row["bbox/AP"]) == {"0", "1"}
+    assert json.loads(result.read_text())["rules"] == data["rules"]
+    assert "| cosine_ema |" in variance.section(data)
+    capsys.readouterr()
+    variance.main(argv)
+    assert len(re.findall(r": cached ", capsys.readouterr().out)) == 4  # teacher + 2 seeds + the repeat

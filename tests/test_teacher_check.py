@@ -77,7 +77,9 @@ def test_the_override_lets_it_distil_and_the_numbers_land_in_metrics_json(tmp_pa
     assert teacher["teacher/bbox/AP"] < 1.0 and teacher["teacher/images"] == 6
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["iter"] == 0 and first["teacher/bbox/AP"] == teacher["teacher/bbox/AP"]
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["teacher_check"] == teacher
+    # the checkpoint holds the check's numbers (the final evaluation's comparison comes after it)
+    checked = {k: v for k, v in teacher.items() if k != "teacher/weaker_than_student"}
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["teacher_check"] == checked
 
     # A resumed run reuses the checkpoint's numbers: the teacher is not evaluated again.
     def fail(*args, **kwargs):
@@ -148,3 +150,58 @@ def test_bad_check_settings_are_config_errors():
 def test_the_demo_checks_its_teacher_except_in_the_quick_smoke_run(tmp_path):
     assert demo_configs(tmp_path)["icd"].distill.check_teacher
     assert not demo_configs(tmp_path, quick=True)["icd"].distill.check_teacher
+
+
+def shifted_ap(module, monkeypatch, ap):
+    """Make ``module``'s evaluate_detector report box AP ``ap`` (the rest of its numbers real)."""
+    real = module.evaluate_detector
+
+    def fake(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        if metrics:
+            metrics["bbox/AP"] = ap
+        return metrics
+
+    monkeypatch.setattr(module, "evaluate_detector", fake)
+
+
+def test_a_teacher_weaker_than_its_student_is_flagged_everywhere(tmp_path, tiny_overrides, empty_config,
+                                                                 untrained, monkeypatch, capsys):
+    """Constructed case: the teacher check measures 5 AP, the student evaluates at 20 AP (and a
+    baseline at 30): the run, metrics.json, report.html and compare --baseline all say so."""
+    from icdistill.engine import report
+
+    shifted_ap(teacher_check, monkeypatch, 5.0)
+    shifted_ap(report, monkeypatch, 20.0)
+    student = tmp_path / "student"
+    assert run_cli(empty_config, distill_args(student, tiny_overrides, untrained, "eval.report=true",
+                                              "eval.period=1", "distill.check_teacher_min_ap=0")) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("the teacher is weaker than the student") == 1  # once: at the first evaluation past it
+    assert "teacher box AP 5.00" in printed and "student box AP 20.00 at iteration 1" in printed
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["teacher/weaker_than_student"] == 1.0 and metrics["teacher/exceeded_at_iter"] == 1.0
+    assert "Teacher weaker than student" in (student / "report.html").read_text()
+
+    shifted_ap(report, monkeypatch, 30.0)
+    baseline = tmp_path / "baseline"
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(baseline),
+                 *[f"--set={s}" for s in [*tiny_overrides, "solver.max_iter=1", "eval.viz_images=0"]]]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(student), str(baseline), "--baseline", str(baseline), "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| student "))
+    assert row.rstrip(" |").endswith("teacher weaker than student, below baseline")
+    assert "has little to teach" in table
+    assert "below baseline" in (tmp_path / "compare.html").read_text()
+
+
+def test_a_teacher_above_its_student_is_not_flagged():
+    from icdistill.teacher_vs_student import EXCEEDED_AT_KEY, WEAKER_KEY, note_student_ap, row_flags
+
+    numbers = {"teacher/bbox/AP": 30.0}
+    assert note_student_ap(numbers, 29.9, 10) is None
+    assert numbers[WEAKER_KEY] == 0.0 and EXCEEDED_AT_KEY not in numbers
+    assert note_student_ap({}, 50.0, 10) is None  # no teacher check: nothing to compare
+    assert row_flags(29.9, 30.0, 29.0) == []
+    assert row_flags(31.0, 30.0, None) == ["teacher weaker than student"]

@@ -56,6 +56,7 @@ CHOICES = {
     "solver.device": DEVICES,
     "solver.amp": ("bf16", "fp16"),
     "solver.grad_clip_runs": ("all", "distill"),
+    "solver.lr_schedule": ("step", "cosine"),
 }
 
 
@@ -521,7 +522,7 @@ def _require_number(section: str, name: str, value: Optional[float], *, positive
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """The student's SGD schedule (detectron2 1x recipe, §7). ``base_lr`` null means the
+    """The student's SGD schedule (detectron2's 1x recipe). ``base_lr`` null means the
     family's reference LR (0.01 one-stage, 0.02 two-stage at 16 images) scaled linearly to
     ``ims_per_batch``. ``steps`` are fractions of ``max_iter``. ``ims_per_batch`` is the global
     batch: with torchrun each process takes ``ims_per_batch / WORLD_SIZE`` images.
@@ -536,7 +537,14 @@ class SolverConfig:
     does).
 
     ``keep_checkpoints``: the newest N periodic snapshots ``checkpoints/model_<iter>.pt`` are
-    kept (``last.pt`` always); null keeps every one."""
+    kept (``last.pt`` always); null keeps every one.
+
+    ``lr_schedule``: ``step`` (warm-up, then ×``gamma`` at ``steps``: detectron2's) or ``cosine``
+    (warm-up, then cosine decay to 0 at ``max_iter``). ``ema`` keeps an exponential moving
+    average of the student's weights and batch-norm statistics, updated after every student
+    step with decay ``ema_decay * (1 - exp(-updates / ema_tau))`` (the warm-up of YOLOX's and
+    timm's model EMA); evaluations and ``detector.pt`` then use the averaged weights, and the
+    training checkpoint holds both. Off (``false``) is the plain recipe."""
 
     max_iter: int = 90000
     ims_per_batch: int = 16
@@ -557,8 +565,15 @@ class SolverConfig:
     sync_bn: bool = True
     grad_clip_value: Optional[float] = 1.0
     grad_clip_runs: str = "all"
+    lr_schedule: str = "step"
+    ema: bool = False
+    ema_decay: float = 0.9998
+    ema_tau: float = 2000.0
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"config key 'solver.ema_decay' must be in (0, 1), e.g. 0.9998, got {self.ema_decay!r}")
+        _require_number("solver", "ema_tau", self.ema_tau, positive=True)
         keep = self.keep_checkpoints
         if keep is not None and keep < 1:
             raise ConfigError(f"config key 'solver.keep_checkpoints' must be a positive integer or null "

@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules.
 
 * Student: SGD with momentum, linear warm-up then step decay (detectron2's
-  ``WarmupMultiStepLR``), norm-layer parameters with their own weight decay.
+  ``WarmupMultiStepLR``, ``solver.lr_schedule: step``) or cosine decay to zero at ``max_iter``
+  (``cosine``), norm-layer parameters with their own weight decay.
 * A distillation method with its own optimiser: AdamW with cosine decay from 1 to 0.
 """
 
@@ -101,6 +102,19 @@ def warmup_multistep_lambda(
     return factor
 
 
+def warmup_cosine_lambda(*, max_iter: int, warmup_iters: int, warmup_factor: float = 0.001) -> Callable[[int], float]:
+    """LR multiplier: the same linear warm-up as :func:`warmup_multistep_lambda`, times a cosine
+    from 1 at iteration 0 to 0 at ``max_iter``: every run, short or long, ends at LR 0, so its
+    last weights are not those of a step taken at a large LR."""
+    cosine = cosine_lambda(max_iter=max_iter)
+    warm = warmup_multistep_lambda(max_iter=max_iter, warmup_iters=warmup_iters, warmup_factor=warmup_factor,
+                                   steps=(), gamma=1.0)
+    return lambda it: warm(it) * cosine(it)
+
+
+LR_SCHEDULES = ("step", "cosine")
+
+
 def build_student_scheduler(
     optimizer: torch.optim.Optimizer,
     *,
@@ -109,19 +123,19 @@ def build_student_scheduler(
     warmup_factor: float = 0.001,
     steps: Sequence[float] = (2 / 3, 8 / 9),
     gamma: float = 0.1,
+    schedule: str = "step",
 ) -> LambdaLR:
-    """Per-iteration :class:`LambdaLR` with :func:`warmup_multistep_lambda` (call ``step()``
-    once per iteration)."""
-    return LambdaLR(
-        optimizer,
-        warmup_multistep_lambda(
-            max_iter=max_iter,
-            warmup_iters=warmup_iters,
-            warmup_factor=warmup_factor,
-            steps=steps,
-            gamma=gamma,
-        ),
-    )
+    """Per-iteration :class:`LambdaLR` (call ``step()`` once per iteration):
+    :func:`warmup_multistep_lambda` for ``schedule`` ``step``, :func:`warmup_cosine_lambda` for
+    ``cosine`` (``steps`` and ``gamma`` unused)."""
+    if schedule == "cosine":
+        factor = warmup_cosine_lambda(max_iter=max_iter, warmup_iters=warmup_iters, warmup_factor=warmup_factor)
+    elif schedule == "step":
+        factor = warmup_multistep_lambda(max_iter=max_iter, warmup_iters=warmup_iters, warmup_factor=warmup_factor,
+                                         steps=steps, gamma=gamma)
+    else:
+        raise ConfigError(f"config key 'solver.lr_schedule' is {schedule!r}; valid choices: {', '.join(LR_SCHEDULES)}")
+    return LambdaLR(optimizer, factor)
 
 
 def build_method_optimizer(

@@ -4,13 +4,15 @@ and the pictures. Only the main process writes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from icdistill.engine.distributed import barrier, reduce_for_logging
@@ -28,6 +30,7 @@ from icdistill.files import (
     write_text_atomic,
 )
 from icdistill.reporting import write_run_report
+from icdistill.teacher_vs_student import note_student_ap
 from icdistill.viz import save_training_curves
 
 if TYPE_CHECKING:  # the setup imports this module
@@ -137,6 +140,8 @@ def save_training_checkpoint(run: Run, next_iter: int, clock: Clock, *, snapshot
         "iteration": next_iter,
         "train_seconds": clock.train_seconds(),
         "eval_seconds": clock.eval_seconds(),
+        "method_stage_seconds": run.method_stage_seconds,
+        "ema": run.ema.state_dict() if run.ema is not None else None,  # solver.ema: resume is exact
         "world_size": run.ctx.world_size,
         "trainable": run.distiller.state_dict(),
         **run.step.opts.state_dict(),
@@ -167,13 +172,35 @@ def method_metrics(run: Run) -> dict[str, float]:
                            strides=run.distiller.strides, device=run.ctx.device)
 
 
+@contextlib.contextmanager
+def evaluated_student(run: Run) -> Iterator[nn.Module]:
+    """The student as it is evaluated and saved: with ``solver.ema`` its averaged weights (the
+    trained ones are back after the block), else itself."""
+    student = run.distiller.student
+    if run.ema is None:
+        yield student
+        return
+    with run.ema.applied(student):
+        yield student
+
+
 def periodic_evaluation(run: Run, done: int) -> None:
     """``eval/*`` metrics of the student and the method's own at iteration ``done``, into the log."""
-    metrics = evaluate_detector(run.distiller.student, run.test_loader, run.evaluator, run.ctx.device,
-                                progress=False, ctx=run.ctx)
+    with evaluated_student(run) as student:
+        metrics = evaluate_detector(student, run.test_loader, run.evaluator, run.ctx.device, progress=False, ctx=run.ctx)
     metrics.update(method_metrics(run))
     run.log.log(done, metrics, prefix="eval/")
+    warn_if_teacher_weaker(run, metrics, done)
     run.distiller.train()
+
+
+def warn_if_teacher_weaker(run: Run, metrics: dict[str, float], done: int) -> None:
+    """Compare an evaluation's student AP with the teacher check's; the first time the student
+    passes the teacher, print why that matters. The flag lands in ``teacher/*`` (checkpoint,
+    ``metrics.json``, report.html)."""
+    note = note_student_ap(run.teacher_metrics, metrics.get("bbox/AP"), done)
+    if note is not None and run.ctx.is_main:
+        print(f"warning: {note}")
 
 
 def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
@@ -182,29 +209,43 @@ def finish_run(run: Run, clock: Clock, progress: bool) -> RunResult:
     ``report.html`` (with ``pr_curves.json``, :mod:`icdistill.reporting`)."""
     ctx, distiller = run.ctx, run.distiller
     train_seconds = clock.train_seconds()
-    metrics = evaluate_detector(distiller.student, run.test_loader, run.evaluator, ctx.device,
-                                progress=progress and ctx.is_main, ctx=ctx)
+    with evaluated_student(run) as student:
+        metrics = evaluate_detector(student, run.test_loader, run.evaluator, ctx.device,
+                                    progress=progress and ctx.is_main, ctx=ctx)
     metrics.update(method_metrics(run))
     warnings = distiller.method.warnings(metrics) if distiller.method is not None else []
+    weaker = note_student_ap(run.teacher_metrics, metrics.get("bbox/AP"), run.total_iters)
+    warnings += [weaker] if weaker is not None else []
     if ctx.is_main:
         for note in warnings:
             print(f"warning: {note}")
         metrics.update(run.teacher_metrics)  # the teacher check's teacher/* ({} when off)
-        metrics["time/train_s"] = round(train_seconds, 2)
-        metrics["time/iter_s"] = round(train_seconds / max(run.total_iters, 1), 4)
+        metrics.update(time_metrics(run, train_seconds))
         metrics["time/eval_s"] = round(clock.eval_seconds(), 2)  # periodic evaluations, not in train_s
         metrics["world_size"] = ctx.world_size
         write_metrics_json(run.out / "metrics.json", metrics, run.train_set.class_names)
         final = {k: v for k, v in metrics.items() if "/" in k and not k.startswith("time/")}
         run.log.log(run.total_iters, final, prefix="final/", jsonl=False)  # metrics.json holds them
-        save_detector_file(run, run.out / DETECTOR_FILE)
-        save_pictures(run)
+        with evaluated_student(run):  # detector.pt and its pictures: the weights that were evaluated
+            save_detector_file(run, run.out / DETECTOR_FILE)
+            save_pictures(run)
         if run.cfg.eval.report:
             write_run_report(run.out, pr_curves=getattr(run.evaluator, "pr_curves", None))  # report.html
     run.log.close()
     barrier(ctx)
     return RunResult(run.out, metrics, train_seconds, run.total_iters,
                      extra={"rank": ctx.rank, "world_size": ctx.world_size, "warnings": warnings})
+
+
+def time_metrics(run: Run, train_seconds: float) -> dict[str, float]:
+    """``time/train_s`` (all training, evaluations excluded), ``time/iter_s`` (seconds per STUDENT
+    iteration: the method-only stage is not in it, so a method is never made to look cheaper per
+    step by iterations that do not train the student) and ``time/method_stage_s`` (the method-only
+    stage's seconds, 0 without one)."""
+    stage = run.method_stage_seconds if run.step.method_only_iters else 0.0
+    return {"time/train_s": round(train_seconds, 2),
+            "time/iter_s": round((train_seconds - stage) / max(run.cfg.solver.max_iter, 1), 4),
+            "time/method_stage_s": round(stage, 2)}
 
 
 def save_detector_file(run: Run, path: Path) -> None:

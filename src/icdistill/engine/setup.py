@@ -32,7 +32,9 @@ from icdistill.detectors.data_needs import require_masks, require_segmentations
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.build import NO_METHOD, build_distiller
 from icdistill.distill.distiller import Distiller
+from icdistill.distill.inherit import inherit_weights
 from icdistill.engine.distributed import DistContext, init_distributed
+from icdistill.engine.ema import StudentEMA
 from icdistill.engine.report import RunLog
 from icdistill.engine.step import StepContext, build_optimisers
 from icdistill.engine.teacher_check import check_teacher
@@ -60,6 +62,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# The method-only stage (e.g. a decoder warm-up) draws its batches and random numbers from a
+# stream of its own, seeded from solver.seed + this offset, so that the student's stream (its
+# batches, its random draws) is the same in every row of one seed: a baseline and a distilled
+# run of seed k are paired, batch for batch.
+METHOD_STAGE_SEED_OFFSET = 1 << 30
+# Under torchrun each rank draws its own random samples (e.g. fake instances); rank 0 keeps seed.
+RANK_SEED_STRIDE = 1000003
+
+
+def student_stream_seed(seed: int, rank: int = 0) -> int:
+    """The seed of the global generators at the student's first step (every row alike)."""
+    return seed + RANK_SEED_STRIDE * rank
+
+
+def method_stage_seed(seed: int) -> int:
+    """The seed of the method-only stage's sampler and generators (never the student's)."""
+    return seed + METHOD_STAGE_SEED_OFFSET
 
 
 def per_rank_batch_size(cfg: Config, ctx: DistContext) -> int:
@@ -91,15 +112,40 @@ def load_data(cfg: Config, out: Path, ctx: DistContext, progress: bool) -> tuple
 def build_models(
     cfg: Config, train_set: CocoDetection, *, fresh_start: bool, main: bool
 ) -> tuple[Distiller, FrozenTeacher | None, DatasetPrior]:
-    """Student, then (for a method) the frozen teacher, then the method: the same order of random
-    initialisations every time."""
+    """Student first (its initial weights depend on ``solver.seed`` alone), then the frozen
+    teacher (for a method, or for ``distill.inherit``), then the method. What the teacher and the
+    method consume of the global generators does not reach the student's training: the caller
+    reseeds them before the first step (:func:`begin_stream`).
+
+    ``distill.method: none`` with ``distill.inherit`` is the protocol's ``baseline+inherit`` row:
+    the student inherits the teacher's matching neck/head tensors and trains without any
+    distillation loss."""
     student = build_model(cfg.model, train_set.num_classes, "model")
     prior = compute_prior(train_set)
-    teacher = build_teacher(cfg.teacher, train_set.num_classes) if cfg.distill.method != NO_METHOD else None
-    distiller, inherit_report = build_distiller(cfg.distill, student, teacher, prior=prior, fresh_start=fresh_start)
+    plain = cfg.distill.method == NO_METHOD
+    teacher = build_teacher(cfg.teacher, train_set.num_classes) if not plain or cfg.distill.inherit else None
+    distiller, inherit_report = build_distiller(cfg.distill, student, None if plain else teacher, prior=prior,
+                                                fresh_start=fresh_start)
+    if plain and teacher is not None and fresh_start:
+        inherit_report = inherit_weights(teacher, student)
     if main and inherit_report is not None:
         print(f"inheriting: {inherit_report.summary()}")
     return distiller, teacher, prior
+
+
+def begin_stream(run: "Run") -> None:
+    """Seed the global generators for the first step of a fresh run: the method-only stage's own
+    seed when the run has one, else the student's (:func:`begin_student_stage` switches later)."""
+    seed = run.cfg.solver.seed
+    first_is_method = run.step.method_only_iters > 0
+    seed_everything(method_stage_seed(seed) if first_is_method else student_stream_seed(seed, run.ctx.rank))
+
+
+def begin_student_stage(run: "Run", method_stage_seconds: float) -> None:
+    """At the first student step after a method-only stage: reseed to the student's stream (what
+    a run without that stage has at its first step) and keep the stage's training seconds."""
+    seed_everything(student_stream_seed(run.cfg.solver.seed, run.ctx.rank))
+    run.method_stage_seconds = method_stage_seconds
 
 
 @dataclass
@@ -120,6 +166,9 @@ class Run:
     train_seconds_before: float = 0.0
     eval_seconds_before: float = 0.0
     teacher_metrics: dict[str, float] = field(default_factory=dict)  # the teacher check's teacher/*
+    method_loader: DataLoader | None = None  # the method-only stage's own batches (None: no stage left)
+    method_stage_seconds: float = 0.0  # training seconds of the method-only stage (0: none)
+    ema: StudentEMA | None = None  # solver.ema: the averaged student, what is evaluated and saved
 
     @property
     def distiller(self) -> Distiller:
@@ -128,6 +177,11 @@ class Run:
     @property
     def total_iters(self) -> int:
         return self.step.method_only_iters + self.cfg.solver.max_iter
+
+    @property
+    def student_start_iter(self) -> int:
+        """The student iteration the run starts (or resumes) at; 0 inside the method-only stage."""
+        return max(self.start_iter - self.step.method_only_iters, 0)
 
     @property
     def last_checkpoint(self) -> Path:
@@ -161,24 +215,39 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
                        student_clip_value=solver.grad_clip_value, clip_plain_runs=solver.grad_clip_runs == "all",
                        checkpoint_path=last)
     run = Run(cfg, out, ctx, train_set, test_set, evaluator, step, None, None, None)  # loaders below
+    if solver.ema:
+        run.ema = StudentEMA(distiller.student, decay=solver.ema_decay, tau=solver.ema_tau)
+    begin_stream(run)  # a resume replaces it with the checkpoint's generators
     if point is not None:
         resume_from(run, point)
     teacher_known = bool(run.teacher_metrics)
     if teacher is not None:  # before any step; a resumed run reuses the checkpoint's numbers
         run.teacher_metrics = check_teacher(cfg.distill, cfg.eval, teacher, cfg.teacher.weights, test_set, device,
                                             known=run.teacher_metrics, verbose=ctx.is_main)
+    if distiller.method is None:
+        step.teacher = None  # an inheriting baseline needed the teacher only to start from
     step.model = wrap_for_distributed(distiller, run)
-    run.train_loader = build_train_loader(
-        train_set, batch_size=per_rank_batch, seed=solver.seed, start_iter=run.start_iter,
-        num_workers=cfg.data.num_workers, rank=ctx.rank, world_size=ctx.world_size,
-    )
-    run.test_loader = build_test_loader(test_set, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                                        rank=ctx.rank, world_size=ctx.world_size)
+    build_loaders(run, per_rank_batch)
     run.log = RunLog(out, enabled=ctx.is_main, fresh=not resume, resume_at=run.start_iter if resume else None)
     if run.teacher_metrics and not teacher_known:
         run.log.log(run.start_iter, run.teacher_metrics)
     distiller.train()
     return run
+
+
+def build_loaders(run: Run, per_rank_batch: int) -> None:
+    """The student's training loader (seeded by ``solver.seed``, from the student iteration the
+    run starts at), the method-only stage's own loader while that stage has iterations left, and
+    the test loader."""
+    cfg, ctx, seed = run.cfg, run.ctx, run.cfg.solver.seed
+    shared = dict(batch_size=per_rank_batch, num_workers=cfg.data.num_workers, rank=ctx.rank,
+                  world_size=ctx.world_size)
+    run.train_loader = build_train_loader(run.train_set, seed=seed, start_iter=run.student_start_iter, **shared)
+    if run.start_iter < run.step.method_only_iters:
+        run.method_loader = build_train_loader(run.train_set, seed=method_stage_seed(seed),
+                                               start_iter=run.start_iter, **shared)
+    run.test_loader = build_test_loader(run.test_set, batch_size=cfg.eval.batch_size,
+                                        num_workers=cfg.data.num_workers, rank=ctx.rank, world_size=ctx.world_size)
 
 
 def resume_from(run: Run, point: ResumePoint) -> None:
@@ -191,6 +260,12 @@ def resume_from(run: Run, point: ResumePoint) -> None:
     run.start_iter = state["iteration"]
     run.train_seconds_before = state.get("train_seconds", 0.0)
     run.eval_seconds_before = state.get("eval_seconds", 0.0)
+    run.method_stage_seconds = state.get("method_stage_seconds", 0.0)
+    if run.ema is not None:
+        if not state.get("ema"):
+            raise ConfigError(f"{point.path} was written without solver.ema; resume it with --set solver.ema=false "
+                              "or start a fresh run")
+        run.ema.load_state_dict(state["ema"])
     run.teacher_metrics = dict(state.get("teacher_check") or {})
     if run.ctx.is_main:
         if point.fallback_message():
@@ -206,7 +281,7 @@ def wrap_for_distributed(distiller: Distiller, run: Run) -> torch.nn.Module:
         return distiller
     # Each rank draws its own random samples (e.g. fake instances); rank 0 keeps the
     # checkpointed stream.
-    torch.manual_seed(run.cfg.solver.seed + 1000003 * ctx.rank + run.start_iter)
+    torch.manual_seed(student_stream_seed(run.cfg.solver.seed, ctx.rank) + run.start_iter)
     module = distiller
     if ctx.device.type == "cuda" and run.cfg.solver.sync_bn:
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(distiller)

@@ -85,7 +85,7 @@ def build_optimisers(cfg: Config, distiller: Distiller, total_iters: int, device
     )
     student_sched = build_student_scheduler(
         student, max_iter=solver.max_iter, warmup_iters=solver.warmup_iters,
-        warmup_factor=solver.warmup_factor, steps=solver.steps, gamma=solver.gamma,
+        warmup_factor=solver.warmup_factor, steps=solver.steps, gamma=solver.gamma, schedule=solver.lr_schedule,
     )
     opts = Optimisers(student, student_sched)
     if method is not None and method.optim.kind == OWN_ADAMW:

@@ -24,7 +24,7 @@ from icdistill.engine.report import (
     periodic_evaluation,
     save_training_checkpoint,
 )
-from icdistill.engine.setup import setup_run
+from icdistill.engine.setup import begin_student_stage, setup_run
 from icdistill.engine.step import train_step
 
 
@@ -41,9 +41,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, progress: b
     clock = Clock(run.train_seconds_before, run.eval_seconds_before)
     bar = tqdm(total=run.total_iters, initial=run.start_iter, disable=not (progress and main),
                desc=run.out.name, dynamic_ncols=True)
-    batches = iter(run.train_loader)
+    # The method-only stage [0, M) reads its own stream; the student's stream starts at student
+    # iteration 0 whatever M is, so runs of one seed see the same batches (setup.build_loaders).
+    student_batches, stage_iters = iter(run.train_loader), run.step.method_only_iters
+    method_batches = iter(run.method_loader) if run.method_loader is not None else None
     for it in range(run.start_iter, run.total_iters):
-        total, losses = train_step(run.step, next(batches).to(run.ctx.device), it)
+        if it == stage_iters and stage_iters > 0:
+            begin_student_stage(run, clock.train_seconds())
+        batch = next(method_batches if it < stage_iters else student_batches)
+        total, losses = train_step(run.step, batch.to(run.ctx.device), it)
+        if run.ema is not None and it >= stage_iters:
+            run.ema.update(run.distiller.student)
         done = it + 1
         bar.update(1)
         is_last = done == run.total_iters

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from icdistill.errors import DataError
 from icdistill.reporting.run_summary import RunSummary, load_run
+from icdistill.teacher_vs_student import MEANING, row_flags
 
 COLUMNS: tuple[str, ...] = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl",
                             "segm/AP", "time/iter_s")
@@ -38,6 +39,7 @@ class CompareRow:
     teacher_ap: float | None = None
     teacher_source: str = ""
     gap_closed: float | None = None
+    flags: tuple[str, ...] = ()  # "teacher weaker than student", "below baseline" (teacher_vs_student)
 
 
 def run_names(paths: Sequence[Path]) -> list[str]:
@@ -115,8 +117,11 @@ def compare_rows(runs: Mapping[str, RunSummary], *, baseline: str | None = None,
         gap = None
         if role == "student" and base is not None:
             gap = gap_closed(values["bbox/AP"], runs[base].metric("bbox/AP"), t_ap)
+        flags = ()
+        if role == "student":
+            flags = tuple(row_flags(values["bbox/AP"], t_ap, runs[base].metric("bbox/AP") if base else None))
         rows.append(CompareRow(name, role, run.method, values, base, t_ap if role == "student" else None,
-                               source if role == "student" else "", gap))
+                               source if role == "student" else "", gap, flags))
     return rows
 
 
@@ -133,7 +138,7 @@ def table_cells(row: CompareRow, columns: Sequence[str]) -> list[Any]:
     student = row.role == "student"  # teacher AP and gap mean nothing for the other rows: blank
     gap = None if row.gap_closed is None else round(100.0 * row.gap_closed, 1)
     return [row.name, row.role, row.method, *(row.values[c] for c in columns),
-            row.teacher_ap if student else "", row.baseline or "", gap if student else ""]
+            row.teacher_ap if student else "", row.baseline or "", gap if student else "", ", ".join(row.flags)]
 
 
 def table_columns(rows: Sequence[CompareRow]) -> list[str]:
@@ -143,7 +148,7 @@ def table_columns(rows: Sequence[CompareRow]) -> list[str]:
 
 def table_headers(columns: Sequence[str]) -> list[str]:
     return ["run", "role", "method", *(c.removeprefix("bbox/").replace("time/iter_s", "s/iter") for c in columns),
-            "teacher AP", "baseline", "gap closed %"]
+            "teacher AP", "baseline", "gap closed %", "flags"]
 
 
 def markdown_table(rows: Sequence[CompareRow]) -> str:
@@ -156,6 +161,8 @@ def markdown_table(rows: Sequence[CompareRow]) -> str:
         lines.append("| " + " | ".join(_text(c, key) for c, key in zip(cells, headers)) + " |")
     sources = sorted({r.teacher_source for r in rows if r.teacher_source})
     lines += ["", GAP_FORMULA + (f"; teacher AP from: {', '.join(sources)}" if sources else "; no teacher AP")]
+    if any("teacher weaker than student" in r.flags for r in rows):
+        lines += ["", f"teacher weaker than student: {MEANING}."]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from icdistill.reporting import html as h
 from icdistill.reporting import sections as s
+from icdistill.teacher_vs_student import MEANING
 from icdistill.reporting.compare import GAP_FORMULA, CompareRow, table_cells, table_columns, table_headers
 from icdistill.reporting.curves import diagnostic_panels
 from icdistill.reporting.plots import panel_grid
@@ -33,6 +34,8 @@ def table_section(runs: Mapping[str, RunSummary], rows: Sequence[CompareRow], ou
     body.append(h.note(f"Percent on each run's test set. {GAP_FORMULA}. Roles: the teacher is the run a "
                        "distillation run names as teacher.weights (or --teacher); a baseline has distill.method "
                        "none (or is --baseline). Teacher AP from: " + (", ".join(sources) or "none found") + "."))
+    if any("teacher weaker than student" in r.flags for r in rows):
+        body.append(h.note(f"teacher weaker than student: {MEANING}.", warn=True))
     links = []
     for name, run in runs.items():
         report = run.path / REPORT_FILE

@@ -17,7 +17,7 @@ REPORT_FILE = "report.html"
 def render_run(run: RunSummary) -> str:
     """The whole page of one run (see :mod:`icdistill.reporting.sections`)."""
     runs = {run.name: run}
-    parts = [s.metrics_section(run), s.per_class_section(run), s.teacher_section(run),
+    parts = [s.metrics_section(run), s.per_class_section(run), s.weaker_teacher_section(run), s.teacher_section(run),
              *s.curve_sections(runs), s.method_section(run), s.detections_section(runs),
              s.data_section(runs), s.config_section(run)]
     iters = run.last_iter

@@ -10,7 +10,7 @@ from icdistill.reporting.curves import ap_panels, diagnostic_panels, loss_panels
 from icdistill.reporting.plots import panel_grid
 from icdistill.reporting.run_summary import PR_CURVES_FILE, SUMMARY_NAMES, TASK_PREFIXES, RunSummary
 
-TIME_KEYS = ("time/train_s", "time/iter_s", "time/eval_s", "world_size")
+TIME_KEYS = ("time/train_s", "time/iter_s", "time/method_stage_s", "time/eval_s", "world_size")
 # viz/ pictures that are not the method's own: the detections (own section) and the training
 # curves (drawn again, larger, in the loss section).
 NOT_METHOD_PICTURES = ("detections_", "training_curves")
@@ -178,3 +178,12 @@ def config_section(run: RunSummary) -> tuple[str, str, h.Raw]:
     body = [h.details("config.yaml (resolved)", h.pre(run.config_text))] if run.config_text else [
         h.note("no config.yaml")]
     return h.section("config", "Config", body)
+
+
+def weaker_teacher_section(run: RunSummary) -> tuple[str, str, h.Raw] | None:
+    """A warning section when the student passed its teacher's box AP (``teacher/weaker_than_student``
+    in metrics.json, :mod:`icdistill.teacher_vs_student`); nothing otherwise."""
+    from icdistill.teacher_vs_student import weaker_teacher_note
+
+    note = weaker_teacher_note(run.metrics)
+    return None if note is None else h.section("weaker-teacher", "Teacher weaker than student", [h.note(note, warn=True)])
