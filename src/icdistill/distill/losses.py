@@ -197,6 +197,8 @@ def attention_weighted_distill_loss(
     """
     b, s, d = student.shape
     d_h = d // num_heads
+    # In float32 under autocast too (CUDA's autocast runs layer_norm in float32, the CPU's not).
+    student, teacher = student.float(), teacher.float()
     # [B, S, H, d_h] is a free view of [B, S, d] (heads are channel blocks); normalising there
     # and moving only δ [B, S, H] to [B, H, S] avoids copying the token-wide tensors.
     s_norm = F.layer_norm(student.view(b, s, num_heads, d_h), (d_h,), eps=1e-5)
