@@ -1,5 +1,6 @@
-"""GID's pure pieces (METHODS_SPEC §6): the general-instance selection (GISM), the instances'
-RoIAlign on one FPN level each, and the relation loss. No module state, no detector code.
+"""GID's pure pieces (Dai et al., CVPR 2021; docs/method.md, "GID"): the general-instance
+selection (GISM), the instances' RoIAlign on one FPN level each, and the relation loss. No module
+state, no detector code.
 """
 
 from __future__ import annotations
