@@ -70,6 +70,7 @@ STUDENT, WITH_TEACHER = "student", "student+teacher"
 MODES = {"fp32": (None, False), "bf16": ("bf16", False), "fp16": ("fp16", False), "bf16_channels_last": ("bf16", True)}
 CPU_SKIPS = {"fp16": "fp16 autocast with the gradient scaler needs a GPU (solver.amp: fp16 is GPU-only)",
              "bf16_channels_last": "solver.channels_last applies on GPUs only"}
+StepResult = tuple[torch.Tensor, dict[str, torch.Tensor]]
 MAIN_STAGE = 10**6  # an iteration past every warm-up: the methods' full step
 TRAINING_RUN = "training_run"
 
@@ -111,7 +112,7 @@ class Settings:
 
 
 TINY = Settings(size=(64, 96), batches=(2, 4), student_backbone="resnet18", teacher_backbone="resnet18",
-                fpn_channels=32, num_classes=3, warmup=1, iters=1, budget_s=300.0, reserve_s=2.0,
+                fpn_channels=32, num_classes=3, warmup=0, iters=1, budget_s=300.0, reserve_s=2.0,
                 train_steps=30, train_images=2, train_image_size=(64, 96),
                 overrides=("distill.hidden_dim=32",), sampled_rois=32)
 
@@ -147,8 +148,8 @@ def plan(settings: Settings) -> list[Cell | str]:
 
 # ---- synthetic COCO-size data ---------------------------------------------------------------------
 
-# COCO train2017: 7.3 instances per image on average, a long tail (clipped here at 50); by area
-# 41 % small (< 32^2 px), 34 % medium (< 96^2), 25 % large, at 800x1333.
+# COCO train2017: 7.3 instances per image on average, a long tail (clipped here at 50); by COCO's
+# area ranges 41 % small (< 32^2 px), 34 % medium (< 96^2), 25 % large; drawn here at 800 px.
 MEAN_INSTANCES, MAX_INSTANCES = 7.0, 50
 AREA_MIX = (0.41, 0.34, 0.25)
 
@@ -160,7 +161,7 @@ def coco_like_targets(num_images: int, size: tuple[int, int], num_classes: int, 
     rng = np.random.default_rng(seed)
     h, w = size
     scale = min(h, w) / 800
-    edges = [8 * scale, 32 * scale, 96 * scale, 0.9 * min(h, w)]
+    edges = [max(8 * scale, 2.0), max(32 * scale, 3.0), max(96 * scale, 4.0), 0.9 * min(h, w)]
     targets = []
     for i in range(num_images):
         n = int(min(rng.geometric(1 / MEAN_INSTANCES), MAX_INSTANCES))
@@ -210,7 +211,8 @@ def model_overrides(family: str, settings: Settings) -> list[str]:
     """The ``model`` and ``teacher`` sections of ``settings`` as config overrides."""
     sets = []
     for role, backbone in (("model", settings.student_backbone), ("teacher", settings.teacher_backbone)):
-        sets += [f"{role}.family={family}", f"{role}.backbone={backbone}", f"{role}.fpn_channels={settings.fpn_channels}"]
+        sets += [f"{role}.family={family}", f"{role}.backbone={backbone}",
+                 f"{role}.fpn_channels={settings.fpn_channels}"]
         if settings.sampled_rois is not None and family_facts(family).two_stage:
             sets.append(f"{role}.box_batch_size_per_image={settings.sampled_rois}")
     return sets + list(settings.overrides)
@@ -221,9 +223,10 @@ def place(module: torch.nn.Module, device: torch.device, channels_last: bool) ->
     return module.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def cell_step(cell: Cell, models: FamilyModels, batch: Batch, device: torch.device) -> Callable[[], None]:
-    """The cell's training step as a closure: ``solver.amp`` and ``solver.channels_last`` of its
-    precision mode, a fresh copy of the student, the method's default weight and options."""
+def cell_step(cell: Cell, models: FamilyModels, batch: Batch, device: torch.device) -> Callable[[], StepResult]:
+    """The cell's training step as a closure returning ``train_step``'s (total, named losses):
+    ``solver.amp`` and ``solver.channels_last`` of its precision mode, a fresh copy of the
+    student, the method's default weight and options."""
     amp, channels_last = MODES[cell.precision]
     cfg = models.cfg
     cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, amp=amp, channels_last=channels_last))
@@ -242,10 +245,10 @@ def cell_step(cell: Cell, models: FamilyModels, batch: Batch, device: torch.devi
         return lambda: train_step(step, batch, MAIN_STAGE)
     images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
 
-    def with_teacher_forward() -> None:  # the teacher's forward as the distiller runs it: autocast
-        with autocast(amp, device):
+    def with_teacher_forward() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast(amp, device):  # the teacher's forward as the distiller runs it
             teacher.features(images)
-        train_step(step, batch, MAIN_STAGE)
+        return train_step(step, batch, MAIN_STAGE)
     return with_teacher_forward
 
 
@@ -254,7 +257,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_cell(step: Callable[[], None], settings: Settings, device: torch.device, deadline: float) -> dict:
+def time_cell(step: Callable[[], object], settings: Settings, device: torch.device, deadline: float) -> dict:
     """Warm-up steps, then up to ``settings.iters`` timed steps, none started when it would end
     past ``deadline`` (by the steps seen so far); the peak memory of the cell (CUDA: since its
     start; CPU: one more step under the profiler)."""
@@ -298,17 +301,17 @@ def run_cell(cell: Cell, models: FamilyModels, batch: Batch, settings: Settings,
     try:
         result = time_cell(cell_step(cell, models, batch, device), settings, device, deadline)
     except ConfigError as e:
-        return {"status": "not_supported", "reason": str(e).split(";")[0]}
+        result = {"status": "not_supported", "reason": str(e).split(";")[0]}
     except torch.cuda.OutOfMemoryError as e:
-        return {"status": "out_of_memory", "reason": str(e).splitlines()[0]}
+        result = {"status": "out_of_memory", "reason": str(e).splitlines()[0]}
     except Exception as e:  # noqa: BLE001 -- a check reports every failure and goes on
         traceback.print_exc()
-        return {"status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    finally:
-        place(models.teacher, torch.device("cpu"), False)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        result = {"status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    # Out of the handlers, the exception's frames (and the cell's tensors they hold) are gone.
+    place(models.teacher, torch.device("cpu"), False)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     result["cell_s"] = time.monotonic() - start
     return result
 
@@ -347,10 +350,12 @@ def training_config(settings: Settings, device: torch.device, root: Path, teache
     beyond a tenth of the run, the random teacher's file (no teacher check: it is random)."""
     h, w = settings.size
     family, warmup = settings.families[0], max(settings.train_steps // 10, 1)
-    sets = ["data.format=shapes", f"data.shapes.root={root / 'shapes'}", f"data.shapes.num_train={settings.train_images}",
-            "data.shapes.num_test=2", f"data.shapes.image_height={settings.train_image_size[0]}",
+    sets = ["data.format=shapes", f"data.shapes.root={root / 'shapes'}",
+            f"data.shapes.num_train={settings.train_images}", "data.shapes.num_test=2",
+            f"data.shapes.image_height={settings.train_image_size[0]}",
             f"data.shapes.image_width={settings.train_image_size[1]}", f"data.min_sizes=[{min(h, w)}]",
-            f"data.max_size={max(h, w)}", f"data.test_size={min(h, w)}", "distill.method=icd", "distill.check_teacher=false",
+            f"data.max_size={max(h, w)}", f"data.test_size={min(h, w)}", "distill.method=icd",
+            "distill.check_teacher=false",
             f"distill.warmup_iters={warmup}", "solver.amp=bf16", f"solver.device={device.type}",
             f"solver.ims_per_batch={min(settings.batches)}", f"solver.max_iter={settings.train_steps}",
             "solver.base_lr=0.01", f"solver.warmup_iters={warmup}", f"solver.checkpoint_period={10**9}",
@@ -401,9 +406,9 @@ def training_run(settings: Settings, device: torch.device, deadline: float, esti
             total, losses = train_step(run.step, next(batches).to(device), it)
             synchronize(device)
             seen.append(time.perf_counter() - t0)
-            history["total"].append(float(total))
+            history["total"].append(float(total.detach()))
             for name, value in losses.items():
-                history.setdefault(name, []).append(float(value))
+                history.setdefault(name, []).append(float(value.detach()))
         del run
     gc.collect()
     if device.type == "cuda":
