@@ -29,6 +29,23 @@ ANCHORS, DENSE, RPN, ROI_SAMPLES = "anchors", "dense", "rpn", "roi_samples"
 EXTRA_NAMES: tuple[str, ...] = (ANCHORS, DENSE, RPN, ROI_SAMPLES)
 
 
+def float32_shapes(levels: Sequence[Tensor]) -> list[Tensor]:
+    """Stand-ins for feature maps handed to torchvision's anchor generators, which read only their
+    shape, device and dtype: float32 views of one zero with each level's shape (no memory).
+
+    Under autocast (``solver.amp``) the features are bf16 / fp16, and torchvision would build the
+    anchors in that dtype (and keep its base anchors rounded to it): bf16's 8 significant bits
+    put coordinates beyond 1024 px on an 8 px grid, so box targets and proposals would be off by
+    pixels. Anchors are built in float32 whatever the features' dtype (mmdetection, too, keeps
+    anchors and box coding in fp32 under mixed precision)."""
+    return [torch.zeros((), dtype=torch.float32, device=level.device).expand(level.shape) for level in levels]
+
+
+def float32_outputs(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A head's floating outputs in float32 (bf16 / fp16 under autocast), for box coding and losses."""
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
+
+
 @dataclass
 class DenseOutputs:
     """A one-stage head's raw outputs over all anchors (B images, N anchors, K = C + 1 classes;

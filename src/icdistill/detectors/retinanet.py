@@ -19,7 +19,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from .backbones import P3_P7, LevelSpec, fpn_levels, rename_levels
 from .base import DetectorAdapter, check_extras, from_model_labels, to_model_labels
-from .extras import ANCHORS, DENSE, DenseOutputs
+from .extras import ANCHORS, DENSE, DenseOutputs, float32_outputs, float32_shapes
 
 
 def require_mode(adapter: DetectorAdapter, *, training: bool, call: str) -> None:
@@ -86,8 +86,10 @@ class DenseAdapter(DetectorAdapter):
         self, images: Tensor, image_sizes: list[tuple[int, int]], features: "OrderedDict[str, Tensor]"
     ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor], list[int]]:
         levels = list(fpn_levels(features, self.spec).values())
-        head_outputs = self.model.head(levels)
-        anchors = self.model.anchor_generator(image_list(images, image_sizes), levels)
+        # Box coding and losses in float32 under autocast (see float32_shapes): the head's
+        # convolutions ran in the autocast dtype.
+        head_outputs = float32_outputs(self.model.head(levels))
+        anchors = self.model.anchor_generator(image_list(images, image_sizes), float32_shapes(levels))
         return head_outputs, anchors, levels, [x.size(2) * x.size(3) for x in levels]
 
     @abstractmethod

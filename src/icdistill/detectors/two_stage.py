@@ -19,7 +19,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 
-from .extras import RoISamples, RPNOutputs
+from .extras import RoISamples, RPNOutputs, float32_shapes
 
 
 @contextlib.contextmanager
@@ -42,10 +42,11 @@ def run_rpn(
     Proposals use training-mode counts whatever the mode (a frozen teacher is in eval mode).
     """
     objectness_levels, deltas_levels = rpn.head(features)
-    anchors = rpn.anchor_generator(images, features)
+    anchors = rpn.anchor_generator(images, float32_shapes(features))  # float32 under autocast too
     num_images = len(anchors)
     per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness_levels]
     objectness, deltas = concat_box_prediction_layers(objectness_levels, deltas_levels)
+    objectness, deltas = objectness.float(), deltas.float()  # proposals and losses in float32
     # Faster R-CNN does not backpropagate through the proposals.
     proposals = rpn.box_coder.decode(deltas.detach(), anchors).view(num_images, -1, 4)
     with training_proposal_counts(rpn):

@@ -1,5 +1,6 @@
-"""GID's pure pieces (METHODS_SPEC §6): the general-instance selection (GISM), the instances'
-RoIAlign on one FPN level each, and the relation loss. No module state, no detector code.
+"""GID's pure pieces (Dai et al., CVPR 2021; docs/method.md, "GID"): the general-instance
+selection (GISM), the instances' RoIAlign on one FPN level each, and the relation loss. No module
+state, no detector code.
 """
 
 from __future__ import annotations
@@ -91,10 +92,13 @@ def pool_instances(
 def normalised_distances(x: Tensor) -> Tensor:
     """Pairwise L2 distances of the rows of x (float[K, D]) divided by their mean over the
     non-zero off-diagonal pairs: float[K, K]."""
-    sq = x.pow(2).sum(dim=1)
     # |xi - xj|² from the Gram matrix (no [K, K, D] difference tensor), with a sqrt whose
-    # gradient is 0 (not NaN) on the zero diagonal.
-    d = safe_sqrt((sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0))
+    # gradient is 0 (not NaN) on the zero diagonal. In float32 even under autocast: the
+    # difference of large Gram terms cancels catastrophically in bf16 / fp16 (and overflows fp16).
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(dim=1)
+        d = safe_sqrt((sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0))
     off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     nonzero = d[off & (d > 0)]
     psi = nonzero.mean() if nonzero.numel() else d.new_ones(())

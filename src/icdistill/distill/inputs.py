@@ -28,7 +28,7 @@ def valid_token_mask(
     level_shapes: Sequence[tuple[int, int]], strides: Sequence[int], image_sizes: Sequence[tuple[int, int]], device
 ) -> list[Tensor]:
     """Per level a bool Tensor[B, H_l, W_l]: token (y, x) is valid iff y < ceil(h_b/stride) and
-    x < ceil(w_b/stride) (ICD_SPEC §4.2)."""
+    x < ceil(w_b/stride) (docs/method.md, "Teacher tokens, mask, PE")."""
     masks = []
     for (height, width), stride in zip(level_shapes, strides):
         rows = torch.arange(height, device=device)
@@ -102,18 +102,23 @@ class DistillInputs:
         """False in a method-only stage (no student features, no student extras)."""
         return self.all_student_features is not None
 
+    # Under autocast (solver.amp) the detectors' features come out in bf16 / fp16; the methods
+    # read them in float32, so their losses (sums of squares over whole maps) neither overflow
+    # fp16 nor lose bf16's few mantissa bits. Convolutions and matmuls inside a method still run
+    # in the autocast dtype. A no-op in fp32 runs.
+
     @cached_property
     def teacher_levels(self) -> list[Tensor]:
-        """The teacher's distilled levels, detached: float Tensor[B, C_t, H_l, W_l] each."""
-        return [self.all_teacher_features[name].detach() for name in self.levels]
+        """The teacher's distilled levels, detached: float32 Tensor[B, C_t, H_l, W_l] each."""
+        return [self.all_teacher_features[name].detach().float() for name in self.levels]
 
     @cached_property
     def student_levels(self) -> list[Tensor] | None:
-        """The student's distilled levels, float Tensor[B, C_s, H_l, W_l] each (detached during
+        """The student's distilled levels, float32 Tensor[B, C_s, H_l, W_l] each (detached during
         the distillation warm-up), or None in a method-only stage."""
         if self.all_student_features is None:
             return None
-        levels = [self.all_student_features[name] for name in self.levels]
+        levels = [self.all_student_features[name].float() for name in self.levels]
         return [f.detach() for f in levels] if self.detach_student else levels
 
     @cached_property
@@ -160,9 +165,11 @@ class DistillInputs:
         """RoIAlign of per-image boxes from ``levels`` (default: the distilled ones), each box
         from its FPN level: float Tensor[sum R_b, C, output_size, output_size]."""
         _, features = self._detector(role)
+        levels = tuple(levels or self.levels)
+        features = OrderedDict((k, features[k].float()) for k in levels)  # float32: see teacher_levels
         if role == STUDENT and self.detach_student:
             features = OrderedDict((k, v.detach()) for k, v in features.items())
-        return roi_align(features, boxes, self.image_sizes, levels=levels or self.levels,
+        return roi_align(features, boxes, self.image_sizes, levels=levels,
                          output_size=output_size, sampling_ratio=sampling_ratio)
 
     def _detector(self, role: str) -> tuple[DetectorAdapter, "OrderedDict[str, Tensor]"]:
