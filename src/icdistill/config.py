@@ -136,6 +136,9 @@ class ModelConfig:
     ``box_batch_size_per_image`` / ``rpn_post_nms_top_n_test`` (two-stage families; null:
     torchvision's 512 / 1000): sampled training RoIs and test-time proposals per image.
     ``fpn_channels`` is ignored by the FPN-free families (``faster_rcnn_c4``, ``faster_rcnn_dc5``).
+    ``allow_unsafe_pickle`` (default false): a ``weights`` file is read weights-only (tensors and
+    plain data); true lets a file that needs unpickling load, which runs any code its author put
+    in it: only for files whose source you trust.
     """
 
     family: str = "retinanet"
@@ -151,6 +154,7 @@ class ModelConfig:
     head_norm: Optional[str] = None
     box_batch_size_per_image: Optional[int] = None
     rpn_post_nms_top_n_test: Optional[int] = None
+    allow_unsafe_pickle: bool = False
 
 
 @dataclass(frozen=True)
