@@ -10,6 +10,10 @@
 * Both are written atomically (:func:`save_checkpoint`) and read with :func:`load_checkpoint`,
   weights-only: a file that would need unpickling (which can run code) is refused unless the user
   opts in (``--allow-unsafe-pickle``, ``model.allow_unsafe_pickle``, ``teacher.allow_unsafe_pickle``).
+* ``metrics.jsonl`` (one record per log step / periodic evaluation) and ``metrics.json`` (the
+  final metrics), and the run's other JSON files: their readers and writers.
+* Every file is written by the one atomic writer (:func:`write_atomic`: temp file, fsync,
+  ``os.replace``), also text (:func:`write_text_atomic`) and bytes (:func:`write_bytes_atomic`).
 
 Crash safety (ours): a write that fails for lack of space or permission is an :class:`OutputError`
 naming the file, with the previous file left as it was; ``--resume`` takes the newest *valid*
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import pickle
 import random
@@ -30,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -60,12 +66,7 @@ PAUSE_IN_SAVE_ENV = "ICDISTILL_TEST_PAUSE_IN_SAVE"
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically.
-
-    The state goes to a temporary file in the same directory (so the final rename stays on one
-    file system), is flushed and fsynced, then ``os.replace``-d onto ``path``. A crash or
-    exception at any point leaves either the previous file or the complete new one at ``path``,
-    never a partial file, and the temporary file is removed on failure.
+    """Write ``state`` with ``torch.save`` atomically (:func:`write_atomic`).
 
     Returns:
         The checkpoint path.
@@ -73,6 +74,41 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     Raises:
         OutputError: the folder is full, read-only or not writable (``OUTPUT_ERRNOS``); the
             message names ``path``, which still holds its previous content (if any).
+    """
+    return write_atomic(path, lambda f: torch.save(state, f), pause_for_tests=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) atomically: a reader never sees half a file.
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable; names ``path``.
+    """
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (a PNG, ...).
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable; names ``path``.
+    """
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_atomic(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *, pause_for_tests: bool = False
+) -> Path:
+    """The one atomic writer: ``write(f)`` fills a temporary file in ``path``'s folder (so the
+    final rename stays on one file system), which is flushed, fsynced and ``os.replace``-d onto
+    ``path``. A crash or exception at any point leaves either the previous file or the complete
+    new one at ``path``, never a partial file, and the temporary file is removed on failure.
+    ``pause_for_tests``: honour the crash test's hook (checkpoints only).
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable (``OUTPUT_ERRNOS``); the
+            message names ``path``, which still holds its previous content (if any). Any other
+            error propagates unchanged.
     """
     path = Path(path)
     try:
@@ -85,10 +121,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
         raise error from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        _pause_before_rename(path, tmp_name)
+        if pause_for_tests:
+            _pause_before_rename(path, tmp_name)
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -123,14 +160,18 @@ def _os_error_in(exc: BaseException) -> OSError | None:
 
 def _output_error(path: Path, exc: OSError) -> OutputError | None:
     """An :class:`OutputError` naming ``path`` for a full / read-only / forbidden folder, else None."""
-    reason = OUTPUT_ERRNOS.get(exc.errno)
-    if reason is None:
+    if exc.errno not in OUTPUT_ERRNOS:
         return None
     kept = f"the previous {path} is intact" if path.is_file() else f"no partial {path.name} was left"
     return OutputError(
-        f"cannot write {path}: {reason} ({errno.errorcode.get(exc.errno, exc.errno)}); {kept}. "
+        f"cannot write {path}: {_errno_words(exc)}; {kept}. "
         f"Free space in (or make writable) {path.parent}, or choose another output folder"
     )
+
+
+def _errno_words(exc: OSError) -> str:
+    """``no space left on the device (ENOSPC)``: why a write failed, for one of ``OUTPUT_ERRNOS``."""
+    return f"{OUTPUT_ERRNOS[exc.errno]} ({errno.errorcode.get(exc.errno, exc.errno)})"
 
 
 def _pause_before_rename(path: Path, tmp_name: str) -> None:
@@ -165,24 +206,10 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
         if exc.errno not in OUTPUT_ERRNOS:
             raise
         raise OutputError(
-            f"cannot write into the output folder {path}: {OUTPUT_ERRNOS[exc.errno]} "
-            f"({errno.errorcode.get(exc.errno, exc.errno)}); choose another --out or make it writable"
+            f"cannot write into the output folder {path}: {_errno_words(exc)}; "
+            "choose another --out or make it writable"
         ) from exc
     return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
 
 
 def append_line(path: str | os.PathLike[str], line: str) -> None:
@@ -199,10 +226,85 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
         if exc.errno not in OUTPUT_ERRNOS:
             raise
         raise OutputError(
-            f"cannot write {path}: {OUTPUT_ERRNOS[exc.errno]} ({errno.errorcode.get(exc.errno, exc.errno)}); "
-            f"the checkpoints written so far are intact. Free space in (or make writable) {path.parent}, "
-            "then run again with --resume"
+            f"cannot write {path}: {_errno_words(exc)}; the checkpoints written so far are intact. "
+            f"Free space in (or make writable) {path.parent}, then run again with --resume"
         ) from exc
+
+
+METRICS_LOG = "metrics.jsonl"
+METRICS_FILE = "metrics.json"
+
+
+def _nan_to_null(record: dict[str, Any]) -> dict[str, Any]:
+    # Strict JSON has no NaN: a metric that cannot be computed (e.g. APl without large objects) is null.
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+
+
+def append_metrics_record(path: str | os.PathLike[str], iteration: int, record: dict[str, Any]) -> None:
+    """One ``metrics.jsonl`` line: ``{"iter": iteration, **record}``, NaN as null.
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable; names ``path``.
+    """
+    append_line(path, json.dumps({"iter": iteration, **_nan_to_null(record)}))
+
+
+def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; lines that are blank or not valid JSON objects (e.g. a
+    last line cut off by a crash) are skipped.
+
+    Raises:
+        DataError: the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"metrics file not found: {path}")
+    records: list[dict[str, Any]] = []
+    with path.open("r", encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def drop_metrics_after(path: str | os.PathLike[str], iteration: int) -> None:
+    """Remove the ``metrics.jsonl`` records past ``iteration``: a run killed after its last
+    checkpoint logged steps that its resume runs (and logs) again. A torn last line goes too."""
+    kept = [r for r in read_metrics_jsonl(path) if isinstance(r.get("iter"), int) and r["iter"] <= iteration]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def write_metrics_json(path: str | os.PathLike[str], metrics: dict[str, Any]) -> Path:
+    """``metrics.json``: flat keys, NaN as null so the file stays strict JSON; atomic.
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable; names ``path``.
+    """
+    return write_text_atomic(path, json.dumps(_nan_to_null(metrics), indent=2))
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A run's JSON file (``metrics.json``, ``data_report.json``, ``pr_curves.json``) as a dict;
+    None when it is absent or empty.
+
+    Raises:
+        DataError: it cannot be parsed or does not hold a JSON object (naming the file).
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot be parsed ({exc})") from exc
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 # The opt-in that lets a file be unpickled (which can run any code the file's author chose).
