@@ -16,10 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
+from icdistill.detectors.families import FAMILIES  # the family table's names (plain data, no torch)
 from icdistill.errors import ConfigError
 
-FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn",
-            "cascade_mask_rcnn", "condinst")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
