@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from icdistill.cli import main
+from icdistill.cli import _overrides, build_parser, main
 from icdistill.config import ModelConfig
 from icdistill.detectors import build_detector, build_model
 from icdistill.detectors.weights import load_checkpoint_file
@@ -144,3 +144,20 @@ def test_a_torchvision_state_dict_loads(tmp_path):
     torch.save(source.model.state_dict(), tmp_path / "sd.pth")
     state = load_checkpoint_file(str(tmp_path / "sd.pth"))
     assert state.keys() == source.model.state_dict().keys()
+
+
+def test_the_cli_flag_is_the_opt_in(tmp_path):
+    source = tiny_detector()
+    content = detector_file(source.model.state_dict(), {"family": "retinanet", "backbone": "resnet18",
+                                                        "fpn_channels": 32}, ["a", "b", "c"])
+    content["note"] = Harmless()
+    torch.save(content, tmp_path / "d.pt")
+    assert main(["export", str(tmp_path / "d.pt"), "--out", str(tmp_path / "out.pt")]) == 2
+    assert main(["export", str(tmp_path / "d.pt"), "--out", str(tmp_path / "out.pt"), "--allow-unsafe-pickle"]) == 0
+    # the exported detector file is ours again: plain data, no opt-in needed
+    assert load_checkpoint(tmp_path / "out.pt")["class_names"] == ["a", "b", "c"]
+    for command in (["train", "c.yaml"], ["distill", "c.yaml"], ["eval", "c.yaml", "--weights", "d.pt"]):
+        args = build_parser().parse_args([*command, "--set", "solver.max_iter=1", "--allow-unsafe-pickle"])
+        assert _overrides(args) == ["solver.max_iter=1", "model.allow_unsafe_pickle=true",
+                                    "teacher.allow_unsafe_pickle=true"]
+        assert _overrides(build_parser().parse_args(command)) == []
