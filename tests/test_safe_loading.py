@@ -92,12 +92,18 @@ def test_resume_refuses_it_instead_of_skipping_it_as_corrupt(tmp_path):
     assert not (tmp_path / "MARKER").exists()
 
 
-def test_the_opt_in_loads_a_file_that_needs_unpickling(tmp_path):
+def harmless_detector_file(tmp_path):
+    """A detector file of a tiny RetinaNet that also holds a :class:`Harmless` object."""
     source = tiny_detector()
     content = detector_file(source.model.state_dict(), {"family": "retinanet", "backbone": "resnet18",
                                                         "fpn_channels": 32}, ["a", "b", "c"])
     content["note"] = Harmless()
     torch.save(content, tmp_path / "d.pt")
+    return source
+
+
+def test_the_opt_in_loads_a_file_that_needs_unpickling(tmp_path):
+    source = harmless_detector_file(tmp_path)
     with pytest.raises(UnsafeFileError, match="Harmless"):
         load_checkpoint(tmp_path / "d.pt")
     assert load_checkpoint(tmp_path / "d.pt", allow_unsafe_pickle=True)["note"] == Harmless()
@@ -147,11 +153,7 @@ def test_a_torchvision_state_dict_loads(tmp_path):
 
 
 def test_the_cli_flag_is_the_opt_in(tmp_path):
-    source = tiny_detector()
-    content = detector_file(source.model.state_dict(), {"family": "retinanet", "backbone": "resnet18",
-                                                        "fpn_channels": 32}, ["a", "b", "c"])
-    content["note"] = Harmless()
-    torch.save(content, tmp_path / "d.pt")
+    harmless_detector_file(tmp_path)
     assert main(["export", str(tmp_path / "d.pt"), "--out", str(tmp_path / "out.pt")]) == 2
     assert main(["export", str(tmp_path / "d.pt"), "--out", str(tmp_path / "out.pt"), "--allow-unsafe-pickle"]) == 0
     # the exported detector file is ours again: plain data, no opt-in needed
