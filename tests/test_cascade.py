@@ -115,7 +115,7 @@ def test_detections_average_the_stages_scores_on_the_last_stages_boxes():
         dets = adapter.detect(images, sizes, feats)
         # By hand: each stage on the previous stage's boxes.
         from icdistill.detectors.backbones import fpn_levels
-        from icdistill.detectors.retinanet import image_list
+        from icdistill.detectors.base import image_list
 
         tv = fpn_levels(feats, adapter.spec)
         proposals, _ = adapter.model.rpn(image_list(images, sizes), tv)

@@ -28,6 +28,8 @@ from icdistill.files import (
     load_checkpoint,
     prune_snapshots,
     save_checkpoint,
+    write_bytes_atomic,
+    write_text_atomic,
 )
 
 # 6 iterations, a checkpoint every 2, one periodic snapshot kept; no pictures (not what is tested).
@@ -256,6 +258,11 @@ def test_a_read_only_folder_is_an_error_naming_the_path(tmp_path, tiny_overrides
         with pytest.raises(OutputError, match=rf"cannot write .*last\.pt: .*\({code}\); the previous .*intact"):
             save_checkpoint(folder / "last.pt", {"iteration": 2})
         assert load_checkpoint(folder / "last.pt")["iteration"] == 1
+        # every other run file (report.html, pictures) goes through the same atomic writer
+        with pytest.raises(OutputError, match=rf"cannot write .*report\.html: .*\({code}\); no partial report\.html"):
+            write_text_atomic(folder / "report.html", "<html></html>")
+        with pytest.raises(OutputError, match=rf"cannot write .*curves\.png: .*\({code}\)"):
+            write_bytes_atomic(folder / "curves.png", b"\x89PNG")
         assert train_in_process(folder / "run", tiny_overrides, empty_config) == 2
         err = capsys.readouterr().err
         assert f"cannot write into the output folder {folder / 'run' / 'checkpoints'}: " in err and f"({code})" in err

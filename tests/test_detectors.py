@@ -283,3 +283,19 @@ def test_frozen_teacher_stays_eval():
     with pytest.raises(RuntimeError, match="frozen teacher"):
         teacher.losses(images, sizes, feats, targets)
     assert len(teacher.detect(images, sizes, feats)) == 2
+
+
+def test_the_family_table_is_the_one_list_of_families():
+    """A family is added in detectors/ only: the builders and the config's choices follow the
+    family table, and the config reads it without loading torch."""
+    import subprocess
+    import sys
+
+    from icdistill import config
+    from icdistill.detectors.builders import BUILDERS
+    from icdistill.detectors.families import FAMILIES, FAMILY_TABLE
+
+    assert list(BUILDERS) == list(FAMILY_TABLE)
+    assert config.CHOICES["model.family"] == config.CHOICES["teacher.family"] == FAMILIES
+    code = "import sys, icdistill.config; assert 'torch' not in sys.modules, 'the config loaded torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)

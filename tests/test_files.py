@@ -1,17 +1,25 @@
-"""The file formats of files.py: the detector file, older student.pt files, training checkpoints."""
+"""The file formats of files.py: the detector file, older student.pt files, training checkpoints,
+metrics.jsonl and metrics.json."""
 
 import pytest
 import torch
 
 from icdistill.config import ModelConfig
 from icdistill.detectors import build_detector, build_model
-from icdistill.errors import ModelMismatchError
+from icdistill.errors import DataError, ModelMismatchError
 from icdistill.files import (
     DETECTOR_FORMAT,
+    METRICS_FILE,
+    METRICS_LOG,
+    append_metrics_record,
     detector_file,
     detector_state_from_checkpoint,
+    drop_metrics_after,
     load_checkpoint,
+    read_json_object,
+    read_metrics_jsonl,
     save_checkpoint,
+    write_metrics_json,
 )
 
 MODEL = ModelConfig(family="retinanet", backbone="resnet18", fpn_channels=32, anchor_sizes=(16, 32, 64, 128, 256))
@@ -58,3 +66,25 @@ def test_a_foreign_file_and_an_architecture_mismatch_are_named(tmp_path):
                                                      {"family": "retinanet", "backbone": "resnet34"}, ["a", "b", "c"]))
     with pytest.raises(ModelMismatchError, match="set model.backbone: 'resnet34'"):
         build_model(ModelConfig(**{**MODEL.__dict__, "weights": str(tmp_path / "d.pt")}), 3)
+
+
+def test_the_metrics_files_round_trip_strict_json_and_a_resume_drops_later_records(tmp_path):
+    log = tmp_path / METRICS_LOG
+    for step in range(1, 5):
+        append_metrics_record(log, step, {"loss/total": 1.0 / step, "eval/bbox/APl": float("nan")})
+    with log.open("a") as f:
+        f.write('{"iter": 5, "loss/to')  # a last line cut off by a crash
+    records = read_metrics_jsonl(log)
+    assert [r["iter"] for r in records] == [1, 2, 3, 4] and records[0]["eval/bbox/APl"] is None
+    drop_metrics_after(log, 2)
+    assert read_metrics_jsonl(log) == records[:2]
+    assert log.read_text().endswith("}\n")  # no torn line left to append after
+    write_metrics_json(tmp_path / METRICS_FILE, {"bbox/AP": 12.5, "bbox/APl": float("nan")})
+    assert "NaN" not in (tmp_path / METRICS_FILE).read_text()
+    assert read_json_object(tmp_path / METRICS_FILE) == {"bbox/AP": 12.5, "bbox/APl": None}
+    assert read_json_object(tmp_path / "absent.json") is None
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(DataError, match="list.json: expected a JSON object"):
+        read_json_object(tmp_path / "list.json")
+    with pytest.raises(DataError, match="absent.jsonl"):
+        read_metrics_jsonl(tmp_path / "absent.jsonl")

@@ -23,6 +23,14 @@ def _add_config_args(parser: argparse.ArgumentParser, *, out_default: str | None
     )
 
 
+def _add_unsafe_pickle_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--allow-unsafe-pickle", action="store_true",
+        help=f"let {what} load even when it needs unpickling, which can run arbitrary code: only for "
+             "files whose source you trust (default: weights only, such a file is refused)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"icdistill {__version__}")
@@ -36,16 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a detector without distillation")
     _add_config_args(train)
     train.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    _add_unsafe_pickle_arg(train, "model.weights and --resume checkpoints (sets model.allow_unsafe_pickle)")
 
     distill = sub.add_parser(
         "distill", help="train a student distilled from the teacher (distill.method; default: the toolkit's core method)"
     )
     _add_config_args(distill)
     distill.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    _add_unsafe_pickle_arg(distill, "model.weights, teacher.weights and --resume checkpoints "
+                                    "(sets model.allow_unsafe_pickle and teacher.allow_unsafe_pickle)")
 
     ev = sub.add_parser("eval", help="evaluate a detector checkpoint on the config's test set")
     _add_config_args(ev)
     ev.add_argument("--weights", required=True, help="a run's detector.pt (or student.pt) or checkpoints/last.pt")
+    _add_unsafe_pickle_arg(ev, "--weights (sets model.allow_unsafe_pickle)")
 
     stats = sub.add_parser("stats", help="write the training set's prior (class frequencies, box sizes)")
     _add_config_args(stats)
@@ -56,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="fmt", choices=("torchvision", "onnx"), default="torchvision",
                         help="torchvision: the detector file (default); onnx: FILE.onnx + FILE.json (how to feed it)")
     export.add_argument("--out", required=True, metavar="FILE", help="where to write the file")
+    _add_unsafe_pickle_arg(export, "RUN_OR_FILE")
     export.add_argument("--score-thresh", type=float, default=None,
                         help="onnx only: score threshold baked into the file (default: the detector's model.score_thresh)")
 
@@ -73,6 +86,13 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / Path(args.config).stem
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values, plus the opt-in of ``--allow-unsafe-pickle`` for both model sections."""
+    if not getattr(args, "allow_unsafe_pickle", False):
+        return list(args.overrides)
+    return [*args.overrides, "model.allow_unsafe_pickle=true", "teacher.allow_unsafe_pickle=true"]
+
+
 def _load(args: argparse.Namespace):
     from icdistill.config import load_config
 
@@ -84,7 +104,7 @@ def cmd_train(args: argparse.Namespace, *, distill: bool) -> int:
     from icdistill import api
 
     run = api.distill if distill else api.train
-    result = run(args.config, _run_dir(args), args.overrides, resume=args.resume, progress=not args.no_progress)
+    result = run(args.config, _run_dir(args), _overrides(args), resume=args.resume, progress=not args.no_progress)
     _print_metrics(result.metrics)
     print(f"run directory: {result.out_dir}")
     return 0
@@ -107,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``eval``: the Python API's :func:`icdistill.api.evaluate`, writing ``<out>/metrics.json``."""
     from icdistill import api
 
-    result = api.evaluate(args.config, args.weights, _run_dir(args), args.overrides, progress=not args.no_progress)
+    result = api.evaluate(args.config, args.weights, _run_dir(args), _overrides(args), progress=not args.no_progress)
     _print_metrics(result.metrics)
     print(f"wrote {result.metrics_file}")
     return 0
@@ -154,7 +174,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``export``: :func:`icdistill.export.export` (the detector file, or ONNX + its sidecar)."""
     from icdistill.export import export
 
-    for path in export(args.checkpoint, args.out, args.fmt, score_thresh=args.score_thresh):
+    for path in export(args.checkpoint, args.out, args.fmt, score_thresh=args.score_thresh,
+                       allow_unsafe_pickle=args.allow_unsafe_pickle):
         print(f"wrote {path}")
     return 0
 

@@ -17,12 +17,11 @@ from typing import Any, Optional
 
 import yaml
 
+from icdistill.detectors.families import FAMILIES  # the family table's names (plain data, no torch)
 from icdistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "faster_rcnn_dc5", "cascade_rcnn",
-            "cascade_mask_rcnn", "condinst")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
@@ -263,6 +262,9 @@ class ModelConfig:
     ``box_batch_size_per_image`` / ``rpn_post_nms_top_n_test`` (two-stage families; null:
     torchvision's 512 / 1000): sampled training RoIs and test-time proposals per image.
     ``fpn_channels`` is ignored by the FPN-free families (``faster_rcnn_c4``, ``faster_rcnn_dc5``).
+    ``allow_unsafe_pickle`` (default false): a ``weights`` file is read weights-only (tensors and
+    plain data); true lets a file that needs unpickling load, which runs any code its author put
+    in it: only for files whose source you trust.
     """
 
     family: str = "retinanet"
@@ -278,6 +280,7 @@ class ModelConfig:
     head_norm: Optional[str] = None
     box_batch_size_per_image: Optional[int] = None
     rpn_post_nms_top_n_test: Optional[int] = None
+    allow_unsafe_pickle: bool = False
 
 
 @dataclass(frozen=True)

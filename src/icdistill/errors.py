@@ -41,3 +41,9 @@ class OutputError(ICDistillError):
 class ExportError(ICDistillError):
     """``icdistill export`` cannot write the asked-for format: a family without an ONNX path, the
     ONNX packages missing (``pip install icdistill[export]``), or the exporter failing."""
+
+
+class UnsafeFileError(DataError):
+    """A weights or checkpoint file holds Python objects that only unpickling can rebuild (which
+    can run arbitrary code); refused unless the user opts in (``--allow-unsafe-pickle``,
+    ``model.allow_unsafe_pickle`` / ``teacher.allow_unsafe_pickle``)."""

@@ -1,12 +1,9 @@
 """Backbone + FPN construction with a configurable FPN width and fixed, named pyramid levels.
 
-Two pyramid layouts exist, chosen by the detector family so that a teacher and a student of
-different backbones still produce the same level names at the same strides:
-
-* ``P3_P7`` (RetinaNet, FCOS): body stages at strides 8, 16, 32 -> FPN keys ``'0','1','2'`` plus
-  ``LastLevelP6P7`` computed from P5 (``'p6','p7'``); exposed as ``p3..p7``, strides 8..128.
-* ``P2_P6`` (Faster R-CNN): body stages at strides 4, 8, 16, 32 -> FPN keys ``'0'..'3'`` plus
-  ``LastLevelMaxPool`` (``'pool'``); exposed as ``p2..p6``, strides 4..64.
+Two pyramid layouts (:mod:`.levels`) exist, chosen by the detector family so that a teacher and a
+student of different backbones still produce the same level names at the same strides:
+``P3_P7`` (RetinaNet, FCOS: ``LastLevelP6P7`` computed from P5) and ``P2_P6`` (Faster R-CNN:
+``LastLevelMaxPool``).
 
 torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor`` hard-code 256 FPN channels, and
 the MobileNet extractor returns two levels that are *both* at stride 32, so we build
@@ -18,7 +15,6 @@ torchvision's builders, so torchvision's COCO checkpoints load unchanged.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,49 +25,20 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from ..errors import ConfigError, ModelMismatchError
+from .levels import LevelSpec
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 MOBILENETS = ("mobilenet_v2", "mobilenet_v3_large")
 BACKBONES = RESNETS + MOBILENETS
 
 
-@dataclass(frozen=True)
-class LevelSpec:
-    """A pyramid layout.
-
-    Attributes:
-        names: public level names, finest first (what ``DetectorAdapter.features`` returns).
-        strides: nominal stride in pixels of each level.
-        fpn_keys: the keys torchvision's ``BackboneWithFPN`` produces for the same levels.
-        body_strides: strides of the body stages fed into the FPN.
-    """
-
-    names: tuple[str, ...]
-    strides: tuple[int, ...]
-    fpn_keys: tuple[str, ...]
-    body_strides: tuple[int, ...]
-
-    def extra_block(self, fpn_channels: int) -> ExtraFPNBlock:
-        """The FPN's extra-level block for this layout."""
-        if self.fpn_keys[-1] == "pool":
-            return LastLevelMaxPool()
-        # in_channels == out_channels makes LastLevelP6P7 use P5 (not C5) as its input, like
-        # torchvision's retinanet_resnet50_fpn / fcos_resnet50_fpn.
-        return LastLevelP6P7(fpn_channels, fpn_channels)
-
-
-P3_P7 = LevelSpec(
-    names=("p3", "p4", "p5", "p6", "p7"),
-    strides=(8, 16, 32, 64, 128),
-    fpn_keys=("0", "1", "2", "p6", "p7"),
-    body_strides=(8, 16, 32),
-)
-P2_P6 = LevelSpec(
-    names=("p2", "p3", "p4", "p5", "p6"),
-    strides=(4, 8, 16, 32, 64),
-    fpn_keys=("0", "1", "2", "3", "pool"),
-    body_strides=(4, 8, 16, 32),
-)
+def extra_block(spec: LevelSpec, fpn_channels: int) -> ExtraFPNBlock:
+    """The FPN's extra-level block of a layout."""
+    if spec.max_pool_extra_level:
+        return LastLevelMaxPool()
+    # in_channels == out_channels makes LastLevelP6P7 use P5 (not C5) as its input, like
+    # torchvision's retinanet_resnet50_fpn / fcos_resnet50_fpn.
+    return LastLevelP6P7(fpn_channels, fpn_channels)
 
 
 def rename_levels(features: "OrderedDict[str, Tensor]", spec: LevelSpec) -> "OrderedDict[str, Tensor]":
@@ -147,7 +114,7 @@ def resnet_fpn(
     in_channels_stage2 = body.inplanes // 8  # 64 for BasicBlock nets, 256 for Bottleneck nets
     in_channels_list = [in_channels_stage2 * 2 ** (i - 1) for i in returned]
     return BackboneWithFPN(
-        body, return_layers, in_channels_list, fpn_channels, extra_blocks=spec.extra_block(fpn_channels)
+        body, return_layers, in_channels_list, fpn_channels, extra_blocks=extra_block(spec, fpn_channels)
     )
 
 
@@ -195,7 +162,7 @@ def mobilenet_fpn(
     return_layers = {str(ends[s][0]): str(v) for v, s in enumerate(spec.body_strides)}
     in_channels_list = [ends[s][1] for s in spec.body_strides]
     return BackboneWithFPN(
-        features, return_layers, in_channels_list, fpn_channels, extra_blocks=spec.extra_block(fpn_channels)
+        features, return_layers, in_channels_list, fpn_channels, extra_blocks=extra_block(spec, fpn_channels)
     )
 
 

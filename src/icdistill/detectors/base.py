@@ -9,6 +9,12 @@ Labels: the data uses contiguous ids 0..C-1 with no background. torchvision's de
 label 0 for background (Faster R-CNN needs it; RetinaNet/FCOS COCO weights keep it unused), so every
 adapter builds its model with ``num_classes = C + 1`` and converts with :func:`to_model_labels` /
 :func:`from_model_labels` -- the one place where that offset lives.
+
+Mode rules (all adapters, :func:`require_mode`): ``losses`` requires train mode and ``detect``
+requires eval mode; the wrong mode raises ``RuntimeError`` instead of silently computing something
+else (Faster R-CNN's RPN and RoI heads switch behaviour on ``self.training``, and BatchNorm would
+update statistics). The helpers every adapter shares are here too: :func:`model_targets`,
+:func:`model_detections`, :func:`image_list`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections import OrderedDict
 from typing import Any, Collection
 
 from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
 
 BACKGROUND_OFFSET = 1
 
@@ -142,3 +149,45 @@ def check_extras(adapter: DetectorAdapter, names: Collection[str]) -> None:
             f"the {adapter.family} family cannot provide {', '.join(missing)} "
             f"(it provides: {', '.join(sorted(adapter.supported_extras)) or 'nothing beyond features'})"
         )
+
+
+def require_mode(adapter: DetectorAdapter, *, training: bool, call: str) -> None:
+    """Raise a clear RuntimeError when ``adapter`` is not in the mode ``call`` needs."""
+    if adapter.training != training:
+        want, have = ("train", "eval") if training else ("eval", "train")
+        fix = "adapter.train()" if training else "adapter.eval()"
+        raise RuntimeError(
+            f"{type(adapter).__name__}.{call}() needs {want} mode but the adapter is in {have} mode; "
+            f"call {fix} first"
+        )
+
+
+def model_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Data targets (contiguous labels) -> torchvision targets (background-shifted labels).
+
+    Images without boxes get ``boxes`` of shape [0, 4], which every torchvision loss supports.
+    """
+    out = []
+    for t in targets:
+        boxes = t["boxes"].reshape(-1, 4).float()
+        labels = to_model_labels(t["labels"].reshape(-1).long())
+        out.append({"boxes": boxes, "labels": labels})
+    return out
+
+
+def model_detections(detections: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """torchvision detections -> ``boxes``/``scores``/``labels`` with contiguous labels."""
+    return [
+        {"boxes": d["boxes"], "scores": d["scores"], "labels": from_model_labels(d["labels"]).long()}
+        for d in detections
+    ]
+
+
+def image_list(images: Tensor, image_sizes: list[tuple[int, int]]) -> ImageList:
+    """Wrap an already normalised, padded batch; no GeneralizedRCNNTransform involved."""
+    if images.dim() != 4 or len(image_sizes) != images.shape[0]:
+        raise ValueError(
+            f"images must be Tensor[B, 3, Hp, Wp] with one (h, w) per image; got {tuple(images.shape)} "
+            f"and {len(image_sizes)} sizes"
+        )
+    return ImageList(images, [(int(h), int(w)) for h, w in image_sizes])

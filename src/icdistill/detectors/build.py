@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelMismatchError
-from ..files import detector_state_from_checkpoint, load_checkpoint, saved_model_config
+from ..files import UNSAFE_PICKLE_FLAG, detector_state_from_checkpoint, load_checkpoint, saved_model_config
 from .base import DetectorAdapter
 from .builders import FPN_FREE_FAMILIES, build_detector
 from .weights import FrozenTeacher, freeze_as_teacher, is_checkpoint_path, load_detector_state
 
 # Keys of a model section that change the architecture: a checkpoint must agree on them.
 ARCHITECTURE_KEYS = ("family", "backbone", "fpn_channels", "head_norm")
+
+
+def unsafe_pickle_opt_in(role: str) -> str:
+    """How a user lets ``<role>.weights`` be unpickled, as the refusal names it."""
+    return f"set {role}.allow_unsafe_pickle: true (or pass {UNSAFE_PICKLE_FLAG})"
 
 
 def num_classes_for(model_cfg: ModelConfig, data_classes: int, role: str) -> int:
@@ -42,7 +47,8 @@ def build_model(model_cfg: ModelConfig, num_classes: int, role: str = "model") -
         rpn_post_nms_top_n_test=model_cfg.rpn_post_nms_top_n_test,
     )
     if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint, allow_unsafe_pickle=model_cfg.allow_unsafe_pickle,
+                               opt_in=unsafe_pickle_opt_in(role))
         saved = saved_model_config(ckpt)
         for key in ARCHITECTURE_KEYS:
             if key == "fpn_channels" and model_cfg.family in FPN_FREE_FAMILIES:

@@ -1,9 +1,11 @@
-"""``build_detector``: one explicit builder per family, picked from a plain dict.
+"""``build_detector``: the family -> builder table (:data:`BUILDERS`, the one place that lists
+them) and what every build shares: argument checks, pretrained weights, RoI counts.
 
-Each builder assembles a torchvision detector (backbone + FPN from :mod:`.backbones`, anchors,
-heads) exactly as torchvision's ``*_resnet50_fpn`` builders do, but with any backbone, FPN width and
-class count, then wraps it in its adapter. Pretrained weights are fetched *before* the model is built
-so a missing download fails fast.
+Each family's builder lives in its family's module beside its adapter. It assembles a torchvision
+detector (backbone + FPN from :mod:`.backbones`, anchors, heads) exactly as torchvision's
+``*_resnet50_fpn`` builders do, but with any backbone, FPN width and class count, then wraps it in
+its adapter. Pretrained weights are fetched *before* the model is built so a missing download fails
+fast. Adding a family: its facts in :mod:`.families`, its module (adapter + builder), one line here.
 """
 
 from __future__ import annotations
@@ -12,27 +14,20 @@ import logging
 from typing import Callable
 
 from torch import Tensor
-from functools import partial
-
-from torch import nn
-from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
-from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection._utils import overwrite_eps
 
 from ..errors import ConfigError
-from .backbones import P3_P7, build_backbone_fpn, validate_backbone_name
-from .base import DetectorAdapter, model_num_classes
-from .families import family_facts
-from .faster_rcnn import FasterRCNNAdapter
+from .backbones import build_backbone_fpn, validate_backbone_name
+from .base import DetectorAdapter
 from .cascade import cascade_mask_rcnn, cascade_rcnn
 from .condinst import condinst
+from .families import FAMILY_TABLE, family_facts
+from .faster_rcnn import faster_rcnn
 from .faster_rcnn_single import faster_rcnn_c4, faster_rcnn_dc5
-from .fcos import FCOSAdapter
-from .mask_rcnn import MaskRCNNAdapter
+from .fcos import fcos
+from .mask_rcnn import mask_rcnn
 from .resnet_trunks import build_resnet_parts
-from .retinanet import RetinaNetAdapter
+from .retinanet import retinanet
 from .weights import (
     ZERO_EPS_WEIGHTS,
     fetch_state_dict,
@@ -46,101 +41,15 @@ from .weights import (
 logger = logging.getLogger(__name__)
 
 NUM_LEVELS = 5
-
-
-def _retinanet(
-    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
-) -> RetinaNetAdapter:
-    # torchvision's _default_anchorgen: 3 octave scales x 3 aspect ratios per level.
-    sizes = anchor_sizes or (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(
-        tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in sizes),
-        ((0.5, 1.0, 2.0),) * len(sizes),
-    )
-    head = None
-    if head_norm == "gn":
-        # torchvision's v2 head: GroupNorm after every tower conv. Without it the std-0.01 init
-        # of a narrow tower (FPN width 64) shrinks the signal ~5x per conv and the classifier
-        # starts out, and tends to stay, input-independent when trained from scratch.
-        head = RetinaNetHead(
-            backbone.out_channels, anchors.num_anchors_per_location()[0], model_num_classes(num_classes),
-            norm_layer=partial(nn.GroupNorm, 32),
-        )
-    model = RetinaNet(
-        backbone,
-        model_num_classes(num_classes),
-        anchor_generator=anchors,
-        head=head,
-        score_thresh=score_thresh,
-        detections_per_img=detections_per_image,
-    )
-    return RetinaNetAdapter(model, num_classes)
-
-
-def _fcos(
-    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
-) -> FCOSAdapter:
-    # One point "anchor" per location whose size sets the level's regression range (4x..8x size);
-    # torchvision's default equals the strides.
-    if backbone.out_channels % 32:
-        # torchvision's FCOS head normalises with GroupNorm(32, C).
-        raise ConfigError(f"fcos needs fpn_channels divisible by 32 (GroupNorm with 32 groups), got {backbone.out_channels}")
-    sizes = anchor_sizes or P3_P7.strides
-    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * len(sizes))
-    model = FCOS(
-        backbone,
-        model_num_classes(num_classes),
-        anchor_generator=anchors,
-        score_thresh=score_thresh,
-        detections_per_img=detections_per_image,
-    )
-    return FCOSAdapter(model, num_classes)
-
-
-def _faster_rcnn(
-    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
-) -> FasterRCNNAdapter:
-    sizes = anchor_sizes or (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
-    model = FasterRCNN(
-        backbone,
-        model_num_classes(num_classes),
-        rpn_anchor_generator=anchors,
-        box_score_thresh=score_thresh,
-        box_detections_per_img=detections_per_image,
-    )
-    return FasterRCNNAdapter(model, num_classes)
-
-
-def _mask_rcnn(
-    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
-    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
-) -> MaskRCNNAdapter:
-    # Faster R-CNN's anchors and box heads plus torchvision's default mask branch (RoIAlign 14x14
-    # from p2..p5, four 3x3 convs of width 256, 2x deconv, per-class 28x28 mask logits).
-    sizes = anchor_sizes or (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
-    model = MaskRCNN(
-        backbone,
-        model_num_classes(num_classes),
-        rpn_anchor_generator=anchors,
-        box_score_thresh=score_thresh,
-        box_detections_per_img=detections_per_image,
-    )
-    return MaskRCNNAdapter(model, num_classes)
-
-
 HEAD_NORMS = (None, "gn")
 
-# family -> builder. The facts about each family (levels, stages, defaults) are in .families.
+# family -> builder ``(backbone, num_classes, anchor_sizes, detections_per_image, score_thresh,
+# head_norm=None) -> adapter``. The facts about each family (levels, stages, defaults) are in .families.
 BUILDERS: dict[str, Callable[..., DetectorAdapter]] = {
-    "retinanet": _retinanet,
-    "fcos": _fcos,
-    "faster_rcnn": _faster_rcnn,
-    "mask_rcnn": _mask_rcnn,
+    "retinanet": retinanet,
+    "fcos": fcos,
+    "faster_rcnn": faster_rcnn,
+    "mask_rcnn": mask_rcnn,
     "faster_rcnn_c4": faster_rcnn_c4,
     "faster_rcnn_dc5": faster_rcnn_dc5,
     "cascade_rcnn": cascade_rcnn,
@@ -153,6 +62,8 @@ BACKBONE_BUILDERS: dict[str, Callable[..., object]] = {
     "faster_rcnn_dc5": build_resnet_parts,
 }
 FPN_FREE_FAMILIES = frozenset(BACKBONE_BUILDERS)  # their `fpn_channels` is ignored
+if set(BUILDERS) != set(FAMILY_TABLE):  # a family added to one table and not the other
+    raise ImportError(f"detectors: families without a builder or facts: {sorted(set(BUILDERS) ^ set(FAMILY_TABLE))}")
 
 
 def build_detector(

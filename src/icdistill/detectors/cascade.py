@@ -36,19 +36,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss, paste_masks_in_image
+from torchvision.models.detection.roi_heads import maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from .backbones import fpn_levels
-from .base import model_num_classes
+from .base import image_list, model_num_classes, require_mode
 from .extras import ANCHORS, ROI_SAMPLES, RPN, RoISamples
-from .faster_rcnn import FasterRCNNAdapter
-from .mask_rcnn import mask_model_targets
-from .retinanet import image_list, model_detections, require_mode
+from .faster_rcnn import FasterRCNNAdapter, fpn_two_stage_model
+from .masks import MaskTargetsAndPastedMasks
 from .two_stage import run_rpn
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
@@ -260,28 +258,16 @@ class CascadeRCNNAdapter(FasterRCNNAdapter):
         return logits, deltas.repeat(1, logits.shape[1])
 
 
-class CascadeMaskRCNNAdapter(CascadeRCNNAdapter):
+class CascadeMaskRCNNAdapter(MaskTargetsAndPastedMasks, CascadeRCNNAdapter):
     """Cascade Mask R-CNN: targets need ``masks`` uint8[N, h, w]; detections carry pasted
-    ``masks`` float[K, 1, h, w] (as :class:`.mask_rcnn.MaskRCNNAdapter`)."""
+    ``masks`` float[K, 1, h, w] (:class:`.masks.MaskTargetsAndPastedMasks`, as Mask R-CNN's)."""
 
     family_name = "cascade_mask_rcnn"
-
-    def _model_targets(self, targets, image_sizes):
-        return mask_model_targets(targets, image_sizes)
-
-    def _detections(self, detections, image_sizes):
-        out = model_detections(detections)
-        for det, raw, size in zip(out, detections, image_sizes):
-            det["masks"] = paste_masks_in_image(raw["masks"], raw["boxes"], size)
-        return out
 
 
 def _cascade(backbone: BackboneWithFPN, num_classes: int, anchor_sizes, detections_per_image: int,
              score_thresh: float, *, masks: bool):
-    sizes = anchor_sizes or (32, 64, 128, 256, 512)
-    anchors = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
-    model = FasterRCNN(backbone, model_num_classes(num_classes), rpn_anchor_generator=anchors,
-                       box_score_thresh=score_thresh, box_detections_per_img=detections_per_image)
+    model = fpn_two_stage_model(FasterRCNN, backbone, num_classes, anchor_sizes, detections_per_image, score_thresh)
     model.roi_heads = cascade_roi_heads(backbone.out_channels, model_num_classes(num_classes), masks=masks,
                                         score_thresh=score_thresh, detections_per_image=detections_per_image)
     return (CascadeMaskRCNNAdapter if masks else CascadeRCNNAdapter)(model, num_classes)

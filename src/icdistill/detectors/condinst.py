@@ -40,14 +40,13 @@ from torchvision.ops import boxes as box_ops
 
 from ..errors import ConfigError
 from .assign import assign
-from .backbones import P3_P7
-from .base import check_extras, model_num_classes
+from .levels import P3_P7
+from .base import check_extras, model_detections, model_num_classes, require_mode
 from .condinst_mask import (
     MASK_OUT_STRIDE, NUM_DYNAMIC_PARAMS, MaskBranch, aligned_bilinear, dice_loss, dynamic_mask_logits, gt_bitmasks,
 )
 from .fcos import FCOSAdapter
-from .mask_rcnn import mask_model_targets
-from .retinanet import model_detections, require_mode
+from .masks import mask_model_targets
 
 MAX_PROPOSALS = 500
 SOI_PER_ANCHOR_SIZE = 8  # FCOS's scale range of a level ends at 8x its anchor size (64 ... 1024)

@@ -1,7 +1,8 @@
 """The one table of facts about each detector family.
 
 Every builder, default, benchmark and doc table reads the family facts from here; nothing else
-repeats them (``docs/architecture.md``'s family table is tested against this one).
+repeats them (``docs/architecture.md``'s family table is tested against this one, the config's
+``model.family`` choices are this table's names). Plain data, no torch: ``config.py`` imports it.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .backbones import P2_P6, P3_P7, LevelSpec
-from .resnet_trunks import C4, DC5
+from .levels import C4, DC5, P2_P6, P3_P7, LevelSpec
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,12 @@ class FamilyFacts:
         levels: the feature pyramid (names and strides of what ``features`` returns).
         two_stage: an RPN + RoI-head detector (proposals, sampled RoIs, a box head).
         masks: predicts instance masks (training targets need ``masks``; ``segm`` AP).
-        reference_lr: the student's SGD LR at 16 images per batch (ICD_SPEC §7).
-        distill_loss_weight: λ of the ICD distillation loss (the paper's Table 12; the release's
-            FCOS config, ICD_SPEC §6).
-        max_instances: the cap on ICD's instance slots per image (ICD_SPEC §2).
+        reference_lr: the student's SGD LR at 16 images per batch (detectron2's 1x recipe, which
+            the ICD paper trains with; docs/method.md).
+        distill_loss_weight: λ of the ICD distillation loss (the ICD paper's appendix Table 12;
+            FCOS: the original ICD repository's config).
+        max_instances: the cap on ICD's instance slots per image (the ICD paper: 300 one-stage,
+            100 two-stage).
     """
 
     name: str

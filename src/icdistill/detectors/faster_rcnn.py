@@ -1,4 +1,4 @@
-"""Faster R-CNN adapter: torchvision :class:`~torchvision.models.detection.FasterRCNN` without its
+"""Faster R-CNN adapter and builder: torchvision :class:`~torchvision.models.detection.FasterRCNN` without its
 ``GeneralizedRCNNTransform``.
 
 Recomposes ``GeneralizedRCNN.forward``: ``backbone`` -> ``rpn(image_list, features, targets)`` ->
@@ -18,11 +18,21 @@ from typing import Any, Collection
 import torch
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
-from .backbones import P2_P6, fpn_levels, rename_levels
-from .base import DetectorAdapter, check_extras
+from .backbones import fpn_levels, rename_levels
+from .base import (
+    DetectorAdapter,
+    check_extras,
+    image_list,
+    model_detections,
+    model_num_classes,
+    model_targets,
+    require_mode,
+)
 from .extras import ANCHORS, ROI_SAMPLES, RPN, RoISamples
-from .retinanet import image_list, model_detections, model_targets, require_mode
+from .levels import P2_P6
 from .two_stage import box_head_outputs, run_roi_heads_train, run_rpn
 
 
@@ -124,3 +134,29 @@ class FasterRCNNAdapter(DetectorAdapter):
     def _detections(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """torchvision detections -> contiguous labels (Mask R-CNN also pastes the masks)."""
         return model_detections(detections)
+
+
+def fpn_two_stage_model(
+    model_class: type[FasterRCNN], backbone: BackboneWithFPN, num_classes: int,
+    anchor_sizes: tuple[int, ...] | None, detections_per_image: int, score_thresh: float,
+) -> FasterRCNN:
+    """torchvision's ``FasterRCNN`` or ``MaskRCNN`` (``model_class``) with C + 1 classes and the
+    RPN anchors of the FPN two-stage families: one size per level (default 32..512, torchvision's)
+    x 3 aspect ratios."""
+    sizes = anchor_sizes or (32, 64, 128, 256, 512)
+    return model_class(
+        backbone,
+        model_num_classes(num_classes),
+        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes)),
+        box_score_thresh=score_thresh,
+        box_detections_per_img=detections_per_image,
+    )
+
+
+def faster_rcnn(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
+) -> FasterRCNNAdapter:
+    """Faster R-CNN on an FPN backbone: torchvision's RPN and RoI heads."""
+    model = fpn_two_stage_model(FasterRCNN, backbone, num_classes, anchor_sizes, detections_per_image, score_thresh)
+    return FasterRCNNAdapter(model, num_classes)

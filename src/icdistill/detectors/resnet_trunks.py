@@ -25,7 +25,6 @@ from torchvision.models._utils import IntermediateLayerGetter
 from ..errors import ConfigError
 from .backbones import (
     RESNETS,
-    LevelSpec,
     build_body,
     check_trainable_layers,
     freeze_resnet_stages,
@@ -33,9 +32,8 @@ from .backbones import (
     max_trainable_layers,
     norm_layer_for,
 )
+from .levels import C4, DC5, LevelSpec
 
-C4 = LevelSpec(names=("c4",), strides=(16,), fpn_keys=("c4",), body_strides=(16,))
-DC5 = LevelSpec(names=("c5",), strides=(16,), fpn_keys=("c5",), body_strides=(16,))
 
 
 class ResNetTrunk(nn.Module):

@@ -1,67 +1,34 @@
-"""RetinaNet adapter, plus the pieces shared by all adapters (mode checks, target conversion) and
-the dense one-stage base class that FCOS reuses.
+"""RetinaNet adapter and builder, and the dense one-stage base class that FCOS (and CondInst) reuse.
 
-Mode rules (all adapters): ``losses`` requires train mode and ``detect`` requires eval mode; the
-wrong mode raises ``RuntimeError`` instead of silently computing something else (Faster R-CNN's RPN
-and RoI heads switch behaviour on ``self.training``, and BatchNorm would update statistics).
+The mode rules and target / detection conversions every adapter follows are in :mod:`.base`.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Collection
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
-from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.retinanet import RetinaNetHead
 
-from .backbones import P3_P7, LevelSpec, fpn_levels, rename_levels
-from .base import DetectorAdapter, check_extras, from_model_labels, to_model_labels
+from .backbones import fpn_levels, rename_levels
+from .base import (
+    DetectorAdapter,
+    check_extras,
+    image_list,
+    model_detections,
+    model_num_classes,
+    model_targets,
+    require_mode,
+)
 from .extras import ANCHORS, DENSE, DenseOutputs, float32_outputs, float32_shapes
-
-
-def require_mode(adapter: DetectorAdapter, *, training: bool, call: str) -> None:
-    """Raise a clear RuntimeError when ``adapter`` is not in the mode ``call`` needs."""
-    if adapter.training != training:
-        want, have = ("train", "eval") if training else ("eval", "train")
-        fix = "adapter.train()" if training else "adapter.eval()"
-        raise RuntimeError(
-            f"{type(adapter).__name__}.{call}() needs {want} mode but the adapter is in {have} mode; "
-            f"call {fix} first"
-        )
-
-
-def model_targets(targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """Data targets (contiguous labels) -> torchvision targets (background-shifted labels).
-
-    Images without boxes get ``boxes`` of shape [0, 4], which every torchvision loss supports.
-    """
-    out = []
-    for t in targets:
-        boxes = t["boxes"].reshape(-1, 4).float()
-        labels = to_model_labels(t["labels"].reshape(-1).long())
-        out.append({"boxes": boxes, "labels": labels})
-    return out
-
-
-def model_detections(detections: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """torchvision detections -> ``boxes``/``scores``/``labels`` with contiguous labels."""
-    return [
-        {"boxes": d["boxes"], "scores": d["scores"], "labels": from_model_labels(d["labels"]).long()}
-        for d in detections
-    ]
-
-
-def image_list(images: Tensor, image_sizes: list[tuple[int, int]]) -> ImageList:
-    """Wrap an already normalised, padded batch; no GeneralizedRCNNTransform involved."""
-    if images.dim() != 4 or len(image_sizes) != images.shape[0]:
-        raise ValueError(
-            f"images must be Tensor[B, 3, Hp, Wp] with one (h, w) per image; got {tuple(images.shape)} "
-            f"and {len(image_sizes)} sizes"
-        )
-    return ImageList(images, [(int(h), int(w)) for h, w in image_sizes])
+from .levels import P3_P7, LevelSpec
 
 
 class DenseAdapter(DetectorAdapter):
@@ -200,3 +167,35 @@ class RetinaNetAdapter(DenseAdapter):
         # A anchors per location: recovered from the head output as RetinaNet.forward does.
         anchors_per_location = cls_logits.size(1) // sum(locations_per_level)
         return [hw * anchors_per_location for hw in locations_per_level]
+
+
+def retinanet(
+    backbone: BackboneWithFPN, num_classes: int, anchor_sizes: tuple[int, ...] | None,
+    detections_per_image: int, score_thresh: float, head_norm: str | None = None,
+) -> RetinaNetAdapter:
+    """RetinaNet on an FPN backbone: torchvision's anchors (3 octave scales x 3 ratios per level)
+    and head (``head_norm`` "gn": its v2 head with GroupNorm towers)."""
+    # torchvision's _default_anchorgen: 3 octave scales x 3 aspect ratios per level.
+    sizes = anchor_sizes or (32, 64, 128, 256, 512)
+    anchors = AnchorGenerator(
+        tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in sizes),
+        ((0.5, 1.0, 2.0),) * len(sizes),
+    )
+    head = None
+    if head_norm == "gn":
+        # torchvision's v2 head: GroupNorm after every tower conv. Without it the std-0.01 init
+        # of a narrow tower (FPN width 64) shrinks the signal ~5x per conv and the classifier
+        # starts out, and tends to stay, input-independent when trained from scratch.
+        head = RetinaNetHead(
+            backbone.out_channels, anchors.num_anchors_per_location()[0], model_num_classes(num_classes),
+            norm_layer=partial(nn.GroupNorm, 32),
+        )
+    model = RetinaNet(
+        backbone,
+        model_num_classes(num_classes),
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=score_thresh,
+        detections_per_img=detections_per_image,
+    )
+    return RetinaNetAdapter(model, num_classes)

@@ -27,7 +27,8 @@ from torchvision.models.detection import (
     RetinaNet_ResNet50_FPN_Weights,
 )
 
-from ..errors import ConfigError, ModelMismatchError, WeightsUnavailableError
+from ..errors import ConfigError, DataError, ModelMismatchError, UnsafeFileError, WeightsUnavailableError
+from ..files import load_torch_file
 from .base import DetectorAdapter
 from .extras import escape_inference_mode
 
@@ -139,14 +140,21 @@ def fetch_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
         ) from exc
 
 
+# What a refused backbone or detector weights file needs (these keys have no opt-in).
+PLAIN_STATE_DICT_HINT = "re-save it as a plain state dict (torch.save(model.state_dict(), path)) in a Python session"
+
+
 def load_checkpoint_file(path: str) -> dict[str, Tensor]:
     """A detector state dict from a local file: a raw ``state_dict`` (like ``detector.pt``) or a
     training checkpoint holding one under ``"model"`` or ``"state_dict"``."""
     if not os.path.isfile(path):
         raise WeightsUnavailableError(f"checkpoint file {path!r} does not exist")
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for bad files; all mean "unreadable"
+        # Weights only: a file that needs unpickling is refused (UnsafeFileError propagates).
+        obj: Any = load_torch_file(path, opt_in=PLAIN_STATE_DICT_HINT)
+    except UnsafeFileError:
+        raise
+    except DataError as exc:
         raise WeightsUnavailableError(f"cannot read checkpoint {path!r}: {exc}") from exc
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icdistill.structures import collate_batch
-from icdistill.viz import save_attention_overlays
+from icdistill.reporting.pictures import save_attention_overlays
 
 
 def attention_maps_per_instance(

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from icdistill import files
 from icdistill.data import CocoDetection
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.engine.distributed import DistContext, gather_to_main
 from icdistill.evaluation import COCOEvaluator, format_per_class_table
 from icdistill.structures import collate_batch
-from icdistill.viz import save_detections
+from icdistill.reporting.pictures import save_detections
 
 
 def write_metrics_json(path: Path, metrics: dict[str, float], class_names: list[str] | None = None) -> None:
     """``metrics.json``: flat keys, percent; a metric COCO cannot compute (NaN, e.g. APl with no
     large objects in the test set) is written as null so the file stays strict JSON. With
     ``class_names``, ``per_class.md`` beside it holds the per-class table."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    path.write_text(json.dumps(clean, indent=2))
+    files.write_metrics_json(path, metrics)
     if class_names:
-        (path.parent / "per_class.md").write_text(format_per_class_table(metrics, class_names))
+        files.write_text_atomic(path.parent / "per_class.md", format_per_class_table(metrics, class_names))
 
 
 @torch.no_grad()

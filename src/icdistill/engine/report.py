@@ -21,17 +21,18 @@ from icdistill.errors import OutputError
 from icdistill.files import (
     DETECTOR_FILE,
     TRAIN_CHECKPOINT_FORMAT,
-    append_line,
+    METRICS_LOG,
+    append_metrics_record,
     capture_rng_state,
     detector_file,
+    drop_metrics_after,
     prune_snapshots,
     save_checkpoint,
     snapshot_name,
-    write_text_atomic,
 )
 from icdistill.reporting import write_run_report
+from icdistill.reporting.curves import save_training_curves
 from icdistill.teacher_vs_student import note_student_ap
-from icdistill.viz import save_training_curves
 
 if TYPE_CHECKING:  # the setup imports this module
     from icdistill.engine.setup import Run
@@ -53,12 +54,12 @@ class RunLog:
     """``metrics.jsonl`` + TensorBoard, written by the main process only."""
 
     def __init__(self, out: Path, enabled: bool, fresh: bool, resume_at: int | None = None) -> None:
-        self.path = out / "metrics.jsonl"
+        self.path = out / METRICS_LOG
         self.enabled = enabled
         if enabled and fresh and self.path.exists():
             self.path.unlink()
         if enabled and resume_at is not None and self.path.exists():
-            drop_records_after(self.path, resume_at)
+            drop_metrics_after(self.path, resume_at)
         self.writer = SummaryWriter(str(out / "tb")) if enabled else None
 
     def log(self, step: int, record: dict[str, float], prefix: str = "", jsonl: bool = True) -> None:
@@ -67,9 +68,8 @@ class RunLog:
         NaN is skipped in TensorBoard and written as null in metrics.jsonl (strict JSON)."""
         if not self.enabled:
             return
-        if jsonl:
-            line = {prefix + k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
-            append_line(self.path, json.dumps({"iter": step, **line}))  # a full disk: OutputError
+        if jsonl:  # a full disk: OutputError
+            append_metrics_record(self.path, step, {prefix + k: v for k, v in record.items()})
         for key, value in record.items():
             if not math.isnan(value):
                 self.writer.add_scalar(prefix + key, value, step)
@@ -77,21 +77,6 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-def drop_records_after(path: Path, iteration: int) -> None:
-    """Remove the ``metrics.jsonl`` records past ``iteration``: a run killed after its last
-    checkpoint logged steps that its resume runs (and logs) again. A torn last line goes too."""
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        step = record.get("iter") if isinstance(record, dict) else None
-        if isinstance(step, int) and step <= iteration:
-            kept.append(line + "\n")
-    write_text_atomic(path, "".join(kept))
 
 
 class Clock:

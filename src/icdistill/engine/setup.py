@@ -193,7 +193,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     ``out/checkpoints/last.pt`` (or, when that is truncated or corrupt, of the newest valid
     periodic snapshot). Under torchrun the trainable whole is wrapped in DDP."""
     last = out / "checkpoints" / "last.pt"
-    point = find_resume_checkpoint(last.parent) if resume else None  # before any work: it may fail
+    point = (find_resume_checkpoint(last.parent, allow_unsafe_pickle=cfg.model.allow_unsafe_pickle)
+             if resume else None)  # before any work: it may fail
     ctx = init_distributed(resolve_device(cfg.solver.device))
     device, solver = ctx.device, cfg.solver
     per_rank_batch = per_rank_batch_size(cfg, ctx)
@@ -223,7 +224,8 @@ def setup_run(cfg: Config, out: Path, *, resume: bool, progress: bool) -> Run:
     teacher_known = bool(run.teacher_metrics)
     if teacher is not None:  # before any step; a resumed run reuses the checkpoint's numbers
         run.teacher_metrics = check_teacher(cfg.distill, cfg.eval, teacher, cfg.teacher.weights, test_set, device,
-                                            known=run.teacher_metrics, verbose=ctx.is_main)
+                                            known=run.teacher_metrics, verbose=ctx.is_main,
+                                            allow_unsafe_pickle=cfg.teacher.allow_unsafe_pickle)
     if distiller.method is None:
         step.teacher = None  # an inheriting baseline needed the teacher only to start from
     step.model = wrap_for_distributed(distiller, run)

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 from icdistill.config import DistillConfig, EvalConfig
 from icdistill.data import CocoDetection, build_test_loader
 from icdistill.detectors.base import DetectorAdapter
+from icdistill.detectors.build import unsafe_pickle_opt_in
 from icdistill.detectors.weights import is_checkpoint_path
 from icdistill.engine.evaluate import evaluate_detector
 from icdistill.errors import ConfigError, TeacherCheckError
@@ -44,6 +45,7 @@ def check_teacher(
     *,
     known: Mapping[str, float] | None = None,
     verbose: bool = True,
+    allow_unsafe_pickle: bool = False,
 ) -> dict[str, float]:
     """The teacher's ``teacher/*`` numbers; raises :class:`TeacherCheckError` when the teacher
     must not be distilled from.
@@ -64,7 +66,7 @@ def check_teacher(
             print(f"teacher check: box AP {known.get(PREFIX + 'bbox/AP', math.nan):.2f} (from the checkpoint)")
         return dict(known)
     _validate(distill_cfg)
-    check_class_names(teacher_class_names(teacher_weights), test_set.class_names, teacher_weights)
+    check_class_names(teacher_class_names(teacher_weights, allow_unsafe_pickle), test_set.class_names, teacher_weights)
     if len(test_set) == 0:
         if verbose:
             print("warning: teacher check: the test set is empty; the teacher's AP is not checked")
@@ -121,12 +123,14 @@ def evaluate_teacher(
     return out
 
 
-def teacher_class_names(weights: str | None) -> list[str] | None:
+def teacher_class_names(weights: str | None, allow_unsafe_pickle: bool = False) -> list[str] | None:
     """Class names saved in a teacher's detector file or training checkpoint; None for
-    torchvision weights names, files without names, or no weights."""
+    torchvision weights names, files without names, or no weights. Read weights-only unless
+    ``teacher.allow_unsafe_pickle`` (``allow_unsafe_pickle``)."""
     if not weights or not is_checkpoint_path(weights):
         return None
-    names = load_checkpoint(weights).get("class_names")
+    names = load_checkpoint(weights, allow_unsafe_pickle=allow_unsafe_pickle,
+                            opt_in=unsafe_pickle_opt_in("teacher")).get("class_names")
     return [str(n) for n in names] if names else None
 
 

@@ -26,13 +26,14 @@ def build_student(source: ExportSource, score_thresh: float | None = None):
 
 def export(
     run_or_file: str | os.PathLike[str], out: str | os.PathLike[str], fmt: str = "torchvision",
-    *, score_thresh: float | None = None,
+    *, score_thresh: float | None = None, allow_unsafe_pickle: bool = False,
 ) -> list[Path]:
     """Export ``run_or_file`` to ``out`` in format ``fmt``; returns the files written.
 
     ``torchvision``: the detector file (``files.detector_file``: state dict + what rebuilds it).
     ``onnx``: ``out`` (the ONNX file) and ``out`` with suffix ``.json`` (the sidecar), see
     :mod:`icdistill.export.onnx`; ``score_thresh`` (default: the detector's) is baked in.
+    ``run_or_file`` is read weights-only unless ``allow_unsafe_pickle`` (the user trusts it).
 
     Raises:
         ConfigError: an unknown format, or ``score_thresh`` with the torchvision format.
@@ -45,12 +46,12 @@ def export(
         from .onnx import export_onnx, require_onnx_packages
 
         require_onnx_packages()  # before minutes of loading a large model
-        source = read_source(run_or_file)
+        source = read_source(run_or_file, allow_unsafe_pickle=allow_unsafe_pickle)
         if not source.class_names:
             raise DataError(f"{source.path} holds no class names; export the run's checkpoints/last.pt instead")
         student = build_student(source, score_thresh)
         return list(export_onnx(student, out, class_names=source.class_names, resize=source.resize))
     if score_thresh is not None:
         raise ConfigError("--score-thresh applies to --format onnx only (the detector file keeps model.score_thresh)")
-    source = read_source(run_or_file)
+    source = read_source(run_or_file, allow_unsafe_pickle=allow_unsafe_pickle)
     return [save_checkpoint(Path(out), detector_file(source.state, source.model_config, source.class_names))]

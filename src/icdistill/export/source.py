@@ -106,16 +106,18 @@ def resolve_path(run_or_file: str | Path) -> Path:
     return path
 
 
-def read_source(run_or_file: str | Path) -> ExportSource:
+def read_source(run_or_file: str | Path, *, allow_unsafe_pickle: bool = False) -> ExportSource:
     """Read a run directory, a detector file (``detector.pt``, older ``student.pt``) or a training
-    checkpoint (``checkpoints/last.pt``).
+    checkpoint (``checkpoints/last.pt``), weights-only unless ``allow_unsafe_pickle``
+    (``--allow-unsafe-pickle``: the user trusts the file).
 
     Raises:
+        UnsafeFileError: the file needs unpickling and the opt-in is off.
         DataError: missing or unreadable file.
         ModelMismatchError: a file of another tool.
     """
     path = resolve_path(run_or_file)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
     state = detector_state_from_checkpoint(ckpt, str(path))
     class_names = [str(n) for n in ckpt.get("class_names") or []]
     return ExportSource(path, state, saved_model_config(ckpt), class_names, _resize_rule(ckpt, path))

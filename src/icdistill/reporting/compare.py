@@ -194,7 +194,7 @@ def write_compare(run_dirs: Sequence[str | Path], out_dir: str | Path | None = N
             among the runs.
     """
     from icdistill.reporting.compare_page import render_compare
-    from icdistill.reporting.html import write_text_atomic
+    from icdistill.files import write_text_atomic
 
     if not run_dirs:
         raise DataError("compare needs at least one run directory")

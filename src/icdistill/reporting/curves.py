@@ -1,13 +1,53 @@
-"""What the report pages plot, taken from loaded runs: AP vs iteration, losses, a method's
-periodic diagnostics, PR curves. One run or several (overlaid: one line per run)."""
+"""What the report pages and a run's ``viz/training_curves.png`` plot, taken from loaded runs:
+AP vs iteration, losses, a method's periodic diagnostics, PR curves. One run or several
+(overlaid: one line per run). Every plot is drawn by the one renderer, :func:`.plots.panel_grid`."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
 
-from icdistill.reporting.plots import Panels
+from icdistill.files import read_metrics_jsonl, write_bytes_atomic
+from icdistill.reporting.plots import Panels, panel_grid
 from icdistill.reporting.run_summary import TASK_PREFIXES, RunSummary
-from icdistill.viz import LOSS_PREFIXES
+
+# Prefixes of the loss keys the trainer writes to metrics.jsonl.
+LOSS_PREFIXES: tuple[str, ...] = ("loss/", "det/", "aux/", "distill/")
+# Periodic evaluations plotted beside the losses: AP, and a method's own numbers (e.g. eval/icd/*).
+EVAL_PLOTTED: tuple[str, ...] = ("eval/bbox/AP", "eval/segm/AP")
+NO_CURVES = "no loss values logged"
+
+
+def plotted_by_default(key: str) -> bool:
+    """A loss, the periodic AP, or a method's own periodic number (``eval/<method>/...``)."""
+    if key.startswith(LOSS_PREFIXES) or key in EVAL_PLOTTED:
+        return True
+    parts = key.split("/")
+    return len(parts) >= 3 and parts[0] == "eval" and parts[1] not in ("bbox", "segm")
+
+
+def save_training_curves(
+    path: str | os.PathLike[str],
+    metrics_jsonl_path: str | os.PathLike[str],
+    keys: Sequence[str] | None = None,
+) -> Path:
+    """``viz/training_curves.png``: one panel per key against iteration, from metrics.jsonl.
+
+    Args:
+        metrics_jsonl_path: one JSON object per logged step with ``"iter"`` and numeric values.
+        keys: which values to plot; default every numeric key :func:`plotted_by_default` picks
+            (losses, the periodic AP, a method's periodic numbers) in first-seen order. Records
+            without ``"iter"`` and non-finite values are left out.
+
+    Raises:
+        DataError: the metrics file does not exist.
+        OutputError: the PNG cannot be written (full, read-only or forbidden folder).
+    """
+    run = RunSummary.of_records(read_metrics_jsonl(metrics_jsonl_path))
+    keys = list(keys) if keys is not None else run.logged_keys(plotted_by_default)
+    panels: Panels = {key: {key: run.series(key)} for key in keys} or {NO_CURVES: {}}
+    return write_bytes_atomic(path, panel_grid(panels, xlabel="iteration", panel_inches=(4.0, 3.0)))
 
 # PR panels beyond this many classes are left out (the page says so): 80 COCO panels are unreadable.
 MAX_PR_CLASSES = 23

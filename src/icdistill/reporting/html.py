@@ -1,4 +1,5 @@
-"""HTML page assembly for the run and compare reports: escaped text, tables, embedded images.
+"""HTML page assembly for the run and compare reports: escaped text, tables, embedded images
+(pages are written by :func:`icdistill.files.write_text_atomic`).
 
 Pages are self-contained: inline CSS, no script, every image embedded as a base64 ``data:`` URI,
 so a page opens from disk without network and still shows everything after it is moved.
@@ -11,12 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from icdistill.errors import OutputError
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d232a;
@@ -135,27 +133,3 @@ def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) ->
         f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)}</p></header>"
         f"<nav>{nav}</nav><main>{''.join(s for _, _, s in sections)}</main></body></html>\n"
     )
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace`` (a reader
-    never sees half a page; a failed write leaves the old file).
-
-    Raises:
-        OutputError: the folder cannot be created or written (read-only, full, no permission).
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-    return path

@@ -1,6 +1,7 @@
-"""The report's plots as PNG bytes: a grid of line panels (losses, AP vs iteration, PR curves).
+"""The one renderer of line plots, as PNG bytes: a grid of line panels (losses, AP vs iteration,
+PR curves) for the report pages and a run's ``viz/training_curves.png``.
 
-Drawn on matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``, as ``viz.py`` does), so
+Drawn on matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``, as :mod:`.pictures` does), so
 nothing needs a display and a user's pyplot backend is left alone.
 """
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from icdistill.files import write_text_atomic
 from icdistill.reporting import html as h
 from icdistill.reporting import sections as s
 from icdistill.reporting.run_summary import PR_CURVES_FILE, RunSummary, load_run
@@ -36,5 +37,5 @@ def write_run_report(run_dir: str | Path, *, pr_curves: dict[str, Any] | None = 
     """
     run_dir = Path(run_dir)
     if pr_curves:
-        h.write_text_atomic(run_dir / PR_CURVES_FILE, json.dumps(pr_curves, allow_nan=False))
-    return h.write_text_atomic(run_dir / REPORT_FILE, render_run(load_run(run_dir)))
+        write_text_atomic(run_dir / PR_CURVES_FILE, json.dumps(pr_curves, allow_nan=False))
+    return write_text_atomic(run_dir / REPORT_FILE, render_run(load_run(run_dir)))

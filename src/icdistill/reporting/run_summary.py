@@ -1,4 +1,4 @@
-"""Everything a report shows of one run directory, read from its files (no torch, no model).
+"""Everything a report shows of one run directory, read from its files (no model).
 
 A run directory (see docs/architecture.md) holds ``metrics.json`` (final metrics, flat keys in
 percent), ``metrics.jsonl`` (losses per log step, ``eval/*`` per periodic evaluation),
@@ -9,7 +9,6 @@ folder); only a folder with neither metrics file is not a run.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import yaml
 
 from icdistill.errors import DataError
-from icdistill.viz import read_metrics_jsonl
+from icdistill.files import METRICS_FILE, METRICS_LOG, read_json_object, read_metrics_jsonl
 
 PR_CURVES_FILE = "pr_curves.json"
 # Metric families that are the detector's own numbers; every other "<prefix>/..." key of
@@ -115,6 +114,12 @@ class RunSummary:
                     seen.setdefault(k, None)
         return list(seen)
 
+    @classmethod
+    def of_records(cls, records: list[dict[str, Any]], name: str = "") -> RunSummary:
+        """A run known only by its ``metrics.jsonl`` records (the training curves of a run in
+        progress)."""
+        return cls(Path(), name, {}, records, {}, "", None, None)
+
     def pictures_named(self, prefix: str) -> list[Path]:
         return [p for p in self.pictures if p.name.startswith(prefix)]
 
@@ -134,7 +139,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunSummary:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
-    metrics_file, log_file = path / "metrics.json", path / "metrics.jsonl"
+    metrics_file, log_file = path / METRICS_FILE, path / METRICS_LOG
     if not metrics_file.is_file() and not log_file.is_file():
         raise DataError(f"not a run directory: {path} (no metrics.json or metrics.jsonl)")
     config_text = _read_text(path / "config.yaml")
@@ -142,12 +147,12 @@ def load_run(path: str | Path, name: str | None = None) -> RunSummary:
     return RunSummary(
         path=path,
         name=name or path.resolve().name,
-        metrics=_read_json(metrics_file) or {},
+        metrics=read_json_object(metrics_file) or {},
         records=read_metrics_jsonl(log_file) if log_file.is_file() else [],
         config=config if isinstance(config, dict) else {},
         config_text=config_text,
-        data_report=_read_json(path / "data_report.json"),
-        pr_curves=_read_json(path / PR_CURVES_FILE),
+        data_report=read_json_object(path / "data_report.json"),
+        pr_curves=read_json_object(path / PR_CURVES_FILE),
         pictures=sorted((path / "viz").glob("*.png")),
     )
 
@@ -156,20 +161,10 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    text = _read_text(path)
-    if not text:
-        return None
-    value = _parse(path, text, json.loads)
-    if not isinstance(value, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _parse(path: Path, text: str, parser) -> Any:
     try:
         return parser(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
         raise DataError(f"{path}: cannot be parsed ({exc})") from exc
 
 

@@ -1,4 +1,4 @@
-"""Each plot writes a real PNG."""
+"""Each picture and the training curves write a real PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from icdistill.errors import DataError
-from icdistill.viz import save_attention_overlays, save_detections, save_training_curves
+from icdistill.reporting.curves import save_training_curves
+from icdistill.reporting.pictures import save_attention_overlays, save_detections
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

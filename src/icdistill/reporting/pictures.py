@@ -1,13 +1,14 @@
-"""PNG plots: ICD attention overlays, detections and training curves.
+"""Pictures of images as PNG files: a distillation method's attention overlays (ICD's) and a
+detector's detections. (Line plots, the training curves included, are :mod:`.plots`'.)
 
 Figures are drawn on matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` +
 ``FigureCanvasAgg``) instead of through ``pyplot``, so nothing needs a display and the global
-backend of a user's interactive session is left untouched.
+backend of a user's interactive session is left untouched. Files are written atomically.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 from pathlib import Path
@@ -22,20 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from icdistill.errors import DataError
-
-# Prefixes of the loss keys the trainer writes to metrics.jsonl.
-LOSS_PREFIXES: tuple[str, ...] = ("loss/", "det/", "aux/", "distill/")
-# Periodic evaluations plotted beside the losses: AP, and a method's own numbers (e.g. eval/icd/*).
-EVAL_PLOTTED: tuple[str, ...] = ("eval/bbox/AP", "eval/segm/AP")
-
-
-def plotted_by_default(key: str) -> bool:
-    """A loss, the periodic AP, or a method's own periodic number (``eval/<method>/...``)."""
-    if key.startswith(LOSS_PREFIXES) or key in EVAL_PLOTTED:
-        return True
-    parts = key.split("/")
-    return len(parts) >= 3 and parts[0] == "eval" and parts[1] not in ("bbox", "segm")
+from icdistill.files import write_bytes_atomic
 
 
 def _image_to_numpy(image: Tensor) -> np.ndarray:
@@ -85,10 +73,9 @@ def _new_figure(rows: int, cols: int, panel_inches: float = 3.5) -> tuple[Figure
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def save_attention_overlays(
@@ -200,83 +187,4 @@ def save_detections(
         )
     ax.set_title(f"{shown} detections (score >= {score_thresh:g})", fontsize=10)
     ax.set_axis_off()
-    return _save(fig, path)
-
-
-def read_metrics_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read metrics.jsonl; lines that are blank or not valid JSON objects (e.g. a last line cut
-    off by a crash) are skipped.
-
-    Raises:
-        DataError: the file does not exist.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"metrics file not found: {path}")
-    records: list[dict[str, Any]] = []
-    with path.open("r", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def save_training_curves(
-    path: str | os.PathLike[str],
-    metrics_jsonl_path: str | os.PathLike[str],
-    keys: Sequence[str] | None = None,
-) -> Path:
-    """Plot losses against iteration from metrics.jsonl, one panel per key.
-
-    Args:
-        metrics_jsonl_path: one JSON object per logged step with ``"iter"`` and numeric values.
-        keys: which values to plot; default every numeric key starting with ``loss/``, ``det/``,
-            ``aux/`` or ``distill/``, the periodic AP and a method's periodic numbers (in
-            first-seen order). Records without ``"iter"`` (e.g.
-            evaluation summaries) are ignored; non-finite values leave gaps.
-
-    Raises:
-        DataError: the metrics file does not exist.
-    """
-    records = [r for r in read_metrics_jsonl(metrics_jsonl_path) if _is_number(r.get("iter"))]
-    if keys is None:
-        seen: dict[str, None] = {}
-        for r in records:
-            for k, v in r.items():
-                if plotted_by_default(k) and _is_number(v):
-                    seen.setdefault(k, None)
-        keys = list(seen)
-    keys = list(keys)
-    if not keys:
-        fig, axes = _new_figure(1, 1)
-        axes[0].text(0.5, 0.5, "no loss values logged", ha="center", va="center")
-        axes[0].set_axis_off()
-        return _save(fig, path)
-
-    cols = min(len(keys), 3)
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = _new_figure(rows, cols, panel_inches=4.0)
-    for ax, key in zip(axes, keys):
-        pts = [(r["iter"], r[key]) for r in records if _is_number(r.get(key))]
-        xs = np.array([p[0] for p in pts], dtype=float)
-        ys = np.array([p[1] for p in pts], dtype=float)
-        ys[~np.isfinite(ys)] = np.nan
-        ax.plot(xs, ys, linewidth=1.2, marker="." if len(xs) < 50 else None)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.grid(True, alpha=0.3)
-    for ax in axes[len(keys):]:
-        ax.set_axis_off()
-    fig.tight_layout()
     return _save(fig, path)
