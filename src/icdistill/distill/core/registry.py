@@ -8,7 +8,7 @@ A method module registers itself once, at import, with a :class:`MethodSpec`::
 
 Methods are found by importing every module of the package :mod:`icdistill.distill.methods`
 (modules whose name starts with ``_`` are shared parts, not methods) and the package
-:mod:`icdistill.distill.icd.module`: adding a method is adding one module, with no central list to
+:mod:`icdistill.distill.icd`: adding a method is adding one module, with no central list to
 edit. The config tree (:mod:`icdistill.config`) takes one section ``distill.<name>`` per
 registered method from ``section``.
 
@@ -48,7 +48,7 @@ NATIVE, ADAPT = "native", "[ADAPT]"
 NO_METHOD = "none"
 # The packages whose modules are methods (every module of the first; the second is one method).
 METHOD_PACKAGES = ("icdistill.distill.methods",)
-METHOD_MODULES = ("icdistill.distill.icd.module",)
+METHOD_MODULES = ("icdistill.distill.icd",)
 # Methods not yet moved into icdistill.distill.methods: imported like the others until they are.
 NOT_YET_MOVED = (
     "icdistill.distill.mimic", "icdistill.distill.fgfi", "icdistill.distill.chen2017",
