@@ -23,7 +23,7 @@ from icdistill.distill.chen2017 import Chen2017, binary_soft_ce, bounded_regress
 from icdistill.distill.fgfi import FGFI, fgfi_loss, fgfi_masks
 from icdistill.distill.methods.fitnet import FitNet
 from icdistill.distill.core.inputs import DistillInputs
-from icdistill.distill.mimic import Mimic, dense_pseudo_proposals, mimic_loss
+from icdistill.distill.methods.mimic import Mimic, dense_pseudo_proposals, mimic_loss
 from icdistill.distill.methods._parts import LevelAdapters, gt_level_index
 from icdistill.errors import ConfigError
 
