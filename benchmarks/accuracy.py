@@ -221,7 +221,7 @@ def default_loss_weight(cfg: Config) -> float | None:
     loss_weight`` (null: its default as the builder takes it) for a method with one weight, else
     ``distill.weight_scale`` (a multiplier of the method's term weights); None without
     distillation."""
-    from icdistill.distill.fgfi import DEFAULT_WEIGHT as FGFI_WEIGHTS
+    from icdistill.distill.methods.fgfi import DEFAULT_WEIGHT as FGFI_WEIGHTS
     from icdistill.distill.icd.build import family_defaults
 
     d = cfg.distill
