@@ -19,7 +19,7 @@ from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.detectors.assign import BACKGROUND, IGNORED, assign
 from icdistill.distill.build import build_distiller
-from icdistill.distill.chen2017 import Chen2017, binary_soft_ce, bounded_regression, weighted_soft_ce
+from icdistill.distill.methods.chen2017 import Chen2017, binary_soft_ce, bounded_regression, weighted_soft_ce
 from icdistill.distill.methods.fgfi import FGFI, fgfi_loss, fgfi_masks
 from icdistill.distill.methods.fitnet import FitNet
 from icdistill.distill.core.inputs import DistillInputs
