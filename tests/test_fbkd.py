@@ -13,7 +13,7 @@ from distill_helpers import (
 from icdistill.config import load_config
 from icdistill.distill.build import build_method
 from icdistill.distill.core.context import MethodContext
-from icdistill.distill.fbkd import COLUMNS, FBKD, NonLocal2d, channel_mask, spatial_mask
+from icdistill.distill.methods.fbkd import COLUMNS, FBKD, NonLocal2d, channel_mask, spatial_mask
 from icdistill.errors import ConfigError
 
 

@@ -122,6 +122,12 @@ def gt_level_index(boxes: Tensor, num_levels: int) -> Tensor:
     return k.clamp(0, num_levels - 1).long()
 
 
+def safe_sqrt(x: Tensor) -> Tensor:
+    """sqrt with value and gradient 0 at 0 (plain sqrt's gradient is infinite there)."""
+    positive = x > 0
+    return torch.where(positive, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
+
+
 def zero_loss(like: Sequence[Tensor]) -> Tensor:
     """A zero that keeps ``requires_grad`` (and the graph) of the first tensor in ``like``."""
     return like[0].sum() * 0.0

@@ -33,7 +33,7 @@ from icdistill.detectors.families import family_facts
 from icdistill.distill.core.context import MethodContext
 from icdistill.distill.core.inputs import DistillInputs
 from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
-from icdistill.distill.methods._parts import pooled_levels
+from icdistill.distill.methods._parts import pooled_levels, safe_sqrt
 from icdistill.distill.core.method import DistillMethod, MethodOptim, STUDENT_SGD
 
 
@@ -59,12 +59,6 @@ COLUMNS = {
 # supplement's 64/8, 64/4, then 128/2 at C = 256.
 NL_LAYOUT = ((4, 8), (4, 4))
 NL_REST = (2, 2)
-
-
-def safe_sqrt(x: Tensor) -> Tensor:
-    """sqrt with value and gradient 0 at 0 (plain sqrt's gradient is infinite there)."""
-    positive = x > 0
-    return torch.where(positive, x.clamp_min(torch.finfo(x.dtype).tiny).sqrt(), torch.zeros_like(x))
 
 
 def spatial_mask(feat: Tensor, valid: Tensor, temperature: float) -> Tensor:
