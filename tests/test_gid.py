@@ -11,8 +11,8 @@ from icdistill.config import load_config
 from icdistill.detectors import freeze_as_teacher
 from icdistill.distill.build import build_method
 from icdistill.distill.core.context import MethodContext
-from icdistill.distill.gid import GID, GIDConfig, HeadView
-from icdistill.distill.gid_select import (
+from icdistill.distill.methods.gid import GID, GIDConfig, HeadView
+from icdistill.distill.methods._gid_select import (
     box_levels, gi_boxes, gi_scores, inside_any, pool_instances, relation_loss, select_instances,
 )
 from icdistill.errors import ConfigError

@@ -50,10 +50,7 @@ NO_METHOD = "none"
 METHOD_PACKAGES = ("icdistill.distill.methods",)
 METHOD_MODULES = ("icdistill.distill.icd",)
 # Methods not yet moved into icdistill.distill.methods: imported like the others until they are.
-NOT_YET_MOVED = (
-    "icdistill.distill.methods.chen2017",
-    "icdistill.distill.gid", "icdistill.distill.defeat",
-)
+NOT_YET_MOVED = ("icdistill.distill.defeat",)
 
 
 @dataclass(frozen=True)

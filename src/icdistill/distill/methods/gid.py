@@ -1,7 +1,7 @@
 """Dai et al. 2021, GID: "General Instance Distillation for Object Detection" (CVPR 2021).
 
 Per image, GISM picks the K general instances where teacher and student disagree most (their
-class scores over every anchor, :mod:`icdistill.distill.gid_select`); on them:
+class scores over every anchor, :mod:`icdistill.distill.methods._gid_select`); on them:
 
 * ``feature``:  Σ (t − A(s))² / (K_batch · 10 · 10) over the instances' 10x10 aligned RoIAlign
   (one FPN level each), A a shared 3x3 conv C_s → C_t on the student's maps (the reproduction's
@@ -30,7 +30,7 @@ from icdistill.config import choice, require_number
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, RPN
 from icdistill.detectors.families import family_facts
-from icdistill.distill.gid_select import (
+from icdistill.distill.methods._gid_select import (
     gi_boxes, gi_scores, inside_any, pool_instances, relation_loss, select_instances,
 )
 from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
