@@ -12,7 +12,7 @@ from distill_helpers import (
 from icdistill.config import load_config
 from icdistill.distill.build import build_method
 from icdistill.distill.core.context import MethodContext
-from icdistill.distill.defeat import DeFeat, DeFeatConfig, decoupled_neck_loss, gt_levels, gt_masks, kl_per_roi, roi_cls_losses
+from icdistill.distill.methods.defeat import DeFeat, DeFeatConfig, decoupled_neck_loss, gt_levels, gt_masks, kl_per_roi, roi_cls_losses
 from icdistill.errors import ConfigError
 
 FRCNN_STRIDES = [4, 8, 16, 32, 64]

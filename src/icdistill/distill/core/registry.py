@@ -49,8 +49,6 @@ NO_METHOD = "none"
 # The packages whose modules are methods (every module of the first; the second is one method).
 METHOD_PACKAGES = ("icdistill.distill.methods",)
 METHOD_MODULES = ("icdistill.distill.icd",)
-# Methods not yet moved into icdistill.distill.methods: imported like the others until they are.
-NOT_YET_MOVED = ("icdistill.distill.defeat",)
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ def discover_methods() -> None:
     if _discovered:
         return
     _discovered = True  # before the imports: a method module importing this one must not recurse
-    modules = list(METHOD_MODULES) + list(NOT_YET_MOVED)
+    modules = list(METHOD_MODULES)
     for package_name in METHOD_PACKAGES:
         package = importlib.import_module(package_name)
         modules += [f"{package_name}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
