@@ -176,10 +176,12 @@ class Chen2017(DistillMethod):
         valid = valid_token_mask([tuple(teacher.shape[-2:])], [32], inputs.image_sizes, teacher.device)
         return full_map_imitation_loss([teacher.detach()], self.adapters([student]), valid)
 
-    def _hard(self, inputs: DistillInputs, name: str) -> Tensor:
-        if inputs.student_losses is None or name not in inputs.student_losses:
-            raise ValueError(f"chen2017 reweights the student's {name!r} loss, which the inputs do not carry")
-        return inputs.student_losses[name]
+    def _hard(self, inputs: DistillInputs, *names: str) -> Tensor:
+        """The student's own loss of the first of ``names`` it carries."""
+        for name in names:
+            if inputs.student_losses is not None and name in inputs.student_losses:
+                return inputs.student_losses[name]
+        raise ValueError(f"chen2017 reweights the student's {names[0]!r} loss, which the inputs do not carry")
 
     def _blend(self, soft: Tensor, hard: Tensor) -> Tensor:
         """(1 − μ)·(λ·soft − hard): added to the detector's hard loss it gives μ·hard + λ(1 − μ)·soft."""
@@ -208,7 +210,8 @@ class Chen2017(DistillMethod):
         s_box = roi.box_regression.reshape(rows, -1, 4)[idx, labels[idx]]
         t_box = t_reg.reshape(rows, -1, 4)[idx, labels[idx]]
         bounded = bounded_regression(s_box, t_box, torch.cat(roi.regression_targets)[idx], self.margin)
-        out["rcn_cls"] = self._blend(soft, self._hard(inputs, "loss_classifier"))
+        # A cascade's sampled RoIs (and box-head call) are its first stage's: so is the hard loss.
+        out["rcn_cls"] = self._blend(soft, self._hard(inputs, "loss_classifier", "loss_classifier_s1"))
         out["rcn_reg"] = self.loss_weight * self.nu * bounded.sum() / max(1, rows)
         return out
 
