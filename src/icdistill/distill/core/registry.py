@@ -177,3 +177,23 @@ def _provided(extras: frozenset[str]) -> str:
 def support_label(spec: MethodSpec, family: str) -> str:
     """``native`` on a family the original method was published or released on, else ``[ADAPT]``."""
     return NATIVE if family in spec.native else ADAPT
+
+
+def support_matrix_markdown(provided: Mapping[str, frozenset[str]]) -> str:
+    """The method x family table of docs/method.md: per registered method what it needs on each
+    kind of detector and, per family (``provided``: family -> its adapter's extras), ``native``,
+    ``[ADAPT]`` or ``no`` with what is missing."""
+    families = list(provided)
+    rows = ["| method | needs: one-stage / two-stage | " + " | ".join(f"`{f}`" for f in families) + " |",
+            "|---|---|" + "---|" * len(families)]
+    for name in method_names():
+        spec = method_spec(name)
+        needs = " / ".join(", ".join(sorted(spec.needs[k])) or "features" if k in spec.needs else "—" for k in KINDS)
+        cells = []
+        for family in families:
+            kind = family_kind(family)
+            missing = sorted(spec.needs[kind] - provided[family]) if kind in spec.needs else None
+            cells.append(support_label(spec, family) if missing == [] else
+                         f"no ({'needs ' + ', '.join(missing) if missing else kind.replace('_', '-')})")
+        rows.append(f"| `{name}` | {needs} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
