@@ -245,6 +245,15 @@ def require_number(section: str, name: str, value: Optional[float], *, positive:
     raise ConfigError(f"config key '{section}.{name}' must be {rule}, got {value!r}")
 
 
+def require_numbers(section: str, values: object, *, positive: tuple[str, ...] = (),
+                    non_negative: tuple[str, ...] = ()) -> None:
+    """:func:`require_number` on each named attribute of ``values`` (a config section)."""
+    for name in positive:
+        require_number(section, name, getattr(values, name), positive=True)
+    for name in non_negative:
+        require_number(section, name, getattr(values, name))
+
+
 def choice(default: Optional[str], choices: tuple[str, ...]) -> Any:
     """A ``str`` (or ``Optional[str]``) dataclass field whose value must be one of ``choices``
     (checked on loading)."""

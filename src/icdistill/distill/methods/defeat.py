@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.config import require_number
+from icdistill.config import require_numbers
 from icdistill.detectors.extras import ROI_SAMPLES
 from icdistill.detectors.families import family_facts
 from icdistill.distill.core.context import MethodContext
@@ -53,10 +53,8 @@ class DeFeatConfig:
     faithful_padding: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("roi_fg_temperature", "roi_bg_temperature"):
-            require_number("distill.defeat", name, getattr(self, name), positive=True)
-        for name in ("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"):
-            require_number("distill.defeat", name, getattr(self, name))
+        require_numbers("distill.defeat", self, positive=("roi_fg_temperature", "roi_bg_temperature"),
+                        non_negative=("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"))
 
 
 FINEST_SCALE = 56

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.config import choice, require_number
+from icdistill.config import choice, require_numbers
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, RPN
 from icdistill.detectors.families import family_facts
@@ -66,12 +66,11 @@ class GIDConfig:
     adapter: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "pre_nms_top_k", "pool_size", "nms_iou"):
-            require_number("distill.gid", name, getattr(self, name), positive=True)
+        require_numbers("distill.gid", self, positive=("top_k", "pre_nms_top_k", "pool_size", "nms_iou"),
+                        non_negative=("min_box_size", "feature_weight", "relation_weight", "response_cls_weight",
+                                      "response_reg_weight"))
         if self.nms_iou > 1:
             raise ConfigError(f"config key 'distill.gid.nms_iou' must be in (0, 1], got {self.nms_iou!r}")
-        for name in ("min_box_size", "feature_weight", "relation_weight", "response_cls_weight", "response_reg_weight"):
-            require_number("distill.gid", name, getattr(self, name))
 
 
 @dataclass
