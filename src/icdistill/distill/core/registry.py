@@ -20,10 +20,18 @@ runs once, in :func:`icdistill.distill.build.build_method`, before ``build``; a 
 only what is specific to it. Families outside ``native`` are this project's adaptation of the
 method, labelled ``[ADAPT]`` (:func:`support_label`).
 
-Deviation from the contract the method helpers code against (an addition with a default, so a
-spec written without it stays valid): ``former_keys``, the flat ``distill.<key>`` names that
-held the method's settings before it had a section; a config still setting one is refused with
-a message naming ``distill.<name>.<key>``.
+A method's section holds its own absolute term weights (defaults: the original's); its builder
+multiplies them by ``ctx.weight_scale`` (``distill.weight_scale``), so its losses
+``distill/<name>/<term>`` arrive weighted. A ``str`` field of a section may list its valid
+values with :func:`icdistill.config.choice`; a bad value is then a ConfigError naming the key.
+
+Deviations from the contract the method helpers code against (additions with defaults, so code
+written without them stays valid): ``MethodSpec.former_keys``, the flat ``distill.<key>`` names
+that held the method's settings before it had a section (a config still setting one is refused
+with a message naming ``distill.<name>.<key>``); ``MethodContext.levels_configured`` (whether
+``distill.levels`` was given, for methods with their own default levels) and
+``MethodContext.own_optim`` (the shared AdamW settings ``distill.lr``, ``weight_decay``,
+``grad_clip_norm`` as a ready :class:`~icdistill.distill.core.method.MethodOptim`).
 """
 
 from __future__ import annotations
