@@ -173,6 +173,11 @@ class DistillConfig:
     def __post_init__(self) -> None:
         require_number("distill", "weight_scale", self.weight_scale)
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # The class with the method sections is made at run time (distill_config_type), so pickle
+        # and deepcopy rebuild the section from its fields instead of looking the class up by name.
+        return _distill_config_from_fields, ({f.name: getattr(self, f.name) for f in dataclasses.fields(self)},)
+
 
 def _method_choices() -> tuple[str, ...]:
     from icdistill.distill.core.registry import NO_METHOD, method_names  # lazy: method modules import this one
@@ -196,6 +201,12 @@ def distill_config_type() -> type:
         cls.__doc__ = DistillConfig.__doc__
         _DISTILL_TYPES[sections] = cls
     return _DISTILL_TYPES[sections]
+
+
+def _distill_config_from_fields(values: dict[str, Any]) -> DistillConfig:
+    """What :meth:`DistillConfig.__reduce__` saved, rebuilt (with the method sections if it had them)."""
+    shared = {f.name for f in dataclasses.fields(DistillConfig)}
+    return (DistillConfig if set(values) <= shared else distill_config_type())(**values)
 
 
 def distill_config(**values: Any) -> DistillConfig:
