@@ -1,4 +1,4 @@
-"""Loss-weight sweep on the validation split: each method's distill.loss_weight chosen on held-out
+"""Loss-weight sweep on the validation split: each method's distillation weight chosen on held-out
 training images (never on test), with the same budget for every method.
 
     python benchmarks/sweep.py --suite bccd [--rows icd fitnet mimic ...] [--seeds 0] [--jobs 2]
@@ -7,10 +7,11 @@ training images (never on test), with the same budget for every method.
 
 Every run is an accuracy-benchmark run of ``--split validation`` (benchmarks/accuracy.py: bccd
 trains on ImageSets ``train`` and is evaluated on ``val``; synthetic on the shapes generator at
-seed 1): the same teacher, the row's recipe, the distillation weight at each point of its grid.
+seed 1): the same teacher, the row's recipe, the method's weight (``distill.<method>.loss_weight``,
+or ``distill.weight_scale`` for methods with several term weights) at each point of its grid.
 Grids: every method, ICD included, its default weight (the recipe's, or the method's when the
 recipe leaves it null) × {0.25, 0.5, 1, 2, 4} (``accuracy.WEIGHT_SCALES``: one meaning for every
-method, a multiplier of its default, the ``distill.weight_scale`` of the config): five points and
+method, a multiplier of its default, whatever the key): five points and
 the same seeds for every method. The weight's key is written in one place,
 ``accuracy.weight_override``. The grid point equal to the default runs
 the row exactly as ``accuracy.py --split validation`` does, in the same folder
@@ -67,8 +68,8 @@ def sweep_runs(plan: accuracy.Plan, rows: list[str], seeds: list[int],
                 if w == default:  # the validation suite's own run of the row
                     runs.append(plan.student(row, seed, sets=[], label=label(row, w)))
                 else:
-                    runs.append(plan.student(row, seed, sets=[accuracy.weight_override(default, w / default)],
-                                             label=label(row, w),
+                    override = accuracy.weight_override(plan.student(row, seed, sets=[]).cfg, w)
+                    runs.append(plan.student(row, seed, sets=[override], label=label(row, w),
                                              out=plan.out / "sweep" / row / f"w{w:g}" / f"seed{seed}"))
     return table, runs
 

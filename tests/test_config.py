@@ -13,10 +13,10 @@ def write(tmp_path, text, name="cfg.yaml"):
     return path
 
 
-def test_defaults_follow_the_spec():
+def test_defaults_follow_the_papers_protocol():
     cfg = Config()
     assert cfg.solver.max_iter == 90000 and cfg.solver.ims_per_batch == 16
-    assert cfg.distill.warmup_iters is None and cfg.distill.fake_ratio == 5
+    assert cfg.distill.warmup_iters is None and cfg.distill.icd.fake_ratio == 5
     assert cfg.distill.lr == 1e-4 and cfg.distill.grad_clip_norm == 0.01
 
 
@@ -74,3 +74,34 @@ def test_round_trip_through_dict():
     assert config_from_dict(cfg.to_dict()) == cfg
     assert cfg.distill.method == "icd"
     assert cfg.solver.max_iter == load_config(demo_config_path("student")).solver.max_iter
+
+
+def test_former_distill_keys_are_refused_naming_the_new_ones():
+    """Configs of earlier versions: distill.loss_weight names the method's own weight and
+    distill.weight_scale; ICD's flat keys name distill.icd.<key>; a saved null loss_weight passes."""
+    with pytest.raises(ConfigError, match=r"'distill.loss_weight'.*'distill.icd.loss_weight'.*'distill.weight_scale'"):
+        load_config(None, ["distill.method=icd", "distill.loss_weight=6"])
+    with pytest.raises(ConfigError, match=r"'distill.gid.feature_weight' / 'distill.gid.relation_weight'"):
+        load_config(None, ["distill.method=gid", "distill.loss_weight=2"])
+    with pytest.raises(ConfigError, match=r"'distill.hidden_dim' moved: set 'distill.icd.hidden_dim'"):
+        load_config(None, ["distill.hidden_dim=64"])
+    assert load_config(None, ["distill.loss_weight=null"]).distill.weight_scale == 1.0
+
+
+def test_method_sections_take_overrides_and_keep_their_checks():
+    cfg = load_config(None, ["distill.method=fitnet", "distill.fitnet.loss_weight=2", "distill.weight_scale=0.5"])
+    assert cfg.distill.fitnet.loss_weight == 2.0 and cfg.distill.weight_scale == 0.5
+    with pytest.raises(ConfigError, match=r"'distill.fitnet.adapter' is '5x5'; valid choices: 1x1, 3x3, none"):
+        load_config(None, ["distill.fitnet.adapter=5x5"])
+    with pytest.raises(ConfigError, match="unknown config key 'distill.icd.lambda'"):
+        load_config(None, ["distill.icd.lambda=3"])
+    with pytest.raises(ConfigError, match="'distill.weight_scale' must be a number >= 0"):
+        load_config(None, ["distill.weight_scale=-1"])
+
+
+def test_configs_survive_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    cfg = load_config(None, ["distill.method=gid", "distill.gid.top_k=3"])
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg

@@ -105,7 +105,7 @@ def point_position_code(centres: Tensor, num_feats: int = 128, temperature: floa
     A token whose code is :func:`axis_position_codes`' [code_y(y) | code_x(x)] sits at the
     normalised position ((x + 1) / n_x, (y + 1) / n_y) of its level, so a query at the centre
     (cx, cy) is coded with the angles 2π·cy and 2π·cx (this project's position prior, see
-    :class:`~icdistill.distill.icd.DecoderLayer`).
+    :class:`~icdistill.distill.icd.module.DecoderLayer`).
 
     Args:
         centres: float Tensor[..., 2] normalised (cx, cy).

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import clip_boxes_to_image, nms, roi_align
 
-from icdistill.distill.fbkd import safe_sqrt
+from icdistill.distill.methods._parts import safe_sqrt
 
 GI_SCORES = ("paper", "repro")
 RELATION_SCOPES = ("image", "batch")
