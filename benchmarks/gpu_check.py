@@ -77,11 +77,8 @@ TRAINING_RUN = "training_run"
 
 def slot_methods() -> tuple[str, ...]:
     """Every distillation method of the slot, in its registry order (``none`` excluded)."""
-    try:  # the method registry, once it exists; the build module's dict before that
-        from icdistill.distill.core.registry import method_names
-    except ImportError:
-        from icdistill.distill.build import METHODS
-        return tuple(METHODS)
+    from icdistill.distill.core.registry import method_names
+
     return tuple(name for name in method_names() if name != NO_METHOD)
 
 
@@ -114,7 +111,7 @@ class Settings:
 TINY = Settings(size=(64, 96), batches=(2, 4), student_backbone="resnet18", teacher_backbone="resnet18",
                 fpn_channels=32, num_classes=3, warmup=0, iters=1, budget_s=300.0, reserve_s=2.0,
                 train_steps=30, train_images=2, train_image_size=(64, 96),
-                overrides=("distill.hidden_dim=32",), sampled_rois=32)
+                overrides=("distill.icd.hidden_dim=32",), sampled_rois=32)
 
 
 @dataclass(frozen=True)
@@ -553,7 +550,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[Settings, str, Pa
     parser.add_argument("--iters", type=int, help="timed steps per cell (default 5)")
     parser.add_argument("--train-steps", type=int, help="steps of the bf16 training run (default 200)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for every cell, e.g. distill.hidden_dim=128")
+                        help="config overrides for every cell, e.g. distill.icd.hidden_dim=128")
     args = parser.parse_args(argv)
     settings = TINY if args.tiny else Settings()
     unknown = sorted(set(args.methods or ()) - set(slot_methods()))

@@ -21,7 +21,7 @@ def teacher_sets(teacher_pt) -> list[str]:
 
 
 def icd_sets(teacher_pt) -> list[str]:
-    return ["distill.method=icd", "distill.warmup_iters=1", f"distill.decoder_warmup_iters={STAGE}",
+    return ["distill.method=icd", "distill.warmup_iters=1", f"distill.icd.decoder_warmup_iters={STAGE}",
             "eval.viz_images=0", *teacher_sets(teacher_pt)]
 
 
