@@ -1,0 +1,40 @@
+"""Shared pieces of the CWD / PKD / MGD tests: one real Distiller step of a method built by its
+own builder from its own config section, on tiny detectors of any family."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from distill_helpers import PRIOR, SIZES, targets_for, tiny
+from icdistill.detectors import freeze_as_teacher
+from icdistill.distill.distiller import Distiller
+
+
+def direct_step(build, section, family: str, *, teacher_family: str | None = None, teacher_width: int = 64,
+                student_width: int = 32, weight_scale: float = 1.0):
+    """One forward/backward of ``build(section, ctx)`` between a tiny ``teacher_family`` teacher
+    (default: ``family``) and a tiny ``family`` student. Returns (losses, distiller, teacher)."""
+    torch.manual_seed(0)
+    teacher = freeze_as_teacher(tiny(teacher_family or family, teacher_width))
+    student = tiny(family, student_width)
+    levels = tuple(student.level_names)
+    strides = tuple(student.strides)
+    ctx = SimpleNamespace(teacher=teacher, student=student, prior=PRIOR, levels=levels, strides=strides,
+                          num_classes=student.num_classes, weight_scale=weight_scale)
+    distiller = Distiller(student, build(section, ctx), levels=levels, strides=strides).train()
+    images = torch.randn(2, 3, 64, 96)
+    losses = distiller(images, SIZES, targets_for(family), teacher=teacher, iteration=100)
+    sum(losses.values()).backward()
+    return losses, distiller, teacher
+
+
+def assert_teacher_gets_no_gradient(distiller, teacher, method_losses) -> None:
+    """The method's losses are finite and reach the student's FPN, never the teacher."""
+    for name, value in method_losses.items():
+        assert torch.isfinite(value), name
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in distiller.parameters()}
+    fpn = [p for n, p in distiller.student.named_parameters() if "fpn" in n]
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fpn)
