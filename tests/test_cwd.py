@@ -97,5 +97,3 @@ def test_bad_values_are_config_errors_naming_the_key():
         CWDConfig(temperature=0.0)
     with pytest.raises(ConfigError, match=r"distill\.cwd\.adapter"):
         CWDConfig(adapter="3x3")
-    with pytest.raises(ConfigError, match=r"distill\.cwd\.levels"):
-        CWDConfig(levels=("p3", "p3"))

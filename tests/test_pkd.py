@@ -88,6 +88,15 @@ def test_method_sums_levels_times_the_weight():
     torch.testing.assert_close(losses["distill/pkd/pcc"], expected)
 
 
+def test_given_distill_levels_replace_the_family_default():
+    ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=8),
+                          teacher=SimpleNamespace(out_channels=8), levels=("p3", "p4", "p5", "p6", "p7"),
+                          weight_scale=1.0, levels_configured=False)
+    assert build_pkd(PKDConfig(), ctx).levels == ("p3", "p4", "p5", "p6")
+    ctx.levels_configured = True
+    assert build_pkd(PKDConfig(), ctx).levels == ("p3", "p4", "p5", "p6", "p7")  # CrossKD's use of PKD
+
+
 def test_family_defaults_follow_the_original_configs():
     assert FAMILY_DEFAULTS["retinanet"].levels == ("p3", "p4", "p5", "p6") and FAMILY_DEFAULTS["retinanet"].loss_weight == 10
     assert FAMILY_DEFAULTS["fcos"].loss_weight == 10
@@ -112,7 +121,5 @@ def test_bad_values_and_levels_are_config_errors_naming_the_key():
         PKDConfig(loss_weight=-1.0)
     ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=32),
                           teacher=SimpleNamespace(out_channels=64), levels=("p3", "p4"), weight_scale=1.0)
-    with pytest.raises(ConfigError, match=r"distill\.pkd\.levels.*p7"):
-        build_pkd(PKDConfig(levels=("p3", "p7")), ctx)
     with pytest.raises(ConfigError, match=r"distill\.pkd\.adapter.*32.*64"):
         build_pkd(PKDConfig(adapter="none"), ctx)

@@ -42,17 +42,6 @@ def require_choice(section: str, key: str, value: str, choices: Sequence[str]) -
         )
 
 
-def require_level_names(section: str, levels: Sequence[str] | None) -> None:
-    """ConfigError for an empty list or repeated names in ``distill.<section>.levels``."""
-    if levels is None:
-        return
-    if not levels or len(set(levels)) != len(levels):
-        raise ConfigError(
-            f"config key 'distill.{section}.levels' must be null (the method's default) or a list of distinct "
-            f"level names, got {list(levels)!r}"
-        )
-
-
 def per_family(one_stage: Defaults, two_stage: Defaults, rule: Callable[[FamilyFacts, Defaults], Defaults]
                ) -> dict[str, Defaults]:
     """``rule(facts, one_stage or two_stage)`` for every family of the family table, by its kind."""
@@ -66,19 +55,12 @@ def levels_on_family(wanted: Sequence[str], facts: FamilyFacts) -> tuple[str, ..
     return present or tuple(facts.levels.names)
 
 
-def choose_levels(section: str, configured: Sequence[str] | None, default: Sequence[str],
-                  available: Sequence[str]) -> tuple[str, ...]:
-    """The levels a method distils: ``configured`` (checked against ``available``, the levels the
-    distiller hands over: ``distill.levels`` or the student's) or the family's ``default``
-    restricted to ``available`` (all of ``available`` if none is left)."""
-    if configured is not None:
-        missing = [name for name in configured if name not in available]
-        if missing:
-            raise ConfigError(
-                f"config key 'distill.{section}.levels' names {missing}, which the distiller does not hand over; "
-                f"available here: {list(available)} (set distill.levels to widen them)"
-            )
-        return tuple(configured)
+def choose_levels(default: Sequence[str], available: Sequence[str], configured: bool) -> tuple[str, ...]:
+    """The levels a method distils: all of ``available`` (the levels the distiller hands over)
+    when the user chose them (``distill.levels`` given), else the family's ``default`` restricted
+    to ``available`` (all of ``available`` if none is left)."""
+    if configured:
+        return tuple(available)
     return tuple(name for name in available if name in default) or tuple(available)
 
 

@@ -12,7 +12,8 @@ classes as in classic KD.
 Defaults: τ = 1; RetinaNet / FCOS p3–p6 at weight 5 per level (pppppM/mmdetection-distiller's
 RetinaNet config, the one FPN setting with a reported COCO number); Faster / Mask / Cascade R-CNN
 p2–p6 at weight 10 (MMRazor's Faster R-CNN config); C4 / DC5 the one map at weight 10. MMRazor's
-RetinaNet setting (every level, weight 10) is ``levels: [p3, p4, p5, p6, p7]``, ``loss_weight: 10``.
+RetinaNet setting (every level, weight 10) is ``distill.levels: [p3, p4, p5, p6, p7]``,
+``distill.cwd.loss_weight: 10``.
 
 This project's choices, named [ADAPT] in docs/method.md: padded positions are left out of both
 distributions (logits set to −∞, 0·log 0 = 0; ``faithful_padding: true`` softmaxes over the whole
@@ -34,7 +35,7 @@ from icdistill.distill.inputs import DistillInputs
 from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
-    require_level_names, require_positive,
+    require_positive,
 )
 from icdistill.distill.peer_parts import LevelAdapters, zero_loss
 
@@ -69,14 +70,13 @@ FAMILY_DEFAULTS: dict[str, CWDDefaults] = per_family(
 class CWDConfig:
     """``distill.cwd`` (``distill.method: cwd``). Nulls take the student family's default.
 
-    ``loss_weight``: the weight of every level (5 one-stage, 10 two-stage); ``levels``: the
-    distilled levels (p3–p6 one-stage, p2–p6 two-stage); ``temperature``: τ (1);
+    ``loss_weight``: the weight of every level (5 one-stage, 10 two-stage); the levels are
+    p3–p6 one-stage, p2–p6 two-stage unless ``distill.levels`` is given; ``temperature``: τ (1);
     ``faithful_padding``: softmax over the whole padded map, as the originals do (default: valid
     positions only [ADAPT]); ``adapter``: ``auto`` (a 1x1 conv only when the widths differ),
     ``1x1`` or ``none``."""
 
     loss_weight: Optional[float] = None
-    levels: Optional[tuple[str, ...]] = None
     temperature: float = 1.0
     faithful_padding: bool = False
     adapter: str = "auto"
@@ -84,7 +84,6 @@ class CWDConfig:
     def __post_init__(self) -> None:
         require_positive(NAME, "loss_weight", self.loss_weight)
         require_positive(NAME, "temperature", self.temperature)
-        require_level_names(NAME, self.levels)
         require_choice(NAME, "adapter", self.adapter, ADAPTER_CHOICES)
 
 
@@ -158,7 +157,7 @@ class CWD(DistillMethod):
 def build_cwd(section: CWDConfig, ctx: "MethodContext") -> CWD:
     """CWD from its ``distill.cwd`` section: nulls take the student family's defaults."""
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(NAME, section.levels, defaults.levels, ctx.levels)
+    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))
     return CWD(levels=levels, loss_weight=weight * getattr(ctx, "weight_scale", 1.0),

@@ -40,7 +40,7 @@ from icdistill.distill.inputs import DistillInputs
 from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
-    require_fraction, require_level_names, require_positive,
+    require_fraction, require_positive,
 )
 from icdistill.distill.peer_parts import LevelAdapters, zero_loss
 
@@ -77,15 +77,14 @@ class MGDConfig:
     """``distill.mgd`` (``distill.method: mgd``). Nulls take the student family's default.
 
     ``loss_weight``: α (2e-5 one-stage, 5e-7 two-stage); ``mask_ratio``: λ, the fraction of
-    positions dropped (0.65 one-stage, 0.45 two-stage); ``levels``: the distilled levels
-    (p3–p7 one-stage, p2–p5 two-stage); ``generation_channels``: the generation block's hidden
+    positions dropped (0.65 one-stage, 0.45 two-stage); the levels are p3–p7 one-stage, p2–p5
+    two-stage unless ``distill.levels`` is given; ``generation_channels``: the generation block's hidden
     width (null: the teacher's width, the original's) [ADAPT]; ``faithful_padding``: sum the
     error over padded cells too, as the original does; ``adapter``: ``auto`` (a 1x1 conv only
     when the widths differ, the original's), ``1x1`` or ``none``."""
 
     loss_weight: Optional[float] = None
     mask_ratio: Optional[float] = None
-    levels: Optional[tuple[str, ...]] = None
     generation_channels: Optional[int] = None
     faithful_padding: bool = False
     adapter: str = "auto"
@@ -94,7 +93,6 @@ class MGDConfig:
         require_positive(NAME, "loss_weight", self.loss_weight)
         require_fraction(NAME, "mask_ratio", self.mask_ratio)
         require_positive(NAME, "generation_channels", self.generation_channels)
-        require_level_names(NAME, self.levels)
         require_choice(NAME, "adapter", self.adapter, ADAPTER_CHOICES)
 
 
@@ -186,7 +184,7 @@ class MGD(DistillMethod):
 def build_mgd(section: MGDConfig, ctx: "MethodContext") -> MGD:
     """MGD from its ``distill.mgd`` section: nulls take the student family's defaults."""
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(NAME, section.levels, defaults.levels, ctx.levels)
+    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     mask_ratio = section.mask_ratio if section.mask_ratio is not None else defaults.mask_ratio
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))

@@ -35,7 +35,7 @@ from icdistill.distill.inputs import DistillInputs
 from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
-    require_level_names, require_positive,
+    require_positive,
 )
 from icdistill.distill.peer_parts import LevelAdapters, zero_loss
 
@@ -74,21 +74,19 @@ FAMILY_DEFAULTS: dict[str, PKDDefaults] = per_family(
 class PKDConfig:
     """``distill.pkd`` (``distill.method: pkd``). Nulls take the student family's default.
 
-    ``loss_weight``: the weight of every level (10 one-stage, 6 two-stage); ``levels``: the
-    distilled levels (p3–p6 one-stage, p2–p5 two-stage); ``norm_scope``: ``batch`` (the
+    ``loss_weight``: the weight of every level (10 one-stage, 6 two-stage); the levels are
+    p3–p6 one-stage, p2–p5 two-stage unless ``distill.levels`` is given; ``norm_scope``: ``batch`` (the
     original) or ``image`` [ADAPT]; ``faithful_padding``: include padded cells in the statistics
     and the mean, as the original does; ``adapter``: ``auto`` (a 1x1 conv only when the widths
     differ [ADAPT]), ``1x1`` or ``none``."""
 
     loss_weight: Optional[float] = None
-    levels: Optional[tuple[str, ...]] = None
     norm_scope: str = "batch"
     faithful_padding: bool = False
     adapter: str = "auto"
 
     def __post_init__(self) -> None:
         require_positive(NAME, "loss_weight", self.loss_weight)
-        require_level_names(NAME, self.levels)
         require_choice(NAME, "norm_scope", self.norm_scope, NORM_SCOPES)
         require_choice(NAME, "adapter", self.adapter, ADAPTER_CHOICES)
 
@@ -173,7 +171,7 @@ class PKD(DistillMethod):
 def build_pkd(section: PKDConfig, ctx: "MethodContext") -> PKD:
     """PKD from its ``distill.pkd`` section: nulls take the student family's defaults."""
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(NAME, section.levels, defaults.levels, ctx.levels)
+    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))
     return PKD(levels=levels, loss_weight=weight * getattr(ctx, "weight_scale", 1.0), norm_scope=section.norm_scope,
