@@ -97,3 +97,59 @@ def test_bad_values_are_config_errors_naming_the_key():
         CWDConfig(temperature=0.0)
     with pytest.raises(ConfigError, match=r"distill\.cwd\.adapter"):
         CWDConfig(adapter="3x3")
+
+
+def test_head_class_maps_drop_the_background_and_keep_each_anchor_and_class_in_place():
+    from icdistill.detectors.extras import DenseOutputs
+    from icdistill.distill.methods.cwd import head_class_maps
+
+    # Two levels, 2x2 and 1x1 locations, A = 2 anchors, K = 3 slots (background + 2 classes);
+    # logit value = 1000·level + 100·location + 10·anchor + slot.
+    rows = [1000 * lvl + 100 * loc + 10 * a + k for lvl, locs in ((0, 4), (1, 1))
+            for loc in range(locs) for a in range(2) for k in range(3)]
+    logits = torch.tensor(rows, dtype=torch.float32).view(1, 10, 3)
+    dense = DenseOutputs(logits, torch.zeros(1, 10, 4), None, [torch.zeros(10, 4)], [8, 2], None)
+    fine, coarse = head_class_maps(dense, [(2, 2), (1, 1)])
+    assert fine.shape == (1, 4, 2, 2) and coarse.shape == (1, 4, 1, 1)
+    # channel = anchor·C + (class − 1); location (y, x) = index y·W + x.
+    assert float(fine[0, 1 * 2 + 0, 1, 0]) == 100 * 2 + 10 * 1 + 1
+    assert float(coarse[0, 0 * 2 + 1, 0, 0]) == 1000 + 2
+    assert not any(int(v) % 10 == 0 for v in fine.flatten().tolist())  # no background slot
+
+
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_head_variant_of_a_teacher_equal_to_the_student_is_zero_and_trains_the_head(family):
+    import copy
+
+    from distill_helpers import PRIOR, SIZES, targets_for, tiny
+    from icdistill.detectors import freeze_as_teacher
+    from icdistill.distill.distiller import Distiller
+
+    torch.manual_seed(0)
+    student = tiny(family, 32)
+    teacher = freeze_as_teacher(copy.deepcopy(student))
+    ctx = SimpleNamespace(teacher=teacher, student=student, levels=student.level_names, weight_scale=1.0)
+    method = build_cwd(CWDConfig(location="cls_head"), ctx)
+    assert method.loss_weight == 5.0 and method.levels == ("p3", "p4", "p5", "p6", "p7")
+    distiller = Distiller(student, method, levels=student.level_names, strides=student.strides).train()
+    for layer in student.modules():  # the teacher's batch norms use running statistics: so do these
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.eval()
+    losses = distiller(torch.randn(2, 3, 64, 96), SIZES, targets_for(family), teacher=teacher, iteration=100)
+    assert abs(float(losses["distill/cwd/kl"].detach())) < 1e-5
+    # A student that differs from its teacher gets a gradient into its classification head.
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    losses = distiller(torch.randn(2, 3, 64, 96), SIZES, targets_for(family), teacher=teacher, iteration=100)
+    losses["distill/cwd/kl"].backward()
+    head = [p for n, p in student.named_parameters() if "cls_logits" in n]
+    assert float(losses["distill/cwd/kl"].detach()) > 0 and any(p.grad.abs().sum() > 0 for p in head)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_head_variant_on_a_two_stage_detector_is_a_config_error_naming_the_key():
+    two_stage = SimpleNamespace(family="faster_rcnn", supported_extras=frozenset({"rpn"}), out_channels=32)
+    ctx = SimpleNamespace(teacher=two_stage, student=two_stage, levels=("p2",), weight_scale=1.0)
+    with pytest.raises(ConfigError, match=r"distill\.cwd\.location.*faster_rcnn"):
+        build_cwd(CWDConfig(location="cls_head"), ctx)
