@@ -116,8 +116,9 @@ def channel_wise_divergence(teacher: Tensor, student: Tensor, valid: Tensor | No
         A scalar tensor.
     """
     batch, channels = teacher.shape[:2]
-    t = teacher.detach().flatten(2) / temperature  # [B, C, HW]
-    s = student.flatten(2) / temperature
+    # float32 softmaxes under mixed precision.
+    t = teacher.detach().float().flatten(2) / temperature  # [B, C, HW]
+    s = student.float().flatten(2) / temperature
     if valid is not None:
         keep = valid.flatten(1).unsqueeze(1)  # [B, 1, HW]
         t = t.masked_fill(~keep, float("-inf"))

@@ -132,7 +132,7 @@ def masked_generation_loss(teacher: Tensor, student: Tensor, keep: Tensor, gener
     Returns:
         A scalar tensor.
     """
-    error = (generation(student * keep) - teacher.detach()).pow(2)
+    error = (generation(student * keep).float() - teacher.detach().float()).pow(2)
     if valid is not None:
         error = error * valid.unsqueeze(1).to(error.dtype)
     return error.sum() / teacher.shape[0]

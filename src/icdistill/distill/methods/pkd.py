@@ -123,10 +123,11 @@ def pearson_imitation_loss(teacher: Tensor, student: Tensor, valid: Tensor, scop
     Returns:
         A scalar tensor, ((n−1)/n)·(1 − r) averaged over channels (batch scope).
     """
+    # float32 statistics under mixed precision (bf16 means and variances drift).
     with torch.no_grad():
-        t_hat = standardise(teacher.detach(), valid, scope)
-    s_hat = standardise(student, valid, scope)
-    weight = valid.unsqueeze(1).to(student.dtype)
+        t_hat = standardise(teacher.detach().float(), valid, scope)
+    s_hat = standardise(student.float(), valid, scope)
+    weight = valid.unsqueeze(1).to(s_hat.dtype)
     return ((s_hat - t_hat).pow(2) * weight).sum() / (weight.sum() * student.shape[1]).clamp_min(1) / 2
 
 
