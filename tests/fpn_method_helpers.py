@@ -9,6 +9,7 @@ import torch
 
 from distill_helpers import PRIOR, SIZES, targets_for, tiny
 from icdistill.detectors import freeze_as_teacher
+from icdistill.detectors.families import family_facts
 from icdistill.distill.distiller import Distiller
 
 
@@ -25,7 +26,9 @@ def direct_step(build, section, family: str, *, teacher_family: str | None = Non
                           num_classes=student.num_classes, weight_scale=weight_scale)
     distiller = Distiller(student, build(section, ctx), levels=levels, strides=strides).train()
     images = torch.randn(2, 3, 64, 96)
-    losses = distiller(images, SIZES, targets_for(family), teacher=teacher, iteration=100)
+    # Families that predict masks train on box-filling instance masks.
+    targets = targets_for("mask_rcnn" if family_facts(family).masks else family)
+    losses = distiller(images, SIZES, targets, teacher=teacher, iteration=100)
     sum(losses.values()).backward()
     return losses, distiller, teacher
 
