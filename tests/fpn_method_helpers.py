@@ -3,14 +3,13 @@ own builder from its own config section, on tiny detectors of any family."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from distill_helpers import PRIOR, SIZES, targets_for, tiny
 from icdistill.detectors import freeze_as_teacher
 from icdistill.detectors.families import family_facts
-from icdistill.distill.distiller import Distiller
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.distiller import Distiller
 
 
 def direct_step(build, section, family: str, *, teacher_family: str | None = None, teacher_width: int = 64,
@@ -22,8 +21,7 @@ def direct_step(build, section, family: str, *, teacher_family: str | None = Non
     student = tiny(family, student_width)
     levels = tuple(student.level_names)
     strides = tuple(student.strides)
-    ctx = SimpleNamespace(teacher=teacher, student=student, prior=PRIOR, levels=levels, strides=strides,
-                          num_classes=student.num_classes, weight_scale=weight_scale)
+    ctx = MethodContext(teacher, student, PRIOR, levels, strides, weight_scale=weight_scale)
     distiller = Distiller(student, build(section, ctx), levels=levels, strides=strides).train()
     images = torch.randn(2, 3, 64, 96)
     # Families that predict masks train on box-filling instance masks.

@@ -72,7 +72,7 @@ def test_method_sums_levels_times_the_weight_and_defaults_by_family():
     teachers = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     students = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     ctx = SimpleNamespace(student=SimpleNamespace(family="faster_rcnn", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p2", "p3"), weight_scale=2.0)
+                          teacher=SimpleNamespace(out_channels=4), levels=("p2", "p3"), weight_scale=2.0, levels_configured=False)
     method = build_cwd(CWDConfig(), ctx)
     assert method.loss_weight == 10 * 2.0 and method.adapters is None
     losses = method(inputs_for(teachers, students, [(24, 24), (24, 24)], [4, 8], names=["p2", "p3"]))
@@ -123,12 +123,13 @@ def test_head_variant_of_a_teacher_equal_to_the_student_is_zero_and_trains_the_h
 
     from distill_helpers import PRIOR, SIZES, targets_for, tiny
     from icdistill.detectors import freeze_as_teacher
-    from icdistill.distill.distiller import Distiller
+    from icdistill.distill.core.distiller import Distiller
 
     torch.manual_seed(0)
     student = tiny(family, 32)
     teacher = freeze_as_teacher(copy.deepcopy(student))
-    ctx = SimpleNamespace(teacher=teacher, student=student, levels=student.level_names, weight_scale=1.0)
+    ctx = SimpleNamespace(teacher=teacher, student=student, levels=student.level_names, weight_scale=1.0,
+                          levels_configured=False)
     method = build_cwd(CWDConfig(location="cls_head"), ctx)
     assert method.loss_weight == 5.0 and method.levels == ("p3", "p4", "p5", "p6", "p7")
     distiller = Distiller(student, method, levels=student.level_names, strides=student.strides).train()
@@ -150,6 +151,6 @@ def test_head_variant_of_a_teacher_equal_to_the_student_is_zero_and_trains_the_h
 
 def test_head_variant_on_a_two_stage_detector_is_a_config_error_naming_the_key():
     two_stage = SimpleNamespace(family="faster_rcnn", supported_extras=frozenset({"rpn"}), out_channels=32)
-    ctx = SimpleNamespace(teacher=two_stage, student=two_stage, levels=("p2",), weight_scale=1.0)
+    ctx = SimpleNamespace(teacher=two_stage, student=two_stage, levels=("p2",), weight_scale=1.0, levels_configured=False)
     with pytest.raises(ConfigError, match=r"distill\.cwd\.location.*faster_rcnn"):
         build_cwd(CWDConfig(location="cls_head"), ctx)

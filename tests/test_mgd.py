@@ -82,7 +82,7 @@ def test_gradients_reach_the_student_and_the_block_but_not_the_teacher():
 
 def test_method_draws_a_fresh_mask_each_step_and_weights_by_alpha():
     ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=1.0)
+                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=1.0, levels_configured=False)
     method = build_mgd(MGDConfig(), ctx)
     assert method.loss_weight == 2e-5 and method.mask_ratio == 0.65 and len(method.generation) == 2
     teachers, students = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)], [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]

@@ -79,7 +79,7 @@ def test_method_sums_levels_times_the_weight():
     teachers = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     students = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=0.5)
+                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=0.5, levels_configured=False)
     method = build_pkd(PKDConfig(), ctx)
     assert method.levels == ("p3", "p4") and method.adapters is None and method.loss_weight == 10 * 0.5
     losses = method(inputs_for(teachers, students, [(48, 48), (48, 48)], [8, 16]))
@@ -120,6 +120,6 @@ def test_bad_values_and_levels_are_config_errors_naming_the_key():
     with pytest.raises(ConfigError, match=r"distill\.pkd\.loss_weight"):
         PKDConfig(loss_weight=-1.0)
     ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=32),
-                          teacher=SimpleNamespace(out_channels=64), levels=("p3", "p4"), weight_scale=1.0)
+                          teacher=SimpleNamespace(out_channels=64), levels=("p3", "p4"), weight_scale=1.0, levels_configured=False)
     with pytest.raises(ConfigError, match=r"distill\.pkd\.adapter.*32.*64"):
         build_pkd(PKDConfig(adapter="none"), ctx)

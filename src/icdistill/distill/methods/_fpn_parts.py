@@ -12,7 +12,7 @@ from typing import Callable, Sequence, TypeVar
 from torch import Tensor
 
 from icdistill.detectors.families import FAMILY_TABLE, FamilyFacts
-from icdistill.distill.peer_parts import LevelAdapters
+from icdistill.distill.methods._parts import LevelAdapters
 from icdistill.errors import ConfigError
 
 # ``auto``: a 1x1 conv only where the widths differ (what the originals that have an adapter do:

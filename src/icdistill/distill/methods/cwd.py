@@ -29,24 +29,23 @@ unused background slot dropped, are an [B, A·C, H, W] map; every level of the h
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from icdistill.detectors.extras import DENSE, DenseOutputs
 from icdistill.detectors.families import family_facts
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs
-from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
     require_positive,
 )
-from icdistill.distill.peer_parts import LevelAdapters, zero_loss
+from icdistill.distill.methods._parts import LevelAdapters, zero_loss
 from icdistill.errors import ConfigError
-
-if TYPE_CHECKING:
-    from icdistill.distill.build import MethodContext
 
 NAME = "cwd"
 FPN, CLS_HEAD = "fpn", "cls_head"
@@ -56,7 +55,7 @@ LOCATIONS = (FPN, CLS_HEAD)
 HEAD_LOSS_WEIGHT = 5.0
 PAPER = "Shu et al., ICCV 2021"
 # FPN features only: every detector kind, no extra from the adapters.
-NEEDS = {"one_stage": frozenset(), "two_stage": frozenset()}
+NEEDS = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 # MMRazor's FPN configs (RetinaNet, Faster R-CNN) and pppppM's RetinaNet; Mask and Cascade R-CNN
 # have the same neck. FCOS, CondInst and C4/DC5 are this project's adaptation.
 NATIVE = frozenset({"retinanet", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn"})
@@ -210,19 +209,19 @@ class CWD(DistillMethod):
         return [teacher[i] for i in picked], [student[i] for i in picked]
 
 
-def build_cwd(section: CWDConfig, ctx: "MethodContext") -> CWD:
+def build_cwd(section: CWDConfig, ctx: MethodContext) -> CWD:
     """CWD from its ``distill.cwd`` section: nulls take the student family's defaults."""
     if section.location == CLS_HEAD:
         return build_head_cwd(section, ctx)
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
+    levels = choose_levels(defaults.levels, ctx.levels, ctx.levels_configured)
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))
-    return CWD(levels=levels, loss_weight=weight * getattr(ctx, "weight_scale", 1.0),
+    return CWD(levels=levels, loss_weight=weight * ctx.weight_scale,
                temperature=section.temperature, faithful_padding=section.faithful_padding, adapters=adapters)
 
 
-def build_head_cwd(section: CWDConfig, ctx: "MethodContext") -> CWD:
+def build_head_cwd(section: CWDConfig, ctx: MethodContext) -> CWD:
     """CWD on the classification head's logits: both detectors need a dense one-stage head."""
     for role, detector in (("student", ctx.student), ("teacher", ctx.teacher)):
         if DENSE not in detector.supported_extras:
@@ -231,5 +230,9 @@ def build_head_cwd(section: CWDConfig, ctx: "MethodContext") -> CWD:
                 f"logits (retinanet, fcos, condinst); the {role} is {detector.family}: use location 'fpn'"
             )
     weight = section.loss_weight if section.loss_weight is not None else HEAD_LOSS_WEIGHT
-    return CWD(levels=ctx.levels, loss_weight=weight * getattr(ctx, "weight_scale", 1.0),
+    return CWD(levels=ctx.levels, loss_weight=weight * ctx.weight_scale,
                temperature=section.temperature, location=CLS_HEAD, faithful_padding=section.faithful_padding)
+
+
+SPEC = register_method(MethodSpec(name=NAME, section=CWDConfig, build=build_cwd, needs=NEEDS, native=NATIVE,
+                                  paper=PAPER))

@@ -30,27 +30,26 @@ block's hidden width (null: C_t, the original) where its 18·C_t² parameters pe
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from icdistill.detectors.families import family_facts
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
     require_fraction, require_positive,
 )
-from icdistill.distill.peer_parts import LevelAdapters, zero_loss
-
-if TYPE_CHECKING:
-    from icdistill.distill.build import MethodContext
+from icdistill.distill.methods._parts import LevelAdapters, zero_loss
 
 NAME = "mgd"
 PAPER = "Yang et al., ECCV 2022"
 # FPN features only: every detector kind, no extra from the adapters.
-NEEDS = {"one_stage": frozenset(), "two_stage": frozenset()}
+NEEDS = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 # yzd-v/MGD's configs: RetinaNet, Faster R-CNN, Mask R-CNN (and a Cascade Mask R-CNN teacher);
 # FCOS, CondInst and C4/DC5 are this project's adaptation.
 NATIVE = frozenset({"retinanet", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn"})
@@ -181,14 +180,18 @@ class MGD(DistillMethod):
         return {"distill/mgd/gen": self.loss_weight * total}
 
 
-def build_mgd(section: MGDConfig, ctx: "MethodContext") -> MGD:
+def build_mgd(section: MGDConfig, ctx: MethodContext) -> MGD:
     """MGD from its ``distill.mgd`` section: nulls take the student family's defaults."""
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
+    levels = choose_levels(defaults.levels, ctx.levels, ctx.levels_configured)
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     mask_ratio = section.mask_ratio if section.mask_ratio is not None else defaults.mask_ratio
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))
     return MGD(levels=levels, teacher_channels=ctx.teacher.out_channels,
-               loss_weight=weight * getattr(ctx, "weight_scale", 1.0), mask_ratio=mask_ratio,
+               loss_weight=weight * ctx.weight_scale, mask_ratio=mask_ratio,
                generation_channels=section.generation_channels, faithful_padding=section.faithful_padding,
                adapters=adapters)
+
+
+SPEC = register_method(MethodSpec(name=NAME, section=MGDConfig, build=build_mgd, needs=NEEDS, native=NATIVE,
+                                  paper=PAPER))

@@ -25,22 +25,21 @@ distiller's alignment), not by index as MMRazor's cross-family configs do.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from icdistill.detectors.families import family_facts
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
     ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
     require_positive,
 )
-from icdistill.distill.peer_parts import LevelAdapters, zero_loss
-
-if TYPE_CHECKING:
-    from icdistill.distill.build import MethodContext
+from icdistill.distill.methods._parts import LevelAdapters, zero_loss
 
 NAME = "pkd"
 PAPER = "Cao et al., NeurIPS 2022"
@@ -48,7 +47,7 @@ NORM_SCOPES = ("batch", "image")
 # MMRazor's PKDLoss: the eps added to the std.
 STD_EPS = 1e-6
 # FPN features only: every detector kind, no extra from the adapters.
-NEEDS = {"one_stage": frozenset(), "two_stage": frozenset()}
+NEEDS = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 # MMRazor's configs: RetinaNet (also as the student of FCOS and Mask R-CNN teachers), Faster R-CNN,
 # Mask R-CNN (as a teacher); Cascade R-CNN has the same neck. FCOS as a student, C4/DC5 and CondInst
 # are this project's adaptation.
@@ -169,11 +168,15 @@ class PKD(DistillMethod):
         return {"distill/pkd/pcc": self.loss_weight * total}
 
 
-def build_pkd(section: PKDConfig, ctx: "MethodContext") -> PKD:
+def build_pkd(section: PKDConfig, ctx: MethodContext) -> PKD:
     """PKD from its ``distill.pkd`` section: nulls take the student family's defaults."""
     defaults = FAMILY_DEFAULTS[family_facts(ctx.student.family).name]
-    levels = choose_levels(defaults.levels, ctx.levels, getattr(ctx, "levels_configured", False))
+    levels = choose_levels(defaults.levels, ctx.levels, ctx.levels_configured)
     weight = section.loss_weight if section.loss_weight is not None else defaults.loss_weight
     adapters = build_adapters(NAME, section.adapter, ctx.student.out_channels, ctx.teacher.out_channels, len(levels))
-    return PKD(levels=levels, loss_weight=weight * getattr(ctx, "weight_scale", 1.0), norm_scope=section.norm_scope,
+    return PKD(levels=levels, loss_weight=weight * ctx.weight_scale, norm_scope=section.norm_scope,
                faithful_padding=section.faithful_padding, adapters=adapters)
+
+
+SPEC = register_method(MethodSpec(name=NAME, section=PKDConfig, build=build_pkd, needs=NEEDS, native=NATIVE,
+                                  paper=PAPER))
