@@ -25,10 +25,10 @@ def family_sets(tiny_overrides, family: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, tiny_overrides, empty_config):
-    """family -> detector.pt of a tiny teacher trained for 1 iteration (teacher width 32)."""
+    """family -> detector.pt of a tiny teacher trained for 1 iteration (FPN width 64)."""
     def train(family: str):
         out = tmp_path_factory.mktemp(f"teacher_{family}")
-        sets = [f"--set={s}" for s in [*family_sets(tiny_overrides, family), "solver.max_iter=1"]]
+        sets = [f"--set={s}" for s in [*family_sets(tiny_overrides, family), "model.fpn_channels=64", "solver.max_iter=1"]]
         assert main(["--no-progress", "train", str(empty_config), "--out", str(out), *sets]) == 0
         return out / "detector.pt"
     return {family: train(family) for family in FAMILIES}
@@ -36,13 +36,13 @@ def teachers(tmp_path_factory, tiny_overrides, empty_config):
 
 def distil(tmp_path, empty_config, tiny_overrides, method: str, family: str, teacher_family: str, weights,
            *extra: str) -> list[dict]:
-    """``icdistill distill`` for 2 iterations of a 16-channel ``family`` student from a 32-channel
+    """``icdistill distill`` for 2 iterations of a 32-channel ``family`` student from a 64-channel
     ``teacher_family`` teacher; the metrics.jsonl rows."""
     out = tmp_path / f"{method}_{teacher_family}_{family}"
     teacher_model = [s.replace("model.", "teacher.", 1) for s in family_sets([], teacher_family) if s.startswith("model.")]
-    # A narrower student than the teacher (16 vs 32 channels): the adapters train too.
-    sets = [*family_sets(tiny_overrides, family), "model.fpn_channels=16", f"distill.method={method}", "solver.max_iter=2",
-            "teacher.backbone=resnet18", "teacher.fpn_channels=32", "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
+    # A narrower student than the teacher (32 vs 64 channels): the adapters train too.
+    sets = [*family_sets(tiny_overrides, family), f"distill.method={method}", "solver.max_iter=2",
+            "teacher.backbone=resnet18", "teacher.fpn_channels=64", "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
             *teacher_model, f"teacher.weights={weights}", *extra]
     assert main(["--no-progress", "distill", str(empty_config), "--out", str(out), *[f"--set={s}" for s in sets]]) == 0
     assert "bbox/AP" in json.loads((out / "metrics.json").read_text())
