@@ -78,3 +78,24 @@ def test_recipes_select_the_method_with_its_family_defaults(method):
     assert load_config(root / "voc" / f"bccd_{method}.yaml").distill.method == method
     cross = load_config(root / "coco" / "retinanet_R50_1x_pkd_from_fcos.yaml")
     assert (cross.teacher.family, cross.model.family, cross.distill.method) == ("fcos", "retinanet", "pkd")
+
+
+# One method per remaining family (each pairing once; every method at least once) keeps the CPU cost low.
+@pytest.mark.parametrize("family, method", [
+    ("mask_rcnn", "pkd"), ("cascade_rcnn", "cwd"), ("faster_rcnn_c4", "mgd"), ("faster_rcnn_dc5", "pkd"),
+    ("condinst", "mgd"),
+])
+def test_the_other_families_take_a_step(family, method):
+    """Features are all these methods need: one Distiller step on each remaining family (C4 / DC5
+    on their one map), the teacher untouched, the family labelled as the original covers it."""
+    from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step
+    from icdistill.distill.core.registry import method_spec, support_label
+
+    spec = method_spec(method)
+    losses, distiller, teacher = direct_step(spec.build, spec.section(), family)
+    terms = {k: v for k, v in losses.items() if k.startswith(f"distill/{method}/")}
+    assert len(terms) == 1
+    assert_teacher_gets_no_gradient(distiller, teacher, terms)
+    single_map = family in ("faster_rcnn_c4", "faster_rcnn_dc5")
+    assert (len(distiller.method.levels) == 1) == single_map
+    assert support_label(spec, family) == ("[ADAPT]" if single_map or family == "condinst" else "native")
