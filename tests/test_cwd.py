@@ -1,4 +1,4 @@
-"""CWD (``cwd``): the channel-wise KL on the spec's small cases and on an independent form,
+"""CWD (``cwd``): the channel-wise KL on small hand-computed cases and on an independent form,
 temperature, padding, the per-family defaults, gradients and one step per family."""
 
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""MGD (``mgd``): the masked generation loss on the spec's constructed blocks, the random mask's
+"""MGD (``mgd``): the masked generation loss on constructed blocks, the random mask's
 statistics and meaning, padding, the per-family defaults, gradients and one step per family."""
 
 from types import SimpleNamespace

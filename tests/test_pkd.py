@@ -1,4 +1,4 @@
-"""PKD (``pkd``): the Pearson-imitation formula on the spec's small cases and on independent
+"""PKD (``pkd``): the Pearson-imitation formula on small hand-computed cases and on independent
 ones, padding, the per-family defaults, the adapter, gradients and one step per family."""
 
 from types import SimpleNamespace
