@@ -3,6 +3,8 @@ own builder from its own config section, on tiny detectors of any family."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from distill_helpers import PRIOR, SIZES, targets_for, tiny
@@ -40,3 +42,12 @@ def assert_teacher_gets_no_gradient(distiller, teacher, method_losses) -> None:
     # The distilled maps come out of the backbone (its FPN, or C4 / DC5's last stage).
     backbone = [p for n, p in distiller.student.named_parameters() if "backbone" in n]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone)
+
+
+def fake_context(family: str, student_channels: int, teacher_channels: int, levels, *, weight_scale: float = 1.0,
+                 levels_configured: bool = False) -> SimpleNamespace:
+    """What a builder reads from a MethodContext, without detectors: the student's family and
+    both widths."""
+    return SimpleNamespace(student=SimpleNamespace(family=family, out_channels=student_channels),
+                           teacher=SimpleNamespace(out_channels=teacher_channels), levels=tuple(levels),
+                           weight_scale=weight_scale, levels_configured=levels_configured)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_helpers import inputs_for
-from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step
+from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step, fake_context
 from icdistill.distill.methods.cwd import CWDConfig, FAMILY_DEFAULTS, build_cwd, channel_wise_divergence
 from icdistill.errors import ConfigError
 
@@ -71,8 +71,7 @@ def test_method_sums_levels_times_the_weight_and_defaults_by_family():
     torch.manual_seed(5)
     teachers = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     students = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
-    ctx = SimpleNamespace(student=SimpleNamespace(family="faster_rcnn", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p2", "p3"), weight_scale=2.0, levels_configured=False)
+    ctx = fake_context("faster_rcnn", 4, 4, ("p2", "p3"), weight_scale=2.0)
     method = build_cwd(CWDConfig(), ctx)
     assert method.loss_weight == 10 * 2.0 and method.adapters is None
     losses = method(inputs_for(teachers, students, [(24, 24), (24, 24)], [4, 8], names=["p2", "p3"]))
@@ -151,6 +150,7 @@ def test_head_variant_of_a_teacher_equal_to_the_student_is_zero_and_trains_the_h
 
 def test_head_variant_on_a_two_stage_detector_is_a_config_error_naming_the_key():
     two_stage = SimpleNamespace(family="faster_rcnn", supported_extras=frozenset({"rpn"}), out_channels=32)
-    ctx = SimpleNamespace(teacher=two_stage, student=two_stage, levels=("p2",), weight_scale=1.0, levels_configured=False)
+    ctx = SimpleNamespace(teacher=two_stage, student=two_stage, levels=("p2",), weight_scale=1.0,
+                          levels_configured=False)
     with pytest.raises(ConfigError, match=r"distill\.cwd\.location.*faster_rcnn"):
         build_cwd(CWDConfig(location="cls_head"), ctx)

@@ -1,13 +1,11 @@
 """MGD (``mgd``): the masked generation loss on constructed blocks, the random mask's
 statistics and meaning, padding, the per-family defaults, gradients and one step per family."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from distill_helpers import inputs_for
-from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step
+from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step, fake_context
 from icdistill.distill.methods.mgd import (
     FAMILY_DEFAULTS, MGDConfig, build_mgd, generation_block, keep_mask, masked_generation_loss,
 )
@@ -81,8 +79,7 @@ def test_gradients_reach_the_student_and_the_block_but_not_the_teacher():
 
 
 def test_method_draws_a_fresh_mask_each_step_and_weights_by_alpha():
-    ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=1.0, levels_configured=False)
+    ctx = fake_context("retinanet", 4, 4, ("p3", "p4"), weight_scale=1.0)
     method = build_mgd(MGDConfig(), ctx)
     assert method.loss_weight == 2e-5 and method.mask_ratio == 0.65 and len(method.generation) == 2
     teachers, students = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)], [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4)]

@@ -1,12 +1,10 @@
 """PKD (``pkd``): the Pearson-imitation formula on small hand-computed cases and on independent
 ones, padding, the per-family defaults, the adapter, gradients and one step per family."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step
+from fpn_method_helpers import assert_teacher_gets_no_gradient, direct_step, fake_context
 from icdistill.distill.methods.pkd import FAMILY_DEFAULTS, PKDConfig, build_pkd, pearson_imitation_loss, standardise
 from distill_helpers import inputs_for
 from icdistill.errors import ConfigError
@@ -64,7 +62,8 @@ def test_padding_is_ignored_by_default_and_counted_when_faithful():
     base = pearson_imitation_loss(teacher, student, valid)
     torch.testing.assert_close(pearson_imitation_loss(changed_t, changed_s, valid), base)
     full = everywhere(2, 4, 6)
-    assert abs(float(pearson_imitation_loss(changed_t, changed_s, full) - pearson_imitation_loss(teacher, student, full))) > 1e-3
+    faithful_change = pearson_imitation_loss(changed_t, changed_s, full) - pearson_imitation_loss(teacher, student, full)
+    assert abs(float(faithful_change)) > 1e-3
 
 
 def test_the_teacher_map_gets_no_gradient_and_the_student_does():
@@ -78,8 +77,7 @@ def test_method_sums_levels_times_the_weight():
     torch.manual_seed(2)
     teachers = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
     students = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
-    ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=4),
-                          teacher=SimpleNamespace(out_channels=4), levels=("p3", "p4"), weight_scale=0.5, levels_configured=False)
+    ctx = fake_context("retinanet", 4, 4, ("p3", "p4"), weight_scale=0.5)
     method = build_pkd(PKDConfig(), ctx)
     assert method.levels == ("p3", "p4") and method.adapters is None and method.loss_weight == 10 * 0.5
     losses = method(inputs_for(teachers, students, [(48, 48), (48, 48)], [8, 16]))
@@ -89,18 +87,17 @@ def test_method_sums_levels_times_the_weight():
 
 
 def test_given_distill_levels_replace_the_family_default():
-    ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=8),
-                          teacher=SimpleNamespace(out_channels=8), levels=("p3", "p4", "p5", "p6", "p7"),
-                          weight_scale=1.0, levels_configured=False)
+    ctx = fake_context("retinanet", 8, 8, ("p3", "p4", "p5", "p6", "p7"), weight_scale=1.0)
     assert build_pkd(PKDConfig(), ctx).levels == ("p3", "p4", "p5", "p6")
     ctx.levels_configured = True
     assert build_pkd(PKDConfig(), ctx).levels == ("p3", "p4", "p5", "p6", "p7")  # CrossKD's use of PKD
 
 
 def test_family_defaults_follow_the_original_configs():
-    assert FAMILY_DEFAULTS["retinanet"].levels == ("p3", "p4", "p5", "p6") and FAMILY_DEFAULTS["retinanet"].loss_weight == 10
-    assert FAMILY_DEFAULTS["fcos"].loss_weight == 10
-    assert FAMILY_DEFAULTS["faster_rcnn"].levels == ("p2", "p3", "p4", "p5") and FAMILY_DEFAULTS["faster_rcnn"].loss_weight == 6
+    one_stage, two_stage = FAMILY_DEFAULTS["retinanet"], FAMILY_DEFAULTS["faster_rcnn"]
+    assert one_stage.levels == ("p3", "p4", "p5", "p6") and one_stage.loss_weight == 10
+    assert FAMILY_DEFAULTS["fcos"] == one_stage
+    assert two_stage.levels == ("p2", "p3", "p4", "p5") and two_stage.loss_weight == 6
     assert FAMILY_DEFAULTS["faster_rcnn_c4"].levels == ("c4",) and FAMILY_DEFAULTS["faster_rcnn_dc5"].levels == ("c5",)
 
 
@@ -119,7 +116,6 @@ def test_bad_values_and_levels_are_config_errors_naming_the_key():
         PKDConfig(norm_scope="channel")
     with pytest.raises(ConfigError, match=r"distill\.pkd\.loss_weight"):
         PKDConfig(loss_weight=-1.0)
-    ctx = SimpleNamespace(student=SimpleNamespace(family="retinanet", out_channels=32),
-                          teacher=SimpleNamespace(out_channels=64), levels=("p3", "p4"), weight_scale=1.0, levels_configured=False)
+    ctx = fake_context("retinanet", 32, 64, ("p3", "p4"), weight_scale=1.0)
     with pytest.raises(ConfigError, match=r"distill\.pkd\.adapter.*32.*64"):
         build_pkd(PKDConfig(adapter="none"), ctx)
