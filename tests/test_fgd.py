@@ -110,8 +110,10 @@ def test_ramp_case_gives_the_worked_values():
     assert math.isclose(float(spatial[0, 3, 3]), 4.181320, abs_tol=1e-6)
     losses = run_one_level(one_level_fgd(2), t, s, (32, 32), 8, [[0, 0, 8, 8]])
     got = unweighted(losses)
+    reference = reference_terms(t[0].tolist(), s[0].tolist(), [[0, 0, 8, 8]], (32, 32), 0.5)
     for term, value in {"fg": 0.1335275, "bg": 14.645578, "att": 16.336421, "global": 62.0}.items():
         assert math.isclose(got[term], value, rel_tol=1e-5), term
+        assert math.isclose(reference[term], value, rel_tol=1e-6), term  # the worked values, recomputed
     assert math.isclose(float(sum(losses.values()).detach()), 0.01593453, rel_tol=1e-5)
 
 
