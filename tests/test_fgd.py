@@ -6,16 +6,23 @@ per family and the config checks."""
 from __future__ import annotations
 
 import math
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from distill_helpers import PRIOR, SIZES, inputs_for, targets_for, tiny
-from icdistill.detectors import freeze_as_teacher
-from icdistill.distill.distiller import Distiller
+from distill_helpers import (
+    PRIOR, assert_gradients_reach_only_student_and_method, assert_recipes_follow_the_paper_protocols, cli_distill,
+    inputs_for, method_step,
+)
+from icdistill.cli import main
+from icdistill.config import load_config
+from icdistill.distill.build import build_method
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.registry import ADAPT, NATIVE, method_names, support_label
 from icdistill.distill.methods.fgd import (
-    FCOS_ROW, FGD, RETINANET_ROW, TWO_STAGE_ROW, FGDConfig, GlobalContextBlock, attention_maps, build_fgd,
+    FCOS_ROW, FGD, RETINANET_ROW, SPEC, TWO_STAGE_ROW, FGDConfig, GlobalContextBlock, attention_maps, build_fgd,
     focal_masks,
 )
 from icdistill.errors import ConfigError
@@ -242,61 +249,64 @@ def test_the_teacher_map_receives_no_gradient_and_the_parts_do():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
-@pytest.mark.parametrize("family", ["retinanet", "fcos", "faster_rcnn"])
+@pytest.mark.parametrize("family", ["retinanet", "fcos", "faster_rcnn", "mask_rcnn"])
 def test_one_distiller_step_on_tiny_detectors_of_different_widths(family):
-    """A real step: the teacher's 64-wide FPN, the student's 32-wide; gradients reach the
-    student's FPN and FGD's parts, never the frozen teacher."""
-    torch.manual_seed(0)
-    teacher, student = freeze_as_teacher(tiny(family, 64)), tiny(family, 32)
-    levels = student.level_names
-    ctx = SimpleNamespace(teacher=teacher, student=student, prior=PRIOR, levels=levels, strides=student.strides,
-                          weight_scale=1.0)
-    method = build_fgd(FGDConfig(), ctx)
-    distiller = Distiller(student, method, levels=levels, strides=student.strides).train()
-    losses = distiller(torch.randn(2, 3, 64, 96), SIZES, targets_for(family), teacher=teacher, iteration=0)
+    """A real step through the registry: the teacher's 64-wide FPN, the student's 32-wide;
+    gradients reach the student's FPN and FGD's parts (the teacher-side GcBlock included),
+    never the frozen teacher."""
+    losses, distiller, teacher = method_step("fgd", family)
     fgd = {k: v for k, v in losses.items() if k.startswith("distill/fgd/")}
     assert set(fgd) == {f"distill/fgd/{t}" for t in TERMS}
-    assert all(torch.isfinite(v) for v in fgd.values())
-    sum(losses.values()).backward()
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parameters())
-    fpn = [p for n, p in student.named_parameters() if "fpn" in n]
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in fpn)
+    assert_gradients_reach_only_student_and_method(distiller, teacher, fgd)
+    method = distiller.method
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parts[0].teacher_global.parameters())
     assert method.optim.kind == "student"
-    assert method.levels == (("p2", "p3", "p4", "p5") if family == "faster_rcnn" else levels)
+    two_stage = family in ("faster_rcnn", "mask_rcnn")
+    assert method.levels == (P2_P6[:4] if two_stage else P3_P7)
+    assert method.weights == (TWO_STAGE_ROW if two_stage else RETINANET_ROW if family == "retinanet" else FCOS_ROW)
 
 
 # --------------------------------------------------------------- builder and config ---
-def context(family: str, levels, *, weight_scale=1.0, student_channels=256, teacher_channels=256):
-    student = SimpleNamespace(family=family, out_channels=student_channels)
-    teacher = SimpleNamespace(family=family, out_channels=teacher_channels)
-    return SimpleNamespace(teacher=teacher, student=student, prior=None, levels=tuple(levels),
-                           strides=tuple(range(len(levels))), weight_scale=weight_scale)
+def context(family: str, levels, *, weight_scale=1.0, levels_configured=False):
+    detector = SimpleNamespace(family=family, out_channels=256, supported_extras=frozenset())
+    return MethodContext(detector, detector, PRIOR, tuple(levels), tuple(range(len(levels))),
+                         weight_scale=weight_scale, levels_configured=levels_configured)
 
 
 P3_P7, P2_P6 = ("p3", "p4", "p5", "p6", "p7"), ("p2", "p3", "p4", "p5", "p6")
 
 
-@pytest.mark.parametrize("family, levels, row, want_levels", [
-    ("retinanet", P3_P7, RETINANET_ROW, P3_P7),
-    ("fcos", P3_P7, FCOS_ROW, P3_P7),
-    ("condinst", P3_P7, FCOS_ROW, P3_P7),
-    ("faster_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4]),
-    ("mask_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4]),
-    ("cascade_mask_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4]),
-    ("faster_rcnn_c4", ("c4",), TWO_STAGE_ROW, ("c4",)),
+@pytest.mark.parametrize("family, levels, row, want_levels, label", [
+    ("retinanet", P3_P7, RETINANET_ROW, P3_P7, NATIVE),
+    ("fcos", P3_P7, FCOS_ROW, P3_P7, NATIVE),
+    ("condinst", P3_P7, FCOS_ROW, P3_P7, ADAPT),
+    ("faster_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4], NATIVE),
+    ("mask_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4], NATIVE),
+    ("cascade_mask_rcnn", P2_P6, TWO_STAGE_ROW, P2_P6[:4], NATIVE),
+    ("faster_rcnn_c4", ("c4",), TWO_STAGE_ROW, ("c4",), ADAPT),
+    ("faster_rcnn_dc5", ("c5",), TWO_STAGE_ROW, ("c5",), ADAPT),
 ])
-def test_builder_takes_the_official_row_and_levels_of_each_family(family, levels, row, want_levels):
+def test_builder_takes_the_official_row_and_levels_of_each_family(family, levels, row, want_levels, label):
     method = build_fgd(FGDConfig(), context(family, levels))
     assert method.weights == row and method.levels == want_levels
+    assert support_label(SPEC, family) == label
     assert FCOS_ROW.temperature == 0.8 and RETINANET_ROW.temperature == 0.5
 
 
-def test_section_values_and_weight_scale_override_the_defaults():
-    section = FGDConfig(fg_weight=2e-3, temperature=1.5, levels=("p3", "p4"))
-    method = build_fgd(section, context("retinanet", P3_P7, weight_scale=4.0))
+def test_registered_and_selectable_as_distill_method():
+    assert "fgd" in method_names() and SPEC.section is FGDConfig and SPEC.warmup_iters == 0
+    cfg = load_config(None, ["distill.method=fgd", "distill.fgd.temperature=0.7", "distill.fgd.box_range=exact"])
+    assert cfg.distill.fgd == FGDConfig(temperature=0.7, box_range="exact")
+    method = build_method(cfg.distill, context("retinanet", P3_P7))
+    assert isinstance(method, FGD) and method.weights.temperature == 0.7 and method.box_range == "exact"
+
+
+def test_section_values_weight_scale_and_configured_levels_override_the_defaults():
+    section = FGDConfig(fg_weight=2e-3, temperature=1.5)
+    method = build_fgd(section, context("faster_rcnn", P2_P6, weight_scale=4.0, levels_configured=True))
     assert method.weights.fg_weight == 2e-3 and method.weights.temperature == 1.5
-    assert method.weights.bg_weight == RETINANET_ROW.bg_weight and method.levels == ("p3", "p4")
+    assert method.weights.bg_weight == TWO_STAGE_ROW.bg_weight
+    assert method.levels == P2_P6 and method.weight_scale == 4.0  # the user's distill.levels, p6 included
     t, s = torch.full((1, 1, 3, 3), 2.0), torch.ones(1, 1, 3, 3)
     plain = run_one_level(one_level_fgd(1), t, s, (48, 48), 16, [[0, 0, 16, 16]])
     scaled = run_one_level(one_level_fgd(1, weight_scale=4.0), t, s, (48, 48), 16, [[0, 0, 16, 16]])
@@ -304,23 +314,70 @@ def test_section_values_and_weight_scale_override_the_defaults():
         torch.testing.assert_close(scaled[key], 4.0 * plain[key])
 
 
-def test_levels_the_distiller_does_not_compare_are_a_config_error():
-    with pytest.raises(ConfigError, match=r"distill\.fgd\.levels.*p2.*valid choices: p3, p4"):
-        build_fgd(FGDConfig(levels=("p2",)), context("retinanet", ("p3", "p4")))
-
-
 @pytest.mark.parametrize("key, value, message", [
-    ("temperature", 0.0, "distill.fgd.temperature"),
-    ("fg_weight", -1.0, "distill.fgd.fg_weight"),
-    ("global_weight", float("nan"), "distill.fgd.global_weight"),
-    ("box_range", "loose", "distill.fgd.box_range.*inclusive, exact"),
-    ("levels", (), "distill.fgd.levels"),
+    ("temperature", 0, "'distill.fgd.temperature' must be a positive number"),
+    ("fg_weight", -1, "'distill.fgd.fg_weight' must be a number >= 0"),
+    ("global_weight", ".nan", "'distill.fgd.global_weight'"),
+    ("box_range", "loose", "'distill.fgd.box_range' is 'loose'; valid choices: inclusive, exact"),
+    ("alpha", 1, "distill.fgd.alpha"),
 ])
 def test_bad_section_values_are_config_errors_naming_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
-        FGDConfig(**{key: value})
+        load_config(None, ["distill.method=fgd", f"distill.fgd.{key}={value}"])
 
 
 def test_method_without_student_features_returns_nothing():
     method = one_level_fgd(2)
     assert method(inputs_for([torch.randn(1, 2, 3, 3)], None, [(24, 24)], [8])) == {}
+
+
+# ----------------------------------------------------------------------------- the CLI ---
+def fgd_logged(run) -> dict:
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {k: v for row in log for k, v in row.items() if k.startswith("distill/fgd/")}
+
+
+@pytest.mark.parametrize("student", ["retinanet", "fcos"])
+def test_fgd_from_the_cli_on_one_stage_students(student, tmp_path, tiny_teacher, tiny_overrides, empty_config):
+    """2 iterations from the tiny RetinaNet teacher (FGD reads only features and boxes, so an
+    FCOS student takes it too) with the student family's defaults."""
+    metrics, log = cli_distill(tmp_path, tiny_teacher, tiny_overrides, empty_config, "fgd", f"model.family={student}")
+    assert "bbox/AP" in metrics
+    assert {f"distill/fgd/{t}" for t in TERMS} <= set(log[-1])
+    assert all(math.isfinite(v) for v in fgd_logged(tmp_path / "fgd").values())
+
+
+def test_fgd_from_the_cli_on_faster_rcnn(tmp_path, tiny_overrides, empty_config):
+    """A 1-iteration Faster R-CNN teacher run, then 2 iterations of FGD on p2-p5 from it."""
+    cheap = [*tiny_overrides, "model.family=faster_rcnn", "model.box_batch_size_per_image=32",
+             "model.rpn_post_nms_top_n_test=20", "model.detections_per_image=20", "eval.viz_images=0"]
+    teacher = tmp_path / "teacher"
+    assert main(["--no-progress", "train", str(empty_config), "--out", str(teacher),
+                 *[f"--set={s}" for s in [*cheap, "solver.max_iter=1"]]]) == 0
+    student = tmp_path / "fgd"
+    sets = [*cheap, "solver.max_iter=2", "distill.method=fgd", "distill.warmup_iters=0", "teacher.family=faster_rcnn",
+            "teacher.backbone=resnet18", "teacher.fpn_channels=32", "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
+            f"teacher.weights={teacher / 'detector.pt'}"]
+    assert main(["--no-progress", "distill", str(empty_config), "--out", str(student), *[f"--set={s}" for s in sets]]) == 0
+    assert "bbox/AP" in json.loads((student / "metrics.json").read_text())
+    logged = fgd_logged(student)
+    assert {f"distill/fgd/{t}" for t in TERMS} <= set(logged) and all(math.isfinite(v) for v in logged.values())
+
+
+@pytest.mark.parametrize("family", ["faster_rcnn", "retinanet"])
+def test_fgd_recipes_follow_the_paper_protocols(family):
+    assert_recipes_follow_the_paper_protocols("fgd", family)
+
+
+def test_fgd_coco_recipes_for_every_official_family():
+    from icdistill.demo import demo_config_path
+
+    root = demo_config_path("student").parents[1] / "coco"
+    for family in ("retinanet", "fcos", "faster_rcnn"):
+        plain = load_config(root / f"{family}_R50_1x_fgd.yaml")
+        inherit = load_config(root / f"{family}_R50_1x_fgd_inherit.yaml")
+        assert (plain.model.family, plain.teacher.family, plain.distill.method) == (family, family, "fgd")
+        assert not plain.distill.inherit and inherit.distill.inherit
+        assert inherit.replace(distill=plain.distill) == plain
+    cascade = load_config(root / "faster_rcnn_R50_1x_fgd_from_cascade_mask_rcnn.yaml")
+    assert (cascade.teacher.family, cascade.model.family, cascade.distill.inherit) == ("cascade_mask_rcnn", "faster_rcnn", False)

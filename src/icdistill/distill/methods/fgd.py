@@ -42,24 +42,22 @@ Where this module differs from the original by default (each switch restores the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.detectors.families import family_facts
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.config import require_number
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, family_kind, register_method
 from icdistill.errors import ConfigError
 
-if TYPE_CHECKING:
-    from icdistill.distill.build import MethodContext
-
 NAME = "fgd"
-PAPER = "Yang et al., CVPR 2022"
+PAPER = "Yang et al., Focal and Global Knowledge Distillation for Detectors, CVPR 2022"
 # FGD reads only the FPN features and the ground-truth boxes, which every adapter provides.
-NEEDS: Mapping[str, frozenset[str]] = {"one_stage": frozenset(), "two_stage": frozenset()}
+NEEDS: Mapping[str, frozenset[str]] = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 # Families of the official configs (students: RetinaNet, FCOS, Faster and Mask R-CNN; Cascade Mask
 # R-CNN FPN as the teacher, its features distilled exactly like Faster R-CNN's). Every other family
 # (CondInst, the FPN-free C4 / DC5 Faster R-CNN) is this project's adaptation.
@@ -98,13 +96,13 @@ WEIGHT_ROWS: Mapping[str, FGDWeights] = {
     "retinanet": RETINANET_ROW, "fcos": FCOS_ROW, "condinst": FCOS_ROW, "faster_rcnn": TWO_STAGE_ROW,
     "mask_rcnn": TWO_STAGE_ROW,
 }
-KIND_ROWS: Mapping[str, FGDWeights] = {"one_stage": RETINANET_ROW, "two_stage": TWO_STAGE_ROW}
+KIND_ROWS: Mapping[str, FGDWeights] = {ONE_STAGE: RETINANET_ROW, TWO_STAGE: TWO_STAGE_ROW}
 
 
-def default_weights(family: str, two_stage: bool) -> FGDWeights:
+def default_weights(family: str) -> FGDWeights:
     """The official row of ``family``, else the row of its kind (two-stage: Faster R-CNN's;
     one-stage: RetinaNet's)."""
-    return WEIGHT_ROWS.get(family, KIND_ROWS["two_stage" if two_stage else "one_stage"])
+    return WEIGHT_ROWS.get(family) or KIND_ROWS[family_kind(family)]
 
 
 @dataclass(frozen=True)
@@ -115,40 +113,34 @@ class FGDConfig:
     ``temperature`` T: null takes the official config's value for the student's family
     (RetinaNet 1e-3, 5e-4, 5e-4, 5e-6, T 0.5; FCOS 1.6e-3, 8e-4, 8e-4, 8e-6, T 0.8; Faster/Mask
     R-CNN 5e-5, 2.5e-5, 5e-5, 5e-7, T 0.5; CondInst: FCOS's [ADAPT]; other two-stage families:
-    Faster R-CNN's). ``distill.weight_scale`` multiplies all four. ``levels`` null: every
-    distilled level, without p6 on two-stage detectors (the original's P2–P5).
+    Faster R-CNN's). ``distill.weight_scale`` multiplies all four. Levels: ``distill.levels``, or
+    when null every level without p6 on two-stage detectors (the original's P2–P5).
     ``faithful_box_scaling``: map boxes by the padded map over the un-padded image size (the
-    original's stretch) instead of by the stride; ``faithful_padding``: padded cells in the bg
-    term and its count (the original); ``box_range``: ``inclusive`` (the original's
-    floor..ceil cell range) or ``exact`` ([ADAPT]: floor..ceil − 1)."""
+    original's stretch) instead of by the stride ([ADAPT] when false); ``faithful_padding``:
+    padded cells in the bg term and its count (the original; [ADAPT] when false); ``box_range``:
+    ``inclusive`` (the original's floor..ceil cell range) or ``exact`` ([ADAPT]: floor..ceil − 1)."""
 
     fg_weight: Optional[float] = None
     bg_weight: Optional[float] = None
     attention_weight: Optional[float] = None
     global_weight: Optional[float] = None
     temperature: Optional[float] = None
-    levels: Optional[tuple[str, ...]] = None
     faithful_box_scaling: bool = False
     faithful_padding: bool = False
     box_range: str = "inclusive"
 
     def __post_init__(self) -> None:
         for key in ("fg_weight", "bg_weight", "attention_weight", "global_weight"):
-            value = getattr(self, key)
-            if value is not None and not value >= 0:
-                raise ConfigError(f"config key 'distill.fgd.{key}' must be a number >= 0 (or null: the family's default), got {value!r}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ConfigError(f"config key 'distill.fgd.temperature' must be a positive number (or null), got {self.temperature!r}")
+            require_number(f"distill.{NAME}", key, getattr(self, key))
+        require_number(f"distill.{NAME}", "temperature", self.temperature, positive=True)
         if self.box_range not in BOX_RANGES:
-            raise ConfigError(f"config key 'distill.fgd.box_range' is {self.box_range!r}; valid choices: {', '.join(BOX_RANGES)}")
-        if self.levels is not None and not self.levels:
-            raise ConfigError("config key 'distill.fgd.levels' is empty; give level names (e.g. [p3, p4]) or null")
+            raise ConfigError(f"config key 'distill.{NAME}.box_range' is {self.box_range!r}; valid choices: {', '.join(BOX_RANGES)}")
 
-    def weights(self, family: str, two_stage: bool) -> FGDWeights:
+    def weights(self, family: str) -> FGDWeights:
         """The family's official row with this section's non-null values in its place."""
         fields = ("fg_weight", "bg_weight", "attention_weight", "global_weight", "temperature")
         overrides = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
-        return replace(default_weights(family, two_stage), **overrides)
+        return replace(default_weights(family), **overrides)
 
 
 def box_cells(boxes: Tensor, scale_x: float, scale_y: float, box_range: str = "inclusive") -> Tensor:
@@ -379,28 +371,27 @@ class FGD(DistillMethod):
         return {f"distill/{NAME}/{term}": self.weight_scale * weight[term] * totals[term] for term in TERMS}
 
 
-def default_levels(levels: Sequence[str], two_stage: bool) -> tuple[str, ...]:
+def default_levels(levels: Sequence[str], kind: str) -> tuple[str, ...]:
     """The original's levels among the distiller's: all of them on one-stage detectors, all but
     p6 on two-stage ones (P2–P5); the distiller's when that leaves none (C4 / DC5's one map)."""
-    if not two_stage:
+    if kind != TWO_STAGE:
         return tuple(levels)
     return tuple(n for n in levels if n != TWO_STAGE_SKIPPED_LEVEL) or tuple(levels)
 
 
-def build_fgd(section: FGDConfig, ctx: "MethodContext") -> FGD:
+def build_fgd(section: FGDConfig, ctx: MethodContext) -> FGD:
     """FGD from ``distill.fgd`` and the detectors: the student family's official weights (or the
-    section's), on ``distill.fgd.levels`` (null: :func:`default_levels`)."""
-    two_stage = family_facts(ctx.student.family).two_stage
-    levels = tuple(section.levels) if section.levels is not None else default_levels(ctx.levels, two_stage)
-    unknown = [n for n in levels if n not in ctx.levels]
-    if unknown:
-        raise ConfigError(
-            f"config key 'distill.fgd.levels' names {', '.join(unknown)}, which the distiller does not compare; "
-            f"valid choices: {', '.join(ctx.levels)} (or set distill.levels)"
-        )
+    section's) on ``distill.levels``, or when null the original's levels (:func:`default_levels`)."""
+    family = ctx.student.family
+    levels = ctx.levels if ctx.levels_configured else default_levels(ctx.levels, family_kind(family))
     return FGD(
         levels=levels, student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
-        weights=section.weights(ctx.student.family, two_stage), weight_scale=ctx.weight_scale,
+        weights=section.weights(family), weight_scale=ctx.weight_scale,
         faithful_box_scaling=section.faithful_box_scaling, faithful_padding=section.faithful_padding,
         box_range=section.box_range,
     )
+
+
+SPEC = register_method(MethodSpec(
+    name=NAME, section=FGDConfig, build=build_fgd, needs=NEEDS, native=NATIVE_FAMILIES, paper=PAPER,
+))
