@@ -233,6 +233,24 @@ def test_gc_block_with_trained_weights_matches_a_loop_reference():
     torch.testing.assert_close(block(x), want)
 
 
+def test_terms_stay_float32_under_bf16_autocast():
+    """solver.amp: bf16 features still give float32 sums close to the fp32 ones."""
+    torch.manual_seed(0)
+    method = FGD(levels=["p3"], student_channels=8, teacher_channels=16, weights=TWO_STAGE_ROW)
+    t, s = torch.randn(2, 16, 12, 20) * 3, torch.randn(2, 8, 12, 20) * 3
+    targets = [{"boxes": torch.tensor([[4.0, 8, 60, 90]])}, {"boxes": torch.tensor([[0.0, 0, 150, 90]])}]
+
+    def losses():
+        return method(inputs_for([t], [s], [(96, 160), (90, 150)], [8], targets=targets))
+
+    full = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = losses()
+    for key, value in full.items():
+        assert low[key].dtype == torch.float32
+        torch.testing.assert_close(low[key], value, rtol=2e-2, atol=0)
+
+
 # -------------------------------------------------------------------------- gradients ---
 def test_the_teacher_map_receives_no_gradient_and_the_parts_do():
     method = FGD(levels=["p3"], student_channels=3, teacher_channels=5, weights=RETINANET_ROW)

@@ -339,8 +339,9 @@ class FGD(DistillMethod):
                     boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
         """The unweighted terms of one level (teacher float[B, C_t, H, W], student float[B, C_s,
         H, W], valid bool[B, H, W], boxes per image float[N_b, 4] xyxy pixels)."""
-        teacher = teacher.detach()
-        aligned = parts.align(student)
+        # The sums run over C·H·W cells (millions at P2): keep them in float32 under autocast.
+        teacher = teacher.detach().float()
+        aligned = parts.align(student).float()
         spatial_t, channel_t = attention_maps(teacher, self.weights.temperature)
         spatial_s, channel_s = attention_maps(aligned, self.weights.temperature)
         fg_mask, bg_mask = focal_masks(
