@@ -19,7 +19,7 @@ from icdistill.detectors.head_split import flat_tower, head_from, relu_positions
 from icdistill.distill.distiller import Distiller
 from icdistill.distill.methods.crosskd import (
     CrossKDConfig, align_statistics, build_crosskd, fcos_weights, giou_distill_loss, iou_log_loss,
-    kd_quality_focal_loss, retinanet_weights, weighted_sum,
+    kd_quality_focal_loss, retinanet_weights, roi_delta_l1_loss, roi_kl_loss, weighted_sum,
 )
 from icdistill.errors import ConfigError
 
@@ -135,7 +135,7 @@ def test_tower_flattening_finds_one_relu_per_layer():
 # ----------------------------------------------------------------------------- the method
 
 
-@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+@pytest.mark.parametrize("family", ["retinanet", "fcos", "faster_rcnn"])
 def test_self_distillation_gives_zero_losses(family):
     teacher, student = pair(family)
     student.model.load_state_dict(teacher.model.state_dict())
@@ -231,7 +231,7 @@ def test_family_defaults_and_weight_scale():
 
 
 @pytest.mark.parametrize("section, key", [
-    (dict(cross_layer=-1), "cross_layer"), (dict(cls_weight=-1.0), "cls_weight"), (dict(reg_loss="l1"), "reg_loss"),
+    (dict(cross_layer=-1), "cross_layer"), (dict(cls_weight=-1.0), "cls_weight"), (dict(reg_loss="smooth_l1"), "reg_loss"),
     (dict(beta=0), "beta"), (dict(reg_weight=float("nan")), "reg_weight"),
 ])
 def test_bad_section_values_name_the_key(section, key):
@@ -246,6 +246,55 @@ def test_builder_refuses_other_heads_and_layers_past_the_towers():
     teacher, student = pair("fcos")
     with pytest.raises(ConfigError, match=r"distill\.crosskd\.cross_layer.*0\.\.4"):
         build_crosskd(CrossKDConfig(cross_layer=5), context(teacher, student))
-    rcnn = SimpleNamespace(family="faster_rcnn")
-    with pytest.raises(ConfigError, match="two-stage branch is experimental and not implemented"):
-        build_crosskd(CrossKDConfig(), context(rcnn, rcnn))
+    teacher, student = pair("faster_rcnn", teacher_family="retinanet")
+    with pytest.raises(ConfigError, match="teacher must have the student's head"):
+        build_crosskd(CrossKDConfig(), context(teacher, student))
+    c4 = SimpleNamespace(family="faster_rcnn_c4")
+    with pytest.raises(ConfigError, match=r"distill\.crosskd\.cross_layer.*RoI head"):
+        build_crosskd(CrossKDConfig(cross_layer=2), context(c4, c4))
+    with pytest.raises(ConfigError, match=r"distill\.crosskd\.reg_loss.*l1"):
+        build_crosskd(CrossKDConfig(reg_loss="giou"), context(c4, c4))
+    teacher, student = pair("retinanet")
+    with pytest.raises(ConfigError, match=r"distill\.crosskd\.temperature.*two-stage"):
+        build_crosskd(CrossKDConfig(temperature=2.0), context(teacher, student))
+    with pytest.raises(ConfigError, match=r"distill\.crosskd\.reg_loss.*giou, iou"):
+        build_crosskd(CrossKDConfig(reg_loss="l1"), context(teacher, student))
+
+
+# ------------------------------------------------------------------ the two-stage branch
+
+
+def test_two_stage_kl_spec_value():
+    kl = roi_kl_loss(torch.tensor([[1.0, 0, 0]]), torch.tensor([[0.0, 1, 0]]), 3.0)
+    assert math.isclose(float(kl), 0.3495203, rel_tol=1e-5)
+    assert math.isclose(0.5 * float(kl), 0.1747601, rel_tol=1e-5)
+
+
+def test_two_stage_l1_picks_the_teacher_best_foreground_class_by_hand():
+    teacher_logits = torch.tensor([[5.0, 0.0, 1.0], [0.0, 2.0, 0.0]])  # best foreground: class 2, class 1
+    teacher_deltas = torch.arange(24.0).view(2, 12)
+    cross_deltas = teacher_deltas.clone()
+    cross_deltas[0, 8:12] += torch.tensor([1.0, -1.0, 2.0, 0.0])  # row 0, class 2: L1 4
+    cross_deltas[0, 4:8] += 100.0  # row 0, class 1: not the teacher's choice
+    probs = teacher_logits.softmax(-1)
+    w0, w1 = float(probs[0, 2]), float(probs[1, 1])
+    expected = w0 * 4.0 / (4 * (w0 + w1))
+    assert math.isclose(float(roi_delta_l1_loss(cross_deltas, teacher_logits, teacher_deltas)), expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("teacher_width", [32, 64])
+def test_two_stage_step_reaches_the_student_fpn_and_never_the_teacher(teacher_width):
+    teacher, student = pair("faster_rcnn", teacher_width=teacher_width, seed=4)
+    distiller = distiller_for(teacher, student)
+    method = distiller.method
+    assert (method.cls_weight, method.reg_weight, method.temperature) == (0.5, 1.0, 3.0)
+    losses = kd_losses(distiller, teacher, torch.randn(2, 3, 64, 96))
+    assert set(losses) == {"distill/crosskd/cls", "distill/crosskd/reg"}
+    assert all(torch.isfinite(v) and float(v.detach()) > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    grad = lambda m: any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())  # noqa: E731
+    assert grad(student.model.backbone.fpn) and not grad(student.model.roi_heads) and not grad(student.model.rpn)
+    assert (method.adapters is not None) == (teacher_width != 32)
+    if method.adapters is not None:
+        assert grad(method.adapters)

@@ -32,13 +32,23 @@ This project's adaptations [ADAPT]: positions are matched on the teacher's ancho
 is of the same family, so they are the student's too); alignment statistics and FCOS's
 locations are valid (unpadded) positions only unless ``faithful_padding``; a 1x1 conv per
 tower maps a student head narrower or wider than the teacher's (the release has only equal
-widths); CondInst runs FCOS's path on its FCOS towers. Two-stage detectors (the release's
-experimental Faster R-CNN branch) are not implemented: the capability check refuses them.
+widths); CondInst runs FCOS's path on its FCOS towers.
+
+Two-stage detectors (Faster / Mask R-CNN FPN, and this project's other two-stage families
+[ADAPT]): the release's experimental ``faster-rcnn`` branch, untuned by its authors. The cross
+point is the RoI head's input: the teacher's whole box branch (RoIAlign, box head, predictor) runs
+on the student's FPN features at the student's sampled RoIs. ``cls``: KL(softmax(y/T) ||
+softmax(x^/T)) * T^2 over the C + 1 classes, T = 3, averaged over the sampled RoIs; ``reg``: L1
+on the encoded deltas of the teacher's most probable foreground class c*, weighted per RoI by
+that class's probability, divided by 4 * the sum of the weights. No alignment; a 1x1 conv per
+level [ADAPT] when the FPN widths differ. Not carried over: the branch's Mask R-CNN mask-logit KD
+(the mask head is left alone) and per-stage Cascade KD (Cascade uses its first stage).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional, Sequence
 
@@ -48,7 +58,8 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from icdistill.detectors.assign import IGNORED, assign
-from icdistill.detectors.extras import DENSE, HEAD_FROM, HEAD_HOLD, DenseOutputs
+from icdistill.detectors.families import family_facts
+from icdistill.detectors.extras import DENSE, HEAD_FROM, HEAD_HOLD, ROI_SAMPLES, DenseOutputs, RoISamples
 from icdistill.detectors.head_split import TOWERS, HeadHolds, head_from, tower_depth
 from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
 from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
@@ -56,33 +67,43 @@ from icdistill.errors import ConfigError
 
 NAME = "crosskd"
 PAPER = "Wang et al., CVPR 2024"
-# Detector kind -> the extras both adapters must provide (detectors/extras.py names); no
-# two-stage entry: the release's Faster R-CNN branch is experimental and not implemented here.
-NEEDS: Mapping[str, frozenset[str]] = {"one_stage": frozenset({DENSE, HEAD_HOLD, HEAD_FROM})}
-# Families of the release's configs (RetinaNet, FCOS; GFL and ATSS are not torchvision's).
-NATIVE: frozenset[str] = frozenset({"retinanet", "fcos"})
-REG_LOSSES = ("giou", "iou")
+# Detector kind -> the extras both adapters must provide (detectors/extras.py names; every
+# two-stage adapter also has the ``box_head`` call).
+NEEDS: Mapping[str, frozenset[str]] = {
+    "one_stage": frozenset({DENSE, HEAD_HOLD, HEAD_FROM}),
+    "two_stage": frozenset({ROI_SAMPLES}),
+}
+# Families of the release's configs (RetinaNet, FCOS; GFL and ATSS are not torchvision's), and
+# Faster / Mask R-CNN of its experimental branch.
+NATIVE: frozenset[str] = frozenset({"retinanet", "fcos", "faster_rcnn", "mask_rcnn"})
+ONE_STAGE_REG_LOSSES, TWO_STAGE_REG_LOSSES = ("giou", "iou"), ("l1",)
+REG_LOSSES = ONE_STAGE_REG_LOSSES + TWO_STAGE_REG_LOSSES
+TWO_STAGE = "two_stage"
 STD_EPS = 1e-6  # added to the student's std in the alignment (the release's)
 MMDET_EPS = torch.finfo(torch.float32).eps  # mmdet's weighted-mean denominator guard (1.19e-7)
 
 
 @dataclass(frozen=True)
 class CrossKDDefaults:
-    """The release's settings for one head kind: the cross layer k, the term weights and the
-    regression loss."""
+    """The release's settings for one head kind: the cross layer k, the term weights, the
+    regression loss and the classification KL's temperature (two-stage only)."""
 
     cross_layer: int
     cls_weight: float
     reg_weight: float
     reg_loss: str
+    temperature: float | None = None
 
 
-# Head kind of each family whose head this method can split, and the kind's defaults: RetinaNet
-# R101 -> R50 (k 3, weights 1 / 1, GIoU) and FCOS R101 -> R50 (k 2, 0.4 / 0.75, -log IoU).
+# Head kind of each one-stage family whose head this method can split (every two-stage family
+# is of kind ``two_stage``), and the kinds' defaults: RetinaNet R101 -> R50 (k 3, weights 1 / 1,
+# GIoU), FCOS R101 -> R50 (k 2, 0.4 / 0.75, -log IoU), the two-stage branch (RoI level, KL with
+# T 3 at 0.5, L1 at 1.0).
 HEAD_KINDS: Mapping[str, str] = {"retinanet": "retinanet", "fcos": "fcos", "condinst": "fcos"}
 FAMILY_DEFAULTS: Mapping[str, CrossKDDefaults] = {
     "retinanet": CrossKDDefaults(3, 1.0, 1.0, "giou"),
     "fcos": CrossKDDefaults(2, 0.4, 0.75, "iou"),
+    TWO_STAGE: CrossKDDefaults(0, 0.5, 1.0, "l1", temperature=3.0),
 }
 
 
@@ -94,7 +115,9 @@ def _config_error(key: str, value: Any, what: str) -> ConfigError:
 class CrossKDConfig:
     """``distill.crosskd`` (CrossKD, Wang et al., CVPR 2024). Nulls take the student family's
     release defaults: RetinaNet ``cross_layer`` 3, ``cls_weight`` 1.0, ``reg_weight`` 1.0,
-    ``reg_loss`` giou; FCOS (and CondInst [ADAPT]) 2, 0.4, 0.75, iou. ``cross_layer`` k in 0..4:
+    ``reg_loss`` giou; FCOS (and CondInst [ADAPT]) 2, 0.4, 0.75, iou; two-stage families (the
+    release's experimental branch, untuned) ``cls_weight`` 0.5, ``reg_weight`` 1.0, ``reg_loss``
+    l1, ``temperature`` 3 (two-stage only). ``cross_layer`` k in 0..4 (one-stage only):
     the tower layer whose output (before its ReLU; 0 = the FPN level) goes to the teacher's head.
     ``beta``: the KD quality focal loss exponent. ``align``: the release's statistics alignment
     of the student's held features to the teacher's (false: none). ``faithful_padding``: the
@@ -105,6 +128,7 @@ class CrossKDConfig:
     cls_weight: Optional[float] = None
     reg_weight: Optional[float] = None
     reg_loss: Optional[str] = None
+    temperature: Optional[float] = None
     beta: float = 1.0
     align: bool = True
     faithful_padding: bool = False
@@ -124,6 +148,10 @@ class CrossKDConfig:
                                 f"valid choices: {', '.join(REG_LOSSES)}, or null for the family's default")
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not self.beta > 0:
             raise _config_error("beta", self.beta, "use a number > 0 (the release's: 1)")
+        if self.temperature is not None and (isinstance(self.temperature, bool)
+                                             or not isinstance(self.temperature, (int, float))
+                                             or not self.temperature > 0):
+            raise _config_error("temperature", self.temperature, "use a number > 0, or null for the release's 3")
 
 
 # --------------------------------------------------------------------------- pure losses
@@ -200,6 +228,38 @@ def weighted_sum(loss: Tensor, weight: Tensor, avg_factor: float) -> Tensor:
     return terms.sum() / (avg_factor + MMDET_EPS)
 
 
+def roi_kl_loss(cross_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Per RoI KL(softmax(y/T) || softmax(x^/T)) * T^2 over the C + 1 classes.
+
+    Args:
+        cross_logits: float Tensor[R, C+1] (x^, the teacher's box branch on the student's features).
+        teacher_logits: float Tensor[R, C+1] (y; not differentiated).
+    Returns:
+        float Tensor[R].
+    """
+    target = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    log_cross = F.log_softmax(cross_logits / temperature, dim=-1)
+    return (target.exp() * (target - log_cross)).sum(dim=-1) * temperature ** 2
+
+
+def roi_delta_l1_loss(cross_deltas: Tensor, teacher_logits: Tensor, teacher_deltas: Tensor) -> Tensor:
+    """L1 between the encoded deltas of the teacher's most probable foreground class, weighted
+    by its probability and divided by 4 * the sum of the weights (0 without RoIs).
+
+    Args:
+        cross_deltas, teacher_deltas: float Tensor[R, 4(C+1)], class-specific (column 0 background).
+        teacher_logits: float Tensor[R, C+1].
+    Returns:
+        A scalar tensor.
+    """
+    probs = teacher_logits.detach().softmax(dim=-1)[:, 1:]  # foreground classes
+    weight, best = probs.max(dim=-1)
+    rows = torch.arange(best.shape[0], device=best.device)
+    pick = lambda d: d.view(d.shape[0], -1, 4)[rows, best + 1]  # noqa: E731
+    l1 = (pick(cross_deltas) - pick(teacher_deltas.detach())).abs().sum(dim=-1)
+    return (weight * l1).sum() / (4 * weight.sum()).clamp_min(MMDET_EPS)
+
+
 # ------------------------------------------------------------------- positions and weights
 
 
@@ -274,8 +334,9 @@ class CrossKD(DistillMethod):
         student_channels: int = 256, teacher_channels: int = 256,
     ) -> None:
         super().__init__(MethodOptim(kind=STUDENT_SGD))
-        if head_kind not in FAMILY_DEFAULTS or reg_loss not in REG_LOSSES:
-            raise ValueError(f"head_kind {head_kind!r} / reg_loss {reg_loss!r}; valid: {tuple(FAMILY_DEFAULTS)} / {REG_LOSSES}")
+        if head_kind not in ("retinanet", "fcos") or reg_loss not in ONE_STAGE_REG_LOSSES:
+            raise ValueError(f"head_kind {head_kind!r} / reg_loss {reg_loss!r}; valid: retinanet, fcos / "
+                             f"{ONE_STAGE_REG_LOSSES}")
         self.head_kind, self.cross_layer = head_kind, cross_layer
         self.cls_weight, self.reg_weight, self.reg_loss, self.beta = cls_weight, reg_weight, reg_loss, beta
         self.align, self.faithful_padding = align, faithful_padding
@@ -337,39 +398,114 @@ class CrossKD(DistillMethod):
         return fcos_weights(inputs.teacher, dense, boxes, None if self.faithful_padding else valid)
 
 
-def build_crosskd(section: CrossKDConfig, ctx: Any) -> CrossKD:
+class CrossKDTwoStage(DistillMethod):
+    """``distill.method: crosskd`` on a two-stage student and teacher: the release's experimental
+    branch (module docstring).
+
+    Args:
+        level_names: the student's FPN level names (the RoI pooler reads its own subset).
+        cls_weight, reg_weight: the terms' absolute weights (``weight_scale`` included).
+        temperature: T of the classification KL.
+        student_channels, teacher_channels: FPN widths; a 1x1 conv per level [ADAPT] maps the
+            student's levels when they differ (trained in the student's SGD).
+    """
+
+    name = NAME
+    requires = frozenset({ROI_SAMPLES})
+
+    def __init__(
+        self, *, level_names: Sequence[str], cls_weight: float, reg_weight: float, temperature: float,
+        student_channels: int = 256, teacher_channels: int = 256,
+    ) -> None:
+        super().__init__(MethodOptim(kind=STUDENT_SGD))
+        self.cls_weight, self.reg_weight, self.temperature = cls_weight, reg_weight, temperature
+        self.level_names = tuple(level_names)
+        self.adapters = (nn.ModuleDict({n: nn.Conv2d(student_channels, teacher_channels, 1) for n in self.level_names})
+                         if student_channels != teacher_channels else None)
+
+    def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        """{"distill/crosskd/cls", "distill/crosskd/reg"}; {} without a student."""
+        if not inputs.has_student:
+            return {}
+        samples: RoISamples = inputs.extra(STUDENT, ROI_SAMPLES)
+        features = OrderedDict()
+        for name, level in inputs.all_student_features.items():
+            level = level.detach() if inputs.detach_student else level
+            features[name] = self.adapters[name](level) if self.adapters is not None and name in self.adapters else level
+        # The teacher's own (frozen, eval-mode) box branch with autograd on: the wrapper of a
+        # frozen teacher runs it under inference_mode, which would cut the student's gradient.
+        teacher_detector = getattr(inputs.teacher, "adapter", inputs.teacher)
+        with torch.enable_grad():
+            cross_logits, cross_deltas = teacher_detector.box_head(features, samples.boxes, inputs.image_sizes)
+        teacher_logits, teacher_deltas = inputs.box_head(TEACHER, samples.boxes)
+        cls = roi_kl_loss(cross_logits, teacher_logits, self.temperature).sum() / max(cross_logits.shape[0], 1)
+        reg = roi_delta_l1_loss(cross_deltas, teacher_logits, teacher_deltas)
+        return {f"distill/{NAME}/cls": self.cls_weight * cls, f"distill/{NAME}/reg": self.reg_weight * reg}
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def build_crosskd(section: CrossKDConfig, ctx: Any) -> DistillMethod:
     """CrossKD from its ``distill.crosskd`` section and the method context; nulls take the
     student family's release defaults; every weight is multiplied by ``distill.weight_scale``.
 
     ConfigError when teacher and student do not share a head kind (the teacher's head runs on
-    the student's held features, and its predictions are compared location by location), when
-    the towers' depths differ, or when ``cross_layer`` is past the towers' depth."""
-    student_family, teacher_family = ctx.student.family, ctx.teacher.family
-    kind = HEAD_KINDS.get(student_family)
-    if kind is None:
+    the student's features, and its predictions are compared location by location or RoI by
+    RoI), when the towers' depths differ, when ``cross_layer`` is past the towers' depth, or
+    when a key does not apply to the kind."""
+    kind = kind_of(ctx.student.family, "student")
+    if kind_of(ctx.teacher.family, "teacher") != kind:
         raise ConfigError(
-            f"distill.method {NAME!r} splits a dense one-stage head (families: {', '.join(HEAD_KINDS)}); "
-            f"the student is {student_family}. The release's two-stage branch is experimental and not implemented here")
-    if HEAD_KINDS.get(teacher_family) != kind:
-        raise ConfigError(
-            f"distill.method {NAME!r} runs the student's head features through the teacher's head and compares "
-            f"them location by location: the teacher must have the student's head ({student_family}: "
-            f"{', '.join(f for f, k in HEAD_KINDS.items() if k == kind)}), got teacher {teacher_family}")
+            f"distill.method {NAME!r} runs the student's features through the teacher's head and compares "
+            f"them location by location: the teacher must have the student's head ({ctx.student.family}: "
+            f"{_kind_families(kind)}), got teacher {ctx.teacher.family}")
+    defaults = FAMILY_DEFAULTS[kind]
+    reg_loss = _pick(section.reg_loss, defaults.reg_loss)
+    allowed = TWO_STAGE_REG_LOSSES if kind == TWO_STAGE else ONE_STAGE_REG_LOSSES
+    if reg_loss not in allowed:
+        raise _config_error("reg_loss", reg_loss, f"a {ctx.student.family} student takes: {', '.join(allowed)}")
+    scale = float(getattr(ctx, "weight_scale", 1.0))
+    cls_weight = scale * _pick(section.cls_weight, defaults.cls_weight)
+    reg_weight = scale * _pick(section.reg_weight, defaults.reg_weight)
+    if kind == TWO_STAGE:
+        if section.cross_layer is not None:
+            raise _config_error("cross_layer", section.cross_layer,
+                                "two-stage students cross at the RoI head's input: leave it null")
+        return CrossKDTwoStage(
+            level_names=ctx.student.level_names, cls_weight=cls_weight, reg_weight=reg_weight,
+            temperature=float(_pick(section.temperature, defaults.temperature)),
+            student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels)
+    if section.temperature is not None:
+        raise _config_error("temperature", section.temperature, "it applies to two-stage students only: leave it null")
     depth = tower_depth(ctx.student.model.head)
     if tower_depth(ctx.teacher.model.head) != depth:
         raise ConfigError(f"distill.method {NAME!r} needs head towers of equal depth; student {depth}, "
                           f"teacher {tower_depth(ctx.teacher.model.head)}")
-    defaults = FAMILY_DEFAULTS[kind]
-    cross_layer = defaults.cross_layer if section.cross_layer is None else section.cross_layer
+    cross_layer = _pick(section.cross_layer, defaults.cross_layer)
     if cross_layer > depth:
         raise _config_error("cross_layer", cross_layer, f"the head towers have {depth} layers: use 0..{depth}")
-    scale = float(getattr(ctx, "weight_scale", 1.0))
-    pick = lambda value, default: default if value is None else value  # noqa: E731
     return CrossKD(
-        head_kind=kind, cross_layer=cross_layer,
-        cls_weight=scale * pick(section.cls_weight, defaults.cls_weight),
-        reg_weight=scale * pick(section.reg_weight, defaults.reg_weight),
-        reg_loss=pick(section.reg_loss, defaults.reg_loss), beta=float(section.beta), align=section.align,
-        faithful_padding=section.faithful_padding,
+        head_kind=kind, cross_layer=cross_layer, cls_weight=cls_weight, reg_weight=reg_weight, reg_loss=reg_loss,
+        beta=float(section.beta), align=section.align, faithful_padding=section.faithful_padding,
         student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
     )
+
+
+def kind_of(family: str, role: str) -> str:
+    """``retinanet`` / ``fcos`` (the one-stage heads this method splits) or ``two_stage``;
+    ConfigError naming the families otherwise."""
+    if family in HEAD_KINDS:
+        return HEAD_KINDS[family]
+    if family_facts(family).two_stage:
+        return TWO_STAGE
+    raise ConfigError(
+        f"distill.method {NAME!r} splits a RetinaNet- or FCOS-style head or crosses at a two-stage RoI head; "
+        f"the {role} is {family}, whose head it cannot split (one-stage families: {', '.join(HEAD_KINDS)})")
+
+
+def _kind_families(kind: str) -> str:
+    if kind == TWO_STAGE:
+        return "a two-stage family"
+    return ", ".join(f for f, k in HEAD_KINDS.items() if k == kind)
