@@ -24,8 +24,8 @@ Every schedule comes from the recipes. Student rows (``--students``; the suite's
 comparison methods ``fitnet mimic fgfi fbkd gid defeat chen2017`` = the method's own recipe where
 the suite has one (bccd), else the ICD recipe + ``distill.method=M`` (the JSON's ``meta.rows``
 says which); the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
-``distill.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
-``distill.position_prior=false`` (the paper's attention). Each run can be repeated by hand with
+``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
+``distill.icd.position_prior=false`` (the paper's attention). Each run can be repeated by hand with
 the command in ``<run>/command.txt``.
 
 ``--split validation`` is the protocol for choosing hyperparameters (never the test split): every
@@ -33,7 +33,8 @@ run, the teacher too, trains on a training part and is evaluated on held-out val
 (bccd: ImageSets ``train`` -> ``val``, both inside trainval; synthetic: the shapes generator at
 seed 1, whose train and test images are both disjoint from the seed-0 test images), in its own
 folder (``<suite>-validation``), with its own RESULTS.md section and PNG. ``--weights-from``
-reads the weights a sweep chose (benchmarks/sweep.py) and sets ``distill.loss_weight`` on each
+reads the weights a sweep chose (benchmarks/sweep.py) and sets ``distill.<method>.loss_weight``
+(or ``distill.weight_scale`` for methods with several term weights) on each
 row it has (a row it does not have takes its method's, e.g. ``icd_uniform`` takes ``icd``'s).
 
 Runs live in ``<out>/teacher`` and ``<out>/<student>/seed<k>``. A run whose saved config (and, for
@@ -142,9 +143,9 @@ class Row:
 STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", method="fitnet"),
             "icd": Row("icd"), "icd_inherit": Row("icd", ("distill.inherit=true",)),
             **{m: Row("method", method=m) for m in METHODS[1:]},
-            "icd_uniform": Row("icd", ("distill.ablation_weights=uniform",)),
-            "icd_gtbox": Row("icd", ("distill.ablation_weights=gt_box",)),
-            "icd_paper": Row("icd", ("distill.position_prior=false",))}
+            "icd_uniform": Row("icd", ("distill.icd.ablation_weights=uniform",)),
+            "icd_gtbox": Row("icd", ("distill.icd.ablation_weights=gt_box",)),
+            "icd_paper": Row("icd", ("distill.icd.position_prior=false",))}
 BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
 MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
 TIME_COLUMNS = ("time/iter_s", "time/train_s")
@@ -165,7 +166,7 @@ QUICK = {"common": ["solver.ims_per_batch=2", "solver.checkpoint_period=1000", "
                            "data.max_size=96", "data.test_size=64"]},
          "teacher": ["solver.max_iter=8"], "student": ["solver.max_iter=6"],
          # an 8-iteration teacher scores ~0 AP: the teacher check would stop the smoke run
-         "distill": ["solver.max_iter=6", "distill.decoder_warmup_iters=4", "distill.warmup_iters=2",
+         "distill": ["solver.max_iter=6", "distill.icd.decoder_warmup_iters=4", "distill.warmup_iters=2",
                      "distill.check_teacher=false"]}
 
 
@@ -216,19 +217,32 @@ def row_recipe(suite: str, name: str) -> tuple[Path, list[str], str]:
 
 
 def default_loss_weight(cfg: Config) -> float | None:
-    """The distillation loss weight a config runs with (``distill.loss_weight``, or null: the
-    method's default as its builder takes it); None without distillation."""
-    from icdistill.detectors.families import family_facts
+    """The distillation loss weight a config runs with: the method's own ``distill.<method>.
+    loss_weight`` (null: its default as the builder takes it) for a method with one weight, else
+    ``distill.weight_scale`` (a multiplier of the method's term weights); None without
+    distillation."""
     from icdistill.distill.fgfi import DEFAULT_WEIGHT as FGFI_WEIGHTS
+    from icdistill.distill.icd.build import family_defaults
 
     d = cfg.distill
     if d.method == "none":
         return None
-    if d.loss_weight is not None:
-        return d.loss_weight
+    section = getattr(d, d.method)
+    if not hasattr(section, "loss_weight"):
+        return d.weight_scale
+    if section.loss_weight is not None:
+        return section.loss_weight
     if d.method == "icd":
-        return family_facts(cfg.model.family).distill_loss_weight
-    return FGFI_WEIGHTS[d.fgfi.norm] if d.method == "fgfi" else 1.0  # the others: 1 (a multiplier)
+        return family_defaults(cfg.model.family).loss_weight
+    return FGFI_WEIGHTS[section.norm] if d.method == "fgfi" else 1.0
+
+
+def weight_override(cfg: Config, weight: float) -> str:
+    """The ``--set`` that runs ``cfg``'s method at the weight :func:`default_loss_weight` reports."""
+    d = cfg.distill
+    if hasattr(getattr(d, d.method), "loss_weight"):
+        return f"distill.{d.method}.loss_weight={weight:g}"
+    return f"distill.weight_scale={weight:g}"
 
 
 @dataclasses.dataclass
@@ -261,7 +275,7 @@ class Plan:
         role = "student" if STUDENTS[name].base == "student" else "distill"
         weight = self.weights.get(name, self.weights.get(STUDENTS[name].method))
         if sets is None:
-            sets = [f"distill.loss_weight={weight:g}"] if weight is not None and role == "distill" else []
+            sets = [weight_override(load_config(recipe, extra), weight)] if weight is not None and role == "distill" else []
         run_sets = [*self.common, *(QUICK[role] if self.quick else []), *extra, *sets, f"eval.period={self.period}"]
         run_sets += [f"teacher.weights={self.teacher_pt}"] if role == "distill" else []
         return Run(label or name, seed, recipe, [*run_sets, f"solver.seed={seed}", *self.user],
@@ -462,7 +476,7 @@ def curves(runs: list[Run]) -> dict[int, list[float]]:
     points: dict[int, list[float]] = {}
     for run in runs:
         cfg = run.cfg
-        offset = cfg.distill.decoder_warmup_iters if cfg.distill.method == "icd" else 0
+        offset = cfg.distill.icd.decoder_warmup_iters if cfg.distill.method == "icd" else 0
         for line in (run.out / "metrics.jsonl").read_text().splitlines():
             rec = json.loads(line)
             if rec.get("eval/bbox/AP") is not None:
@@ -510,7 +524,7 @@ def compare_page(out: Path, runs: list[Run]) -> Path:
 def describe(run: Run) -> str:
     """A table row's model, e.g. ``fcos mobilenet_v2, 250 it + 80 decoder warm-up``."""
     cfg = run.cfg
-    warm = cfg.distill.decoder_warmup_iters if cfg.distill.method == "icd" else 0
+    warm = cfg.distill.icd.decoder_warmup_iters if cfg.distill.method == "icd" else 0
     return f"{cfg.model.family} {cfg.model.backbone}, {cfg.solver.max_iter} it" + (f" + {warm} decoder warm-up" if warm else "")
 
 
@@ -621,7 +635,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, help="default: the suite's (0 1 2; C4/DC5: 0; --quick: 0 1)")
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="validation: train on a training part, evaluate on held-out training images")
-    p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="distill.loss_weight per row from a sweep")
+    p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="the distillation weight per row from a sweep")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", type=Path)
     p.add_argument("--json", type=Path)

@@ -31,15 +31,15 @@ import torch
 from icdistill.config import load_config
 from icdistill.data import build_datasets, build_train_loader, compute_prior
 from icdistill.detectors import build_teacher
-from icdistill.distill.build import prior_tensors
-from icdistill.distill.icd import ICDModule
-from icdistill.distill.icd_diagnostics import icd_diagnostics
+from icdistill.distill.icd.build import prior_tensors
+from icdistill.distill.icd.module import ICDModule
+from icdistill.distill.icd.diagnostics import icd_diagnostics
 from icdistill.engine.optim import build_method_optimizer, clip_gradients
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
 RECIPES = {"synthetic": "configs/demo/icd.yaml", "bccd": "configs/voc/bccd_icd.yaml"}
-# name -> (distill.position_prior, LR, initial λ_h): the paper's decoder at its LR and at 10x,
+# name -> (distill.icd.position_prior, LR, initial λ_h): the paper's decoder at its LR and at 10x,
 # and this project's position prior at both and with larger initial scales.
 VARIANTS = {
     "paper_lr1e-4": (False, 1e-4, 1.0),
@@ -96,12 +96,12 @@ def cache_teacher_batches(teacher, train_part, levels, batch_size: int, count: i
 def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, position: bool, lr: float, scale: float,
                   iters: int, eval_every: int, seed: int, diagnostic_images: int) -> list[dict]:
     """Decoder-only training of one variant; the diagnostics every ``eval_every`` iterations."""
-    d = cfg.distill
+    d, own = cfg.distill, cfg.distill.icd
     torch.manual_seed(seed)
     icd = ICDModule(num_classes=len(prior.freq), teacher_channels=teacher.out_channels,
-                    student_channels=teacher.out_channels, prior=prior_tensors(prior), hidden_dim=d.hidden_dim,
-                    num_heads=d.num_heads, num_layers=d.num_layers, fake_ratio=d.fake_ratio,
-                    max_instances=d.max_instances or 300, jitter=d.jitter, position_prior=position,
+                    student_channels=teacher.out_channels, prior=prior_tensors(prior), hidden_dim=own.hidden_dim,
+                    num_heads=own.num_heads, num_layers=own.num_layers, fake_ratio=own.fake_ratio,
+                    max_instances=own.max_instances or 300, jitter=own.jitter, position_prior=position,
                     position_scale=scale)
     opt = build_method_optimizer(icd, lr=lr, weight_decay=d.weight_decay)
     curve, started, cpu = [], time.perf_counter(), torch.device("cpu")

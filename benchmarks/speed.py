@@ -44,8 +44,10 @@ from icdistill.config import Config, load_config
 from icdistill.data import build_datasets, build_train_loader, compute_prior
 from icdistill.demo import demo_config_path
 from icdistill.detectors import build_detector, family_facts, freeze_as_teacher
-from icdistill.distill.build import METHODS, build_distiller, prior_tensors
-from icdistill.distill.icd import ICDModule
+from icdistill.distill.build import build_distiller
+from icdistill.distill.core.registry import method_names
+from icdistill.distill.icd.build import prior_tensors
+from icdistill.distill.icd.module import ICDModule
 from icdistill.engine.distributed import DistContext
 from icdistill.engine.step import StepContext, build_optimisers, train_step
 from icdistill.errors import ConfigError
@@ -187,8 +189,8 @@ def dense_batch(batch, boxes_per_image: int = 13, seed: int = 0):
 def step_context(cfg: Config, method: str, teacher, student, prior, ctx: DistContext) -> StepContext:
     """The trainer's step context for ``student`` + ``method`` (main stage: no warm-ups); the
     ICD recipe's λ for ICD, each other method's default weight and options."""
-    dcfg = dataclasses.replace(cfg.distill, method=method, loss_weight=cfg.distill.loss_weight if method == "icd" else None,
-                               decoder_warmup_iters=0, warmup_iters=0)
+    dcfg = dataclasses.replace(cfg.distill, method=method, warmup_iters=0,
+                               icd=dataclasses.replace(cfg.distill.icd, decoder_warmup_iters=0))
     distiller = build_distiller(dcfg, student, teacher, prior=prior)[0].to(ctx.device).train()
     opts = build_optimisers(cfg, distiller, total_iters=10**9, device=ctx.device)
     return StepContext(distiller, distiller, teacher, opts, ctx, student_clip_value=cfg.solver.grad_clip_value,
@@ -238,7 +240,7 @@ def step_functions(cfg: Config, teacher, student, prior, batch, device):
 # Every method of the slot on a one-stage and a two-stage pair at demo size: the demo's FCOS pair
 # (MobileNetV3-Large -> MobileNetV2) and Faster R-CNN FPN (ResNet-34 -> ResNet-18, FAMILY_ROW_ROIS
 # sampled RoIs per image), the same 8 images; "none" + the teacher's forward is the reference.
-METHOD_ROWS = tuple(METHODS)  # every method of the slot, in its registry order
+METHOD_ROWS = method_names()  # every method of the registry
 METHOD_PAIRS = ("fcos", "faster_rcnn")
 
 

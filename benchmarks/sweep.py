@@ -1,4 +1,4 @@
-"""Loss-weight sweep on the validation split: each method's distill.loss_weight chosen on held-out
+"""Loss-weight sweep on the validation split: each method's distillation weight chosen on held-out
 training images (never on test), with the same budget for every method.
 
     python benchmarks/sweep.py --suite bccd [--rows icd fitnet mimic ...] [--seeds 0] [--jobs 2]
@@ -7,7 +7,8 @@ training images (never on test), with the same budget for every method.
 
 Every run is an accuracy-benchmark run of ``--split validation`` (benchmarks/accuracy.py: bccd
 trains on ImageSets ``train`` and is evaluated on ``val``; synthetic on the shapes generator at
-seed 1): the same teacher, the row's recipe, ``distill.loss_weight`` = each point of its grid.
+seed 1): the same teacher, the row's recipe, the method's weight (``distill.<method>.loss_weight``,
+or ``distill.weight_scale`` for methods with several term weights) = each point of its grid.
 Grids (``GRID``): ICD λ ∈ {1, 2, 4, 8, 16} (the paper's Table 12); every other method its
 default weight (the recipe's, or the method's when the recipe leaves it null) × {0.25, 0.5, 1, 2,
 4}: five points and the same seeds for every method. The grid point equal to the default runs
@@ -68,7 +69,8 @@ def sweep_runs(plan: accuracy.Plan, rows: list[str], seeds: list[int],
                 if w == default:  # the validation suite's own run of the row
                     runs.append(plan.student(row, seed, sets=[], label=label(row, w)))
                 else:
-                    runs.append(plan.student(row, seed, sets=[f"distill.loss_weight={w:g}"], label=label(row, w),
+                    override = accuracy.weight_override(plan.student(row, seed, sets=[]).cfg, w)
+                    runs.append(plan.student(row, seed, sets=[override], label=label(row, w),
                                              out=plan.out / "sweep" / row / f"w{w:g}" / f"seed{seed}"))
     return table, runs
 

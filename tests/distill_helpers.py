@@ -15,9 +15,10 @@ from icdistill.config import load_config
 from icdistill.demo import demo_config_path
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
-from icdistill.distill.build import MethodContext, build_method
-from icdistill.distill.distiller import Distiller
-from icdistill.distill.inputs import DistillInputs
+from icdistill.distill.build import build_method
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.distiller import Distiller
+from icdistill.distill.core.inputs import DistillInputs
 
 NUM_CLASSES = 3
 SIZES = [(64, 96), (60, 70)]

@@ -131,13 +131,13 @@ def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, 
         assert run.teacher_pt == tmp_path / "out" / "teacher" / "detector.pt"
         assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.train_splits == ("trainval",)
     ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_paper")}
-    assert [d.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
-    assert [d.position_prior for d in ablation.values()] == [True, True, True, False]
+    assert [d.icd.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
+    assert [d.icd.position_prior for d in ablation.values()] == [True, True, True, False]
     assert plan.student("icd", 1).out == tmp_path / "out" / "icd" / "seed1"  # existing rows keep their names
     meta = accuracy.row_meta(plan, [plan.student(n, 0) for n in ("baseline", "mimic", "icd_gtbox")])
     assert meta["mimic"] == {"recipe": "configs/voc/bccd_mimic.yaml", "sets": [], "source": "the method's own recipe",
                              "loss_weight": 1.0, "loss_weight_from": "recipe"}
-    assert meta["icd_gtbox"]["sets"] == ["distill.ablation_weights=gt_box"] and meta["icd_gtbox"]["loss_weight"] == 8.0
+    assert meta["icd_gtbox"]["sets"] == ["distill.icd.ablation_weights=gt_box"] and meta["icd_gtbox"]["loss_weight"] == 8.0
     assert meta["baseline"]["loss_weight"] is None
     # synthetic has no per-method recipes: the ICD recipe with distill.method
     _, synthetic = plan_for(accuracy, tmp_path, "--suite", "synthetic")
@@ -235,7 +235,7 @@ def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_r
     by_name = {(r.name, r.seed): r for r in runs}
     default, other = by_name[("icd@8", 1)], by_name[("icd@2", 1)]
     assert default.out == plan.student("icd", 1).out and default.cfg == plan.student("icd", 1).cfg
-    assert other.out == tmp_path / "out" / "sweep" / "icd" / "w2" / "seed1" and other.cfg.distill.loss_weight == 2.0
+    assert other.out == tmp_path / "out" / "sweep" / "icd" / "w2" / "seed1" and other.cfg.distill.icd.loss_weight == 2.0
     assert all(r.cfg.data.test_splits == ("val",) for r in runs[::7])
     pts = lambda *m: [{"loss_weight": w, "mean": v} for w, v in zip((1.0, 2.0, 4.0), m)]  # noqa: E731
     assert sweep.choose(pts(1.0, 3.0, 2.0), 4.0) == 2.0
@@ -256,7 +256,7 @@ def test_quick_sweep_end_to_end(sweep, tmp_path, capsys):
     points = saved["rows"]["fitnet"]["points"]
     assert [p["loss_weight"] for p in points] == [0.5, 1.0]
     assert all(set(p["bbox/AP"]) == {"0"} and p["mean"] == p["bbox/AP"]["0"] for p in points)
-    assert yaml.safe_load((out / "sweep" / "fitnet" / "w0.5" / "seed0" / "config.yaml").read_text())["distill"]["loss_weight"] == 0.5
+    assert yaml.safe_load((out / "sweep" / "fitnet" / "w0.5" / "seed0" / "config.yaml").read_text())["distill"]["fitnet"]["loss_weight"] == 0.5
     assert (out / "fitnet" / "seed0" / "metrics.json").is_file() and saved["meta"]["split"] == "validation"
     assert saved["meta"]["splits"] == {"train": "shapes seed 1 train", "evaluated on": "shapes seed 1 test"}
     assert (out / "sweep_synthetic.png").stat().st_size > 1000

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # teacher section matching the tiny teacher, short warm-ups; the teacher check stays on (with
 # no threshold: a 4-iteration teacher scores ~0 AP) so the example's teacher numbers exist.
 TINY_DEMO = ["teacher.family=retinanet", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
-             "teacher.anchor_sizes=[16, 32, 64, 128, 256]", "distill.decoder_warmup_iters=2",
+             "teacher.anchor_sizes=[16, 32, 64, 128, 256]", "distill.icd.decoder_warmup_iters=2",
              "distill.warmup_iters=1", "distill.check_teacher=true", "distill.check_teacher_min_ap=0",
              "eval.viz_images=0", "solver.max_iter=2", "solver.checkpoint_period=1000"]
 
@@ -68,7 +68,7 @@ def test_import_is_light_and_the_names_resolve():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     import icdistill.distill.build  # noqa: F401  the subpackage of the same name, imported in any order
 
-    assert callable(icdistill.distill) and icdistill.distill.build.METHODS
+    assert callable(icdistill.distill) and icdistill.distill.build.build_distiller
     assert icdistill.train is api.train and icdistill.evaluate is api.evaluate
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         icdistill.nope

@@ -139,7 +139,7 @@ def test_train_and_icd_distill_from_the_cli(family, tmp_path, tiny_overrides, em
     metrics = json.loads((teacher / "metrics.json").read_text())
     assert "bbox/AP" in metrics and not math.isnan(metrics["time/train_s"])
     student = tmp_path / "icd"
-    distill = [*common, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0", "distill.decoder_warmup_iters=1",
+    distill = [*common, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0", "distill.icd.decoder_warmup_iters=1",
                f"teacher.family={family}", "teacher.backbone=resnet18", f"teacher.weights={teacher / 'detector.pt'}",
                "teacher.anchor_sizes=[16, 32, 64, 128, 256]", "distill.inherit=true"]
     sets = [f"--set={s}" for s in distill]

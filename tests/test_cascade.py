@@ -153,7 +153,7 @@ def test_train_and_distil_cascade_families_from_the_cli(tmp_path, tiny_overrides
     sets = [f"--set={s}" for s in [*tiny_overrides, *cheap, "model.family=cascade_mask_rcnn"]]
     assert main(["--no-progress", "train", str(empty_config), "--out", str(teacher), *sets]) == 0
     assert {"bbox/AP", "segm/AP"} <= set(json.loads((teacher / "metrics.json").read_text()))
-    distil = [*cheap, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0", "distill.decoder_warmup_iters=0",
+    distil = [*cheap, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0", "distill.icd.decoder_warmup_iters=0",
               "teacher.family=cascade_mask_rcnn", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
               "teacher.anchor_sizes=[8, 16, 32, 64, 128]", f"teacher.weights={teacher / 'detector.pt'}"]
     for student, metric in (("cascade_mask_rcnn", "segm/AP"), ("faster_rcnn", "bbox/AP"), ("cascade_rcnn", "bbox/AP")):

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from icdistill.cli import main
-from icdistill.config import DistillConfig
+from icdistill.config import distill_config
+from icdistill.distill.icd.build import ICDFamilyDefaults, family_defaults
 from icdistill.detectors import CondInstAdapter, build_detector, family_facts, freeze_as_teacher
 from icdistill.detectors.condinst_mask import (
     NUM_DYNAMIC_PARAMS, aligned_bilinear, dice_loss, dynamic_mask_logits, gt_bitmasks, split_dynamic_params,
@@ -53,7 +54,7 @@ def test_the_papers_architecture():
     facts = family_facts("condinst")
     assert isinstance(adapter, CondInstAdapter) and adapter.family == "condinst"
     assert facts.levels == family_facts("fcos").levels and facts.masks and not facts.two_stage
-    assert (facts.distill_loss_weight, facts.max_instances) == (8.0, 300)
+    assert family_defaults("condinst") == family_defaults("fcos") == ICDFamilyDefaults(8.0, 300)
     assert NUM_DYNAMIC_PARAMS == (8 + 2) * 8 + 8 + 8 * 8 + 8 + 8 * 1 + 1 == 169
     head = adapter.model.head
     assert head.controller.out_channels == 169 and head.controller.kernel_size == (3, 3)
@@ -142,15 +143,17 @@ def test_upsampling_and_ground_truth_sampling():
     assert float(bits[0, 3].abs().sum()) == 0  # the padding
 
 
-def test_only_icd_and_fitnet_of_the_methods_and_no_onnx():
+def test_methods_on_condinst_and_no_onnx():
     teacher, student = freeze_as_teacher(tiny()), tiny("fcos")
     # A CondInst teacher distils an FCOS student (same p3-p7); inheriting copies FCOS's head.
     assert inherit_weights(tiny(), student).unused  # the controller and mask branch: no twin
     for method in ("icd", "fitnet"):
-        distiller, _ = build_distiller(DistillConfig(method=method, hidden_dim=64), tiny(), teacher, prior=PRIOR)
+        distiller, _ = build_distiller(distill_config(method=method, icd={"hidden_dim": 64}), tiny(), teacher, prior=PRIOR)
         assert distiller.levels == ("p3", "p4", "p5", "p6", "p7")
-    with pytest.raises(ConfigError, match="not defined for the condinst family.*faster_rcnn"):
-        build_distiller(DistillConfig(method="mimic"), tiny(), teacher, prior=PRIOR)
+    # An FCOS teacher's dense head is what GID compares anchor by anchor: a CondInst student may
+    # not take it, a CondInst teacher it may (the capability check passes on condinst).
+    with pytest.raises(ConfigError, match="teacher must be a condinst"):
+        build_distiller(distill_config(method="gid"), tiny(), freeze_as_teacher(tiny("fcos")), prior=PRIOR)
     with pytest.raises(ExportError, match="condinst.*--format torchvision"):
         check_exportable(tiny())
 
@@ -164,7 +167,7 @@ def test_train_and_distil_condinst_from_the_cli(tmp_path, tiny_overrides, empty_
     metrics = json.loads((teacher / "metrics.json").read_text())
     assert {"bbox/AP", "segm/AP"} <= set(metrics)
     distil = [*cheap, "solver.max_iter=1", "distill.method=icd", "distill.warmup_iters=0",
-              "distill.decoder_warmup_iters=0", "distill.hidden_dim=64", "teacher.family=condinst",
+              "distill.icd.decoder_warmup_iters=0", "distill.icd.hidden_dim=64", "teacher.family=condinst",
               "teacher.backbone=resnet18", "teacher.fpn_channels=32", "teacher.anchor_sizes=[16, 32, 64, 128, 256]",
               f"teacher.weights={teacher / 'detector.pt'}"]
     for student, metric in (("condinst", "segm/AP"), ("fcos", "bbox/AP")):
@@ -193,6 +196,6 @@ def test_cityscapes_recipes_are_table_8s():
     icd = load_config(root / "condinst_mbv2_icd.yaml")
     assert (icd.model.family, icd.model.backbone, icd.teacher.family, icd.teacher.backbone) == (
         "condinst", "mobilenet_v2", "condinst", "resnet50")
-    assert icd.solver.max_iter == 24000 and icd.distill.decoder_warmup_iters == 6000 and icd.distill.method == "icd"
+    assert icd.solver.max_iter == 24000 and icd.distill.icd.decoder_warmup_iters == 6000 and icd.distill.method == "icd"
     assert load_config(root / "condinst_R50_teacher.yaml").model.backbone == "resnet50"
     assert load_config(root / "condinst_mbv2_icd_inherit.yaml").distill.inherit

@@ -13,10 +13,10 @@ def write(tmp_path, text, name="cfg.yaml"):
     return path
 
 
-def test_defaults_follow_the_spec():
+def test_defaults_follow_the_papers_protocol():
     cfg = Config()
     assert cfg.solver.max_iter == 90000 and cfg.solver.ims_per_batch == 16
-    assert cfg.distill.warmup_iters is None and cfg.distill.fake_ratio == 5
+    assert cfg.distill.warmup_iters is None and cfg.distill.icd.fake_ratio == 5
     assert cfg.distill.lr == 1e-4 and cfg.distill.grad_clip_norm == 0.01
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from icdistill.cli import main
-from icdistill.config import DataConfig, DistillConfig
+from icdistill.config import DataConfig, distill_config
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.detectors.data_needs import require_masks
 from icdistill.distill.build import build_distiller
-from icdistill.distill.distiller import check_alignment
+from icdistill.distill.core.distiller import check_alignment
 from icdistill.distill.inherit import inherit_weights
 from icdistill.errors import ConfigError, ModelMismatchError
 
@@ -47,7 +47,7 @@ def test_icd_across_families_distils_in_one_step(teacher_family, student_family)
     torch.manual_seed(0)
     teacher = freeze_as_teacher(tiny(teacher_family, width=64))
     student = tiny(student_family)
-    dcfg = DistillConfig(method="icd", inherit=True, warmup_iters=0, decoder_warmup_iters=0, hidden_dim=64)
+    dcfg = distill_config(method="icd", inherit=True, warmup_iters=0, icd={"decoder_warmup_iters": 0, "hidden_dim": 64})
     distiller, report = build_distiller(dcfg, student, teacher, prior=PRIOR)
     assert distiller.levels == student.level_names == teacher.level_names
     assert report is not None and report.skipped  # the FPN widths differ (64 vs 32): reported

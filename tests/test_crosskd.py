@@ -16,7 +16,7 @@ from icdistill.detectors import freeze_as_teacher
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, HEAD_HOLD
 from icdistill.detectors.head_split import flat_tower, head_from, relu_positions, tower_depth
-from icdistill.distill.distiller import Distiller
+from icdistill.distill.core.distiller import Distiller
 from icdistill.distill.methods.crosskd import (
     CrossKDConfig, align_statistics, build_crosskd, fcos_weights, giou_distill_loss, iou_log_loss,
     kd_quality_focal_loss, retinanet_weights, roi_delta_l1_loss, roi_kl_loss, weighted_sum,

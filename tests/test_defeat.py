@@ -9,9 +9,10 @@ import torch
 from distill_helpers import (
     assert_gradients_reach_only_student_and_method, assert_recipes_follow_the_paper_protocols, cli_distill, inputs_for, method_step,
 )
-from icdistill.config import DeFeatConfig, load_config
-from icdistill.distill.build import MethodContext, build_method
-from icdistill.distill.defeat import DeFeat, decoupled_neck_loss, gt_levels, gt_masks, kl_per_roi, roi_cls_losses
+from icdistill.config import load_config
+from icdistill.distill.build import build_method
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.defeat import DeFeat, DeFeatConfig, decoupled_neck_loss, gt_levels, gt_masks, kl_per_roi, roi_cls_losses
 from icdistill.errors import ConfigError
 
 FRCNN_STRIDES = [4, 8, 16, 32, 64]
@@ -90,7 +91,7 @@ def test_fcos_is_neck_only_and_the_roi_term_there_is_a_config_error():
     assert_gradients_reach_only_student_and_method(distiller, teacher, defeat)
     dcfg = load_config(None, ["distill.method=defeat", "distill.defeat.roi_cls=true"]).distill
     ctx = MethodContext(teacher, distiller.student, None, distiller.levels, distiller.strides)
-    with pytest.raises(ConfigError, match="faster_rcnn, mask_rcnn"):
+    with pytest.raises(ConfigError, match="needs a two-stage student and teacher.*fcos: one-stage"):
         build_method(dcfg, ctx)
 
 

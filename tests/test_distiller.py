@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from icdistill.detectors import build_detector, freeze_as_teacher
-from icdistill.distill.distiller import Distiller, check_alignment
-from icdistill.distill.icd import ICDModule
-from icdistill.distill.sampling import PriorTensors
+from icdistill.distill.core.distiller import Distiller, check_alignment
+from icdistill.distill.icd.module import ICDModule
+from icdistill.distill.icd.sampling import PriorTensors
 from icdistill.errors import ModelMismatchError
 
 

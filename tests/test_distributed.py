@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from icdistill.detectors import build_detector, freeze_as_teacher
-from icdistill.distill.distiller import Distiller
-from icdistill.distill.icd import ICDModule
-from icdistill.distill.sampling import PriorTensors
+from icdistill.distill.core.distiller import Distiller
+from icdistill.distill.icd.module import ICDModule
+from icdistill.distill.icd.sampling import PriorTensors
 
 
 def free_port() -> int:
@@ -94,7 +94,7 @@ def test_torchrun_distill_and_single_process_resume(tmp_path, tiny_overrides, em
     sets = [f"--set={s}" for s in tiny_overrides]
     assert main(["--no-progress", "train", str(empty_config), "--out", str(teacher_dir), *sets]) == 0
     icd_sets = sets + [f"--set={s}" for s in (
-        "distill.method=icd", "distill.decoder_warmup_iters=2", "distill.warmup_iters=1",
+        "distill.method=icd", "distill.icd.decoder_warmup_iters=2", "distill.warmup_iters=1",
         "teacher.family=retinanet", "teacher.backbone=resnet18", "teacher.fpn_channels=32",
         "teacher.anchor_sizes=[16, 32, 64, 128, 256]", f"teacher.weights={teacher_dir / 'detector.pt'}",
     )]

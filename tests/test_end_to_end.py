@@ -28,7 +28,7 @@ def distill_sets(tiny_overrides, teacher_dir, *extra):
             *tiny_overrides,
             "distill.method=icd",
             "distill.warmup_iters=1",
-            "distill.decoder_warmup_iters=2",
+            "distill.icd.decoder_warmup_iters=2",
             "teacher.family=retinanet",
             "teacher.backbone=resnet18",
             "teacher.fpn_channels=48",
@@ -153,7 +153,7 @@ def test_missing_teacher_file_is_named(tmp_path, tiny_overrides, empty_config, c
 
 
 def test_non_finite_loss_stops_with_step_and_names_and_keeps_last_checkpoint(tmp_path, tiny_config, monkeypatch):
-    from icdistill.distill.distiller import Distiller
+    from icdistill.distill.core.distiller import Distiller
     from icdistill.engine.trainer import train
     from icdistill.errors import TrainingDivergedError
 

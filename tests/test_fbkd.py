@@ -11,7 +11,8 @@ from distill_helpers import (
     assert_gradients_reach_only_student_and_method, assert_recipes_follow_the_paper_protocols, cli_distill, inputs_for, method_step,
 )
 from icdistill.config import load_config
-from icdistill.distill.build import MethodContext, build_method
+from icdistill.distill.build import build_method
+from icdistill.distill.core.context import MethodContext
 from icdistill.distill.fbkd import COLUMNS, FBKD, NonLocal2d, channel_mask, spatial_mask
 from icdistill.errors import ConfigError
 
@@ -99,11 +100,13 @@ def test_one_step_on_each_other_family(family):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.parts[0].teacher_nl.parameters())
 
 
-@pytest.mark.parametrize("method", ["fbkd", "gid", "defeat"])
-def test_a_family_outside_the_spec_is_a_config_error_naming_the_defined_ones(method):
-    c4 = SimpleNamespace(family="faster_rcnn_c4", out_channels=1024)
-    ctx = MethodContext(c4, c4, None, ("c4",), (16,))
-    with pytest.raises(ConfigError, match=r"not defined for the faster_rcnn_c4 family; it is for: .*retinanet"):
+@pytest.mark.parametrize("method, missing", [("gid", "rpn"), ("chen2017", "roi_samples, rpn")])
+def test_a_detector_without_the_extras_a_method_needs_is_a_config_error_naming_them(method, missing):
+    """Support follows capability: a two-stage adapter providing no extras cannot run a method
+    that needs some, and the error names what is missing; one needing none builds."""
+    bare = SimpleNamespace(family="faster_rcnn_c4", out_channels=1024, supported_extras=frozenset())
+    ctx = MethodContext(bare, bare, None, ("c4",), (16,))
+    with pytest.raises(ConfigError, match=rf"needs the extras {missing} .*faster_rcnn_c4 adapter provides only its features"):
         build_method(load_config(None, [f"distill.method={method}"]).distill, ctx)
 
 

@@ -6,8 +6,8 @@ from collections import OrderedDict
 import torch
 
 from icdistill.cli import main
-from icdistill.distill.fitnet import FitNet
-from icdistill.distill.inputs import DistillInputs
+from icdistill.distill.methods.fitnet import FitNet
+from icdistill.distill.core.inputs import DistillInputs
 
 
 def inputs_for(teacher, student, sizes, strides):

@@ -7,10 +7,11 @@ import torch
 from distill_helpers import (
     assert_gradients_reach_only_student_and_method, assert_recipes_follow_the_paper_protocols, cli_distill, inputs_for, method_step, tiny,
 )
-from icdistill.config import GIDConfig, load_config
+from icdistill.config import load_config
 from icdistill.detectors import freeze_as_teacher
-from icdistill.distill.build import MethodContext, build_method
-from icdistill.distill.gid import GID, HeadView
+from icdistill.distill.build import build_method
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.gid import GID, GIDConfig, HeadView
 from icdistill.distill.gid_select import (
     box_levels, gi_boxes, gi_scores, inside_any, pool_instances, relation_loss, select_instances,
 )
@@ -55,7 +56,7 @@ def test_instances_pool_from_their_detectron2_level():
 
 
 def test_identical_features_give_zero_feature_and_relation_and_empty_mask_zero_response():
-    gid = GID(family="retinanet", levels=["p3"], student_channels=4, teacher_channels=4,
+    gid = GID(two_stage=False, levels=["p3"], student_channels=4, teacher_channels=4,
               settings=GIDConfig(adapter=False))
     feats = torch.randn(2, 4, 16, 16)
     inputs = inputs_for([feats], [feats.clone().requires_grad_(True)], [(128, 128)] * 2, [8])
@@ -63,9 +64,9 @@ def test_identical_features_give_zero_feature_and_relation_and_empty_mask_zero_r
     feature, relation = gid.instance_losses(inputs, boxes)
     assert float(feature.detach()) == 0.0 and float(relation.detach()) == pytest.approx(0.0, abs=1e-6)
     logits = torch.randn(1, 5, 2, requires_grad=True)
+    # Point anchors (an FCOS-style head): the points inside GI boxes; none here.
     view = HeadView(logits.sigmoid(), torch.zeros(1, 5, 4), logits, torch.randn(1, 5, 4),
-                    [torch.tensor([[0.0, 0, 4, 4]] * 5)], [5])
-    gid.family = "fcos"  # points inside GI boxes; none here
+                    [torch.tensor([[2.0, 2, 2, 2]] * 5)], [5])
     cls, reg = gid.response_losses(inputs, view, view, [torch.zeros(0, 4)])
     assert float(cls.detach()) == 0.0 and float(reg.detach()) == 0.0
     assert inside_any(torch.tensor([[5.0, 5], [50, 5]]), torch.tensor([[0.0, 0, 10, 10]])).tolist() == [True, False]

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from icdistill.distill.icd import ICDModule, flatten_levels, valid_token_mask
-from icdistill.distill.losses import (
+from icdistill.distill.icd.module import ICDModule, flatten_levels, valid_token_mask
+from icdistill.distill.icd.losses import (
     attention_weighted_distill_loss,
     instance_descriptor,
     regression_targets,
@@ -14,7 +14,7 @@ from icdistill.distill.losses import (
     level_position_encoding,
     sine_encoding,
 )
-from icdistill.distill.sampling import (
+from icdistill.distill.icd.sampling import (
     PriorTensors,
     build_instances,
     jitter_centres,

@@ -1,13 +1,13 @@
-"""distill.ablation_weights: ICD's loss with uniform or GT-box token weights (the main ablation)."""
+"""distill.icd.ablation_weights: ICD's loss with uniform or GT-box token weights (the main ablation)."""
 
 import pytest
 import torch
 
 from icdistill.config import load_config
-from icdistill.distill.icd_ablation import ablation_weights, gt_box_weights, uniform_weights
-from icdistill.distill.inputs import valid_token_mask
-from icdistill.distill.losses import attention_weighted_distill_loss
-from icdistill.distill.sampling import build_instances
+from icdistill.distill.icd.ablation import ablation_weights, gt_box_weights, uniform_weights
+from icdistill.distill.core.inputs import valid_token_mask
+from icdistill.distill.icd.losses import attention_weighted_distill_loss
+from icdistill.distill.icd.sampling import build_instances
 from icdistill.errors import ConfigError
 from test_icd import make_inputs, make_module, make_prior
 
@@ -90,9 +90,9 @@ def test_icd_module_with_ablation_weights_changes_only_the_distillation_weightin
 
 def test_ablation_weights_config_key():
     icd = ROOT / "configs" / "demo" / "icd.yaml"
-    assert load_config(icd).distill.ablation_weights is None
-    assert load_config(icd, ["distill.ablation_weights=gt_box"]).distill.ablation_weights == "gt_box"
+    assert load_config(icd).distill.icd.ablation_weights is None
+    assert load_config(icd, ["distill.icd.ablation_weights=gt_box"]).distill.icd.ablation_weights == "gt_box"
     with pytest.raises(ConfigError, match="ablation_weights.*uniform, gt_box"):
-        load_config(icd, ["distill.ablation_weights=box"])
+        load_config(icd, ["distill.icd.ablation_weights=box"])
     with pytest.raises(ValueError, match="valid: None, uniform, gt_box"):
         make_module(ablation_weights="box")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from icdistill.distill.icd import ICDModule, code_heads
-from icdistill.distill.icd_diagnostics import (
+from icdistill.distill.icd.module import ICDModule, code_heads
+from icdistill.distill.icd.diagnostics import (
     attention_distinctness,
     attention_in_boxes,
     auroc,
@@ -15,8 +15,8 @@ from icdistill.distill.icd_diagnostics import (
     token_centres,
     uniform_in_boxes,
 )
-from icdistill.distill.losses import point_position_code, split_heads
-from icdistill.distill.sampling import PriorTensors, build_instances
+from icdistill.distill.icd.losses import point_position_code, split_heads
+from icdistill.distill.icd.sampling import PriorTensors, build_instances
 
 
 def test_auroc_of_a_constant_a_perfect_and_an_inverted_predictor():
@@ -134,8 +134,8 @@ def test_diagnostics_of_a_run_on_real_images(tmp_path, shapes_root):
     from icdistill.config import DataConfig, ShapesConfig
     from icdistill.data import build_datasets, compute_prior
     from icdistill.detectors import build_detector, freeze_as_teacher
-    from icdistill.distill.build import prior_tensors
-    from icdistill.distill.icd_diagnostics import icd_diagnostics
+    from icdistill.distill.icd.build import prior_tensors
+    from icdistill.distill.icd.diagnostics import icd_diagnostics
 
     data = DataConfig(format="shapes", shapes=ShapesConfig(root=str(shapes_root), num_train=12, num_test=6,
                                                            image_height=64, image_width=96),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 from collections import OrderedDict
 
 import pytest
@@ -19,16 +20,18 @@ import torchvision
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from icdistill import config as config_module
-from icdistill.config import DistillConfig, load_config
+from icdistill.config import DistillConfig, distill_config, load_config
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.detectors.backbones import fpn_levels
 from icdistill.detectors.extras import DenseOutputs, RoISamples, RPNOutputs
-from icdistill.distill.build import METHODS, NO_METHOD, MethodContext, build_distiller, build_method
-from icdistill.distill.distiller import Distiller
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim
+from icdistill.distill.build import NO_METHOD, build_distiller, build_method
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core import registry
+from icdistill.distill.core.registry import method_names
+from icdistill.distill.core.distiller import Distiller
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import DistillMethod, MethodOptim
 from icdistill.engine.distributed import DistContext
 from icdistill.engine.step import StepContext, build_optimisers, train_step
 from icdistill.errors import ConfigError
@@ -515,32 +518,40 @@ def test_student_optimised_method_cannot_have_a_method_only_stage(retina):
 
 def test_unknown_method_lists_every_registered_name(retina, prior, monkeypatch):
     """``build_method``/``build_distiller`` with an unknown name raise ConfigError listing every
-    name in ``METHODS`` plus ``none``, read from the registry itself (a method added to it is
-    listed too, and then builds)."""
+    registered name plus ``none``, read from the registry itself (a method registered later is
+    listed too, gets its config section, and then builds)."""
     teacher, student = retina
     ctx = MethodContext(teacher, student, prior, student.level_names, student.strides)
 
     def names_in(message: str) -> set[str]:
-        return {name for name in (*METHODS, NO_METHOD) if re.search(rf"\b{re.escape(name)}\b", message)}
+        return {name for name in (*method_names(), NO_METHOD) if re.search(rf"\b{re.escape(name)}\b", message)}
 
     with pytest.raises(ConfigError) as err:
         build_method(DistillConfig(method="telepathy"), ctx)
-    assert "telepathy" in str(err.value) and names_in(str(err.value)) == {*METHODS, NO_METHOD}
+    assert "telepathy" in str(err.value) and names_in(str(err.value)) == {*method_names(), NO_METHOD}
 
-    monkeypatch.setitem(METHODS, "probe", lambda dcfg, ctx: make_probe(set()))
+    @dataclass(frozen=True)
+    class ProbeConfig:
+        strength: float = 1.0
+
+    spec = registry.MethodSpec(name="probe", section=ProbeConfig, build=lambda cfg, ctx: make_probe(set()),
+                               needs={registry.ONE_STAGE: frozenset()}, native=frozenset(), paper="a test")
+    monkeypatch.setitem(registry._REGISTRY, "probe", spec)
     with pytest.raises(ConfigError) as err:
         build_distiller(DistillConfig(method="telepathy"), student, teacher, prior=prior)
-    assert names_in(str(err.value)) == {*METHODS, NO_METHOD} and "probe" in str(err.value)
-    distiller, _ = build_distiller(DistillConfig(method="probe"), student, teacher, prior=prior)
+    assert names_in(str(err.value)) == {*method_names(), NO_METHOD} and "probe" in str(err.value)
+    dcfg = load_config(None, ["distill.method=probe", "distill.probe.strength=2"]).distill
+    assert dcfg.probe == ProbeConfig(strength=2.0)
+    distiller, _ = build_distiller(dcfg, student, teacher, prior=prior)
     assert distiller.method.name == "probe"
 
 
 def test_config_choices_match_the_registry():
-    """``distill.method`` accepts exactly the registered methods and ``none``."""
+    """``distill.method`` accepts exactly the registered methods and ``none``; each has a section."""
     assert NO_METHOD == "none"
-    assert set(config_module.DISTILL_METHODS) == set(METHODS) | {NO_METHOD}
-    for name in (*METHODS, NO_METHOD):
-        assert load_config(None, [f"distill.method={name}"]).distill.method == name
+    for name in (*method_names(), NO_METHOD):
+        dcfg = load_config(None, [f"distill.method={name}"]).distill
+        assert dcfg.method == name and (name == NO_METHOD or hasattr(dcfg, name))
     with pytest.raises(ConfigError, match="distill.method"):
         load_config(None, ["distill.method=telepathy"])
 
@@ -554,8 +565,8 @@ def test_shipped_methods_fill_the_slot(name, terms, retina, prior, images, monke
     student's forward is asked for none) and return only ``distill/<name>/<term>`` losses besides
     the student's ``det/*``; the losses backpropagate into the method."""
     teacher, student = retina
-    assert name in METHODS
-    dcfg = DistillConfig(method=name, hidden_dim=32, num_heads=4, warmup_iters=0)
+    assert name in method_names()
+    dcfg = distill_config(method=name, warmup_iters=0, icd={"hidden_dim": 32, "num_heads": 4})
     distiller, report = build_distiller(dcfg, student, teacher, prior=prior)
     method = distiller.method
     assert isinstance(method, DistillMethod) and method.name == name and report is None
@@ -573,7 +584,7 @@ def test_shipped_methods_fill_the_slot(name, terms, retina, prior, images, monke
 def test_student_gradient_clipping_applies_to_plain_runs_unless_the_release_behaviour_is_chosen():
     """solver.grad_clip_runs: all clips the baseline's gradients too; distill leaves them alone."""
     from icdistill.config import load_config
-    from icdistill.distill.distiller import Distiller
+    from icdistill.distill.core.distiller import Distiller
     from icdistill.engine.distributed import DistContext
     from icdistill.engine.step import StepContext, build_optimisers, train_step
     from icdistill.structures import collate_batch
@@ -597,11 +608,12 @@ def test_student_gradient_clipping_applies_to_plain_runs_unless_the_release_beha
 
 
 def test_distillation_warmup_null_is_the_methods_own_default():
-    """distill.warmup_iters null: ICD's 1000 (ICD_SPEC §7), FGFI's 25, none for the others; a set
-    value wins (``--set distill.method=mimic`` no longer inherits ICD's warm-up)."""
-    from icdistill.config import DistillConfig
+    """distill.warmup_iters null: the method spec's (ICD's 1000, the release's BYPASS_DISTILL;
+    FGFI's 25), none for the others; a set value wins (``--set distill.method=mimic`` no longer
+    inherits ICD's warm-up)."""
     from icdistill.distill.build import warmup_iters
 
-    assert [warmup_iters(DistillConfig(method=m)) for m in ("icd", "fgfi", "mimic", "fitnet", "defeat")] == [
+    assert [warmup_iters(distill_config(method=m)) for m in ("icd", "fgfi", "mimic", "fitnet", "defeat")] == [
         1000, 25, 0, 0, 0]
-    assert warmup_iters(DistillConfig(method="mimic", warmup_iters=7)) == 7
+    assert warmup_iters(distill_config(method="mimic", warmup_iters=7)) == 7
+    assert warmup_iters(distill_config(method="none")) == 0

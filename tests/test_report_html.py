@@ -28,7 +28,7 @@ def runs(tmp_path_factory, tiny_config):
     train(tiny_config(*REPORT_SETS), root / "teacher", progress=False)
     train(tiny_config(*REPORT_SETS, "solver.seed=1"), root / "baseline", progress=False)
     icd = tiny_config(*REPORT_SETS, *TEACHER_SETS, "distill.method=icd", "distill.warmup_iters=1",
-                      "distill.decoder_warmup_iters=2", f"teacher.weights={root / 'teacher' / 'detector.pt'}")
+                      "distill.icd.decoder_warmup_iters=2", f"teacher.weights={root / 'teacher' / 'detector.pt'}")
     train(icd, root / "icd", progress=False)
     return root
 

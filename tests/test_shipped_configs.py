@@ -35,7 +35,7 @@ def test_recipe_loads(path: Path):
 
 def test_paper_recipes_follow_the_spec():
     voc = load_config(CONFIG_ROOT / "voc" / "faster_rcnn_R50_icd.yaml")
-    assert voc.solver.max_iter == 18000 and voc.distill.decoder_warmup_iters == 6000
+    assert voc.solver.max_iter == 18000 and voc.distill.icd.decoder_warmup_iters == 6000
     assert voc.data.train_years == ("2007", "2012") and voc.data.test_years == ("2007",)
     coco = load_config(CONFIG_ROOT / "coco" / "retinanet_R50_3x_icd_inherit.yaml")
     assert coco.solver.max_iter == 270000 and coco.distill.inherit and coco.teacher.backbone == "resnet101"

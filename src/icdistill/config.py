@@ -23,7 +23,6 @@ FAMILIES = ("retinanet", "fcos", "faster_rcnn", "mask_rcnn", "faster_rcnn_c4", "
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_large")
 DATA_FORMATS = ("coco", "shapes", "voc", "voc_folder", "yolo", "cityscapes")
 EVALUATORS = ("coco", "voc")
-DISTILL_METHODS = ("icd", "fitnet", "mimic", "fgfi", "chen2017", "fbkd", "gid", "defeat", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keys whose value must be one of a fixed set: dotted key -> choices.
@@ -35,20 +34,6 @@ CHOICES = {
     "teacher.head_norm": ("gn",),
     "teacher.family": FAMILIES,
     "teacher.backbone": BACKBONES,
-    "distill.method": DISTILL_METHODS,
-    "distill.ablation_weights": ("uniform", "gt_box"),
-    "distill.gid.gi_score": ("paper", "repro"),
-    "distill.gid.relation_scope": ("image", "batch"),
-    "distill.fitnet.adapter": ("1x1", "3x3", "none"),
-    "distill.fitnet.adapter_init": ("default", "trunc1e-4"),
-    "distill.fitnet.normalize": ("none", "defeat", "l2_per_image"),
-    "distill.fitnet.adapter_optim": ("adamw", "student"),
-    "distill.mimic.regions": ("proposals", "gt"),
-    "distill.mimic.proposal_source": ("teacher", "student"),
-    "distill.fgfi.level_mode": ("assigned", "joint"),
-    "distill.fgfi.norm": ("defeat", "paper"),
-    "distill.fgfi.adapter_init": ("default", "trunc1e-4"),
-    "distill.chen2017.hint_layer": ("fpn", "c5"),
     "eval.evaluator": EVALUATORS,
     "solver.device": DEVICES,
     "solver.amp": ("bf16", "fp16"),
@@ -155,237 +140,104 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """ICD settings (ICD_SPEC §2–§8). Nulls take the family's defaults: λ 6 RetinaNet, 8 FCOS,
-    3 Faster R-CNN; at most 300 instances per image for one-stage, 100 for two-stage.
-    ``method: fitnet`` is the full-map imitation baseline (1x1 adapter, MSE, ``loss_weight``
-    default 1); it shares ``levels``, ``warmup_iters``, ``lr``, ``weight_decay`` and clipping.
-    ``fitnet``, ``mimic``, ``fgfi`` and ``chen2017`` read their options from their own sections
-    (``FitNetConfig`` ... below; METHODS_SPEC §2-§4, §8; [ADAPT] marks this project's
-    adaptations, docs/method.md); ``loss_weight`` null is the method's default.
+    """The keys every distillation method shares; each registered method adds its own section
+    ``distill.<method>`` (:func:`distill_config_type`, docs/config.md).
 
-    ``position_prior`` (this project's design, not the paper's; on by default, chosen with
-    benchmarks/decoder.py on training data; false is the paper's decoder) adds the query's
-    position to ICD's attention logits (``position_scale``: the initial per-head λ);
-    ``decoder_warmup_lr`` (null: ``lr``, the paper's) is the ICD module's LR during the decoder
-    warm-up stage; ``diagnostic_images`` test images give the ``icd/*`` diagnostics
-    at every evaluation. ``ablation_weights`` (an ablation switch of this project, not a
-    method: null is ICD) weights ICD's distillation loss with ``uniform`` weights over valid
-    tokens or a ``gt_box`` mask instead of the decoder's attention (distill/icd_ablation.py).
-
+    ``method``: a registered method's name or ``none`` (plain training). ``weight_scale``
+    multiplies every distillation term of whichever method runs (a method's section holds its
+    own absolute term weights), so a weight sweep is the same factors for every method.
+    ``levels`` (null: every level of the student) are the distilled pyramid levels.
     ``warmup_iters`` (the distillation warm-up: the method sees the student's features detached
-    and trains only its own parts) null is the method's default: 1000 for ICD (ICD_SPEC §7,
-    the release's BYPASS_DISTILL), 25 for FGFI (its 400 iterations at batch 1, METHODS_SPEC §4),
-    0 for the others (their originals have none).
+    and trains only its own parts) null is the method's default. ``inherit``: at a fresh start
+    the student's neck and heads start from the teacher's. ``lr``, ``weight_decay`` and
+    ``grad_clip_norm`` are the own AdamW of a method that trains its own parts with one (ICD,
+    FitNet's default adapter).
 
     ``check_teacher`` (this project's pre-flight check, not the paper's): before the first step
     of a distillation run the teacher is evaluated on up to ``check_teacher_images`` test
     images; a box AP (percent) below ``check_teacher_min_ap`` or class names in the teacher's
     file that differ from the data's stop the run (engine/teacher_check.py)."""
 
-    method: str = "none"
-    loss_weight: Optional[float] = None
+    method: str = field(default="none", metadata={"choices": lambda: _method_choices()})
+    weight_scale: float = 1.0
     levels: Optional[tuple[str, ...]] = None
-    hidden_dim: int = 256
-    num_heads: int = 8
-    num_layers: int = 1
-    fake_ratio: int = 5
-    max_instances: Optional[int] = None
-    jitter: float = 0.3
     warmup_iters: Optional[int] = None
-    decoder_warmup_iters: int = 0
+    inherit: bool = False
     lr: float = 1e-4
     weight_decay: float = 1e-4
     grad_clip_norm: float = 0.01
-    inherit: bool = False
-    position_prior: bool = True
-    position_scale: float = 64.0
-    decoder_warmup_lr: Optional[float] = 1e-3
-    diagnostic_images: int = 32
     check_teacher: bool = True
     check_teacher_images: int = 50
     check_teacher_min_ap: float = 1.0
-    ablation_weights: Optional[str] = None
-    fitnet: "FitNetConfig" = field(default_factory=lambda: FitNetConfig())
-    mimic: "MimicConfig" = field(default_factory=lambda: MimicConfig())
-    fgfi: "FGFIConfig" = field(default_factory=lambda: FGFIConfig())
-    chen2017: "Chen2017Config" = field(default_factory=lambda: Chen2017Config())
-    fbkd: "FBKDConfig" = field(default_factory=lambda: FBKDConfig())
-    gid: "GIDConfig" = field(default_factory=lambda: GIDConfig())
-    defeat: "DeFeatConfig" = field(default_factory=lambda: DeFeatConfig())
-
-
-@dataclass(frozen=True)
-class FitNetConfig:
-    """``distill.method: fitnet`` (METHODS_SPEC §2; docs/method.md). ``adapter``: ``1x1`` (one
-    conv shared by the levels: this project's default), ``3x3`` (one per level: DeFeat's
-    all-neck) or ``none`` (UP's neck mimic, equal widths); ``adapter_init``: ``default`` or
-    ``trunc1e-4`` (DeFeat's); ``normalize``: ``none`` (MSE over valid positions), ``defeat``
-    (Σ/2BHWC, padding included) or ``l2_per_image`` (UP's); ``adapter_optim``: ``adamw`` (the
-    adapter's own AdamW at ``distill.lr``: this project's) or ``student`` (the student's SGD,
-    as the peers train adapters)."""
-
-    adapter: str = "1x1"
-    adapter_init: str = "default"
-    normalize: str = "none"
-    adapter_optim: str = "adamw"
-
-
-@dataclass(frozen=True)
-class MimicConfig:
-    """``distill.method: mimic`` (Li et al. 2017, METHODS_SPEC §3). ``regions``: ``proposals``
-    (Faster R-CNN: RPN proposals; RetinaNet/FCOS: pseudo-proposals from the dense head, this
-    project's adaptation [ADAPT]) or ``gt``; ``proposal_source``: ``teacher`` (UP's) or
-    ``student``; at most ``max_proposals`` per image; the [ADAPT] pseudo-proposals keep the
-    top ``pre_nms_top_n`` scores before NMS at ``nms_thresh``."""
-
-    regions: str = "proposals"
-    proposal_source: str = "teacher"
-    max_proposals: int = 1000
-    pre_nms_top_n: int = 2000
-    nms_thresh: float = 0.7
 
     def __post_init__(self) -> None:
-        for name in ("max_proposals", "pre_nms_top_n", "nms_thresh"):
-            _require_number("distill.mimic", name, getattr(self, name), positive=True)
-        _require_at_most_one("distill.mimic", "nms_thresh", self.nms_thresh)
+        require_number("distill", "weight_scale", self.weight_scale)
 
 
-@dataclass(frozen=True)
-class FGFIConfig:
-    """``distill.method: fgfi`` (Wang et al. 2019, METHODS_SPEC §4). ``psi``: the mask's
-    relative IoU threshold; ``level_mode``: ``assigned`` (one level per box, DeFeat's FPN port)
-    or ``joint`` (all levels at once); ``norm``: ``defeat`` (÷2·N_p·C; weight 3) or ``paper``
-    (÷2·N_p; weight 0.01); per-level 3×3 adapters with ``adapter_init`` and, if
-    ``adapter_relu``, the original's ReLU. FCOS uses virtual anchors (8·stride squares), this
-    project's adaptation [ADAPT]."""
+def _method_choices() -> tuple[str, ...]:
+    from icdistill.distill.core.registry import NO_METHOD, method_names  # lazy: method modules import this one
 
-    psi: float = 0.5
-    level_mode: str = "assigned"
-    norm: str = "defeat"
-    adapter_init: str = "trunc1e-4"
-    adapter_relu: bool = False
-
-    def __post_init__(self) -> None:
-        _require_number("distill.fgfi", "psi", self.psi, positive=True)
-        _require_at_most_one("distill.fgfi", "psi", self.psi)
+    return (*method_names(), NO_METHOD)
 
 
-@dataclass(frozen=True)
-class Chen2017Config:
-    """``distill.method: chen2017`` (Chen et al. 2017, METHODS_SPEC §8). ``mu``: the hard
-    loss's share (μ; unverified default); ``temperature`` T; ``margin`` m of the bounded
-    regression; ``nu`` ν: its weight; ``hint_weight`` γ; ``bg_weight``: the background class's
-    weight in the soft cross-entropy; ``hint_layer``: ``fpn`` (every distilled FPN level) or
-    ``c5`` (the backbone's last stage, the paper's). The FPN hint and the RetinaNet/FCOS form
-    are this project's adaptation [ADAPT]."""
-
-    mu: float = 0.5
-    temperature: float = 1.0
-    margin: float = 0.0
-    nu: float = 0.5
-    hint_weight: float = 0.5
-    bg_weight: float = 1.5
-    hint_layer: str = "fpn"
-
-    def __post_init__(self) -> None:
-        _require_number("distill.chen2017", "temperature", self.temperature, positive=True)
-        for name in ("mu", "margin", "nu", "hint_weight", "bg_weight"):
-            _require_number("distill.chen2017", name, getattr(self, name))
-        _require_at_most_one("distill.chen2017", "mu", self.mu)
+_DISTILL_TYPES: dict[tuple[tuple[str, type], ...], type] = {}
 
 
-@dataclass(frozen=True)
-class FBKDConfig:
-    """``distill.method: fbkd`` (Zhang & Ma 2021, METHODS_SPEC §5). Nulls take the family's
-    column: one-stage (the supplement: T = T_c = 0.1, channel mask on, weights am 4.2e-4, at
-    0.024, nld 4.2e-4) or two-stage (MMRazor: T = 0.5, no channel mask, 7e-5, 4e-3, 7e-5).
-    ``distill.loss_weight`` multiplies all three. ``faithful_padding`` includes padded tokens in
-    the masks and norms as the originals do (default: valid tokens only). This project's
-    adaptations [ADAPT]: adapters for C_s != C_t, the non-local width C/4, C/2 at any C, the
-    max-pool shrunk on small maps (docs/method.md)."""
+def distill_config_type() -> type:
+    """:class:`DistillConfig` with one field per registered method, ``distill.<name>``, of the
+    method's section type (default: the section's defaults). Made once per set of methods."""
+    from icdistill.distill.core.registry import method_sections  # lazy: method modules import this one
 
-    temperature: Optional[float] = None
-    channel_temperature: Optional[float] = None
-    channel_mask: Optional[bool] = None
-    am_weight: Optional[float] = None
-    at_weight: Optional[float] = None
-    nld_weight: Optional[float] = None
-    faithful_padding: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("temperature", "channel_temperature"):
-            _require_number("distill.fbkd", name, getattr(self, name), positive=True)
-        for name in ("am_weight", "at_weight", "nld_weight"):
-            _require_number("distill.fbkd", name, getattr(self, name))
+    sections = tuple(method_sections().items())
+    if sections not in _DISTILL_TYPES:
+        fields = [(name, section, field(default_factory=section)) for name, section in sections]
+        cls = dataclasses.make_dataclass("DistillConfig", fields, bases=(DistillConfig,), frozen=True)
+        cls.__module__, cls.__qualname__ = __name__, "DistillConfig"
+        cls.__doc__ = DistillConfig.__doc__
+        _DISTILL_TYPES[sections] = cls
+    return _DISTILL_TYPES[sections]
 
 
-@dataclass(frozen=True)
-class GIDConfig:
-    """``distill.method: gid`` (Dai et al. 2021, METHODS_SPEC §6; defaults: the first author's
-    reproduction, unverified against the paper). ``gi_score``: ``paper`` (max_c |P_t - P_s|) or
-    ``repro`` (|max_c P_t - max_c P_s|); GISM keeps ``top_k`` boxes per image after
-    ``pre_nms_top_k``, dropping sides <= ``min_box_size`` px, NMS at ``nms_iou``;
-    ``relation_scope``: ``image`` or ``batch`` (the reproduction's); ``adapter``: the shared
-    3x3 conv on the student's maps (false needs equal FPN widths). On Faster/Mask R-CNN GISM
-    runs on the RPN (the paper's description, from a secondary summary; the RPN response and
-    p2-p5 pooling are this project's adaptation [ADAPT]). ``distill.loss_weight`` multiplies
-    all four weights."""
-
-    gi_score: str = "paper"
-    top_k: int = 10
-    pre_nms_top_k: int = 3000
-    nms_iou: float = 0.3
-    min_box_size: float = 10.0
-    pool_size: int = 10
-    relation_scope: str = "image"
-    feature_weight: float = 0.005
-    relation_weight: float = 40.0
-    response_cls_weight: float = 0.1
-    response_reg_weight: float = 0.1
-    adapter: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "pre_nms_top_k", "pool_size", "nms_iou"):
-            _require_number("distill.gid", name, getattr(self, name), positive=True)
-        if self.nms_iou > 1:
-            raise ConfigError(f"config key 'distill.gid.nms_iou' must be in (0, 1], got {self.nms_iou!r}")
-        for name in ("min_box_size", "feature_weight", "relation_weight", "response_cls_weight", "response_reg_weight"):
-            _require_number("distill.gid", name, getattr(self, name))
+def distill_config(**values: Any) -> DistillConfig:
+    """The ``distill`` section from keyword values as a YAML file would give them (method
+    sections as dicts), validated: ``distill_config(method="icd", icd={"hidden_dim": 64})``."""
+    return _build(distill_config_type(), _refuse_former_distill_keys(values), "distill.")
 
 
-@dataclass(frozen=True)
-class DeFeatConfig:
-    """``distill.method: defeat`` (Guo et al. 2021, METHODS_SPEC §7). Neck weights ``fg_weight``
-    α_obj and ``bg_weight`` α_bg (UP's COCO recipe, ramped linearly over ``ramp_iters``);
-    ``roi_cls`` (Faster/Mask R-CNN only; RetinaNet/FCOS are neck-only) adds the RoI
-    classification KL on the teacher's sampled RoIs with weights β and temperatures T per
-    foreground / background (the DeFeat VOC config's values, unverified). ``distill.loss_weight``
-    multiplies every term. ``faithful_padding``: the background term includes padding."""
+def _refuse_former_distill_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """ConfigError for a ``distill`` key of an earlier version, naming the key that replaced it;
+    a null ``loss_weight`` (what earlier versions saved by default) is dropped."""
+    from icdistill.distill.core.registry import method_names, method_spec
 
-    fg_weight: float = 4.0
-    bg_weight: float = 16.0
-    roi_cls: bool = False
-    roi_fg_weight: float = 2.0
-    roi_bg_weight: float = 2.0
-    roi_fg_temperature: float = 1.0
-    roi_bg_temperature: float = 1.0
-    ramp_iters: int = 2000
-    faithful_padding: bool = False
+    values = dict(values)
+    if values.get("loss_weight", 0) is None:
+        values.pop("loss_weight")
+    if "loss_weight" in values:
+        method = values.get("method")
+        if method in method_names():
+            weights = [f"'distill.{method}.{f.name}'" for f in dataclasses.fields(method_spec(method).section)
+                       if f.name.endswith("weight")]
+            own = " / ".join(weights) or f"the keys of 'distill.{method}'"
+        else:
+            own = "'distill.<method>.loss_weight' (or the method's per-term '*_weight' keys)"
+        raise ConfigError(
+            f"config key 'distill.loss_weight' was removed: set the method's own weight(s) {own}, or "
+            f"'distill.weight_scale' (default 1) to multiply every distillation term of any method"
+        )
+    for name in method_names():
+        for key in method_spec(name).former_keys:
+            if key in values:
+                raise ConfigError(f"config key 'distill.{key}' moved: set 'distill.{name}.{key}' instead")
+    return values
 
-    def __post_init__(self) -> None:
-        for name in ("roi_fg_temperature", "roi_bg_temperature"):
-            _require_number("distill.defeat", name, getattr(self, name), positive=True)
-        for name in ("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"):
-            _require_number("distill.defeat", name, getattr(self, name))
 
-
-def _require_at_most_one(section: str, name: str, value: float) -> None:
+def require_at_most_one(section: str, name: str, value: float) -> None:
     """ConfigError unless ``value`` <= 1 (a fraction or an IoU)."""
     if value > 1:
         raise ConfigError(f"config key '{section}.{name}' must be at most 1, got {value!r}")
 
 
-def _require_number(section: str, name: str, value: Optional[float], *, positive: bool = False) -> None:
+def require_number(section: str, name: str, value: Optional[float], *, positive: bool = False) -> None:
     """ConfigError unless ``value`` (None passes) is > 0 (``positive``) or >= 0."""
     if value is None or (value > 0 if positive else value >= 0):
         return
@@ -393,9 +245,15 @@ def _require_number(section: str, name: str, value: Optional[float], *, positive
     raise ConfigError(f"config key '{section}.{name}' must be {rule}, got {value!r}")
 
 
+def choice(default: Optional[str], choices: tuple[str, ...]) -> Any:
+    """A ``str`` (or ``Optional[str]``) dataclass field whose value must be one of ``choices``
+    (checked on loading)."""
+    return field(default=default, metadata={"choices": choices})
+
+
 @dataclass(frozen=True)
 class SolverConfig:
-    """The student's SGD schedule (detectron2 1x recipe, §7). ``base_lr`` null means the
+    """The student's SGD schedule (detectron2 1x recipe). ``base_lr`` null means the
     family's reference LR (0.01 one-stage, 0.02 two-stage at 16 images) scaled linearly to
     ``ims_per_batch``. ``steps`` are fractions of ``max_iter``. ``ims_per_batch`` is the global
     batch: with torchrun each process takes ``ims_per_batch / WORLD_SIZE`` images.
@@ -461,7 +319,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig = field(default_factory=lambda: ModelConfig(backbone="resnet101"))
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: DistillConfig = field(default_factory=lambda: distill_config_type()())
     solver: SolverConfig = field(default_factory=SolverConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -484,14 +342,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check/convert one YAML value against a dataclass field type; ConfigError names the key."""
+def _coerce(key: str, value: Any, tp: Any, choices: Optional[tuple[str, ...]] = None) -> Any:
+    """Check/convert one YAML value against a dataclass field type (and, for strings, its
+    ``choices``); ConfigError names the key."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(key, value, args[0])
+        return _coerce(key, value, args[0], choices)
+    if tp is DistillConfig:
+        tp = distill_config_type()  # the distill section holds one section per registered method
+        if isinstance(value, dict):
+            value = _refuse_former_distill_keys(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
@@ -523,7 +386,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
         value = str(value)
-        choices = CHOICES.get(key)
+        choices = choices if choices is not None else CHOICES.get(key)
         if choices is not None and value not in choices:
             raise ConfigError(f"config key '{key}' is {value!r}; valid choices: {', '.join(choices)}")
         return value
@@ -539,7 +402,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             f"unknown config key '{prefix}{unknown[0]}'; valid keys in '{prefix.rstrip('.') or 'the top level'}': "
             + ", ".join(names)
         )
-    return cls(**{k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()})
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}
+    choices = {k: c() if callable(c) else c for k, c in choices.items()}
+    return cls(**{k: _coerce(prefix + k, v, hints[k], choices[k]) for k, v in values.items()})
 
 
 def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

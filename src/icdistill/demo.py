@@ -49,7 +49,7 @@ def demo_configs(out: Path, *, quick: bool = False) -> dict[str, Config]:
         if quick:
             overrides += [*QUICK_OVERRIDES, f"solver.max_iter={QUICK_ITERS[name]}", "solver.log_period=4"]
             if name == "icd":
-                overrides += ["distill.decoder_warmup_iters=4", "distill.warmup_iters=2", "distill.check_teacher=false"]
+                overrides += ["distill.icd.decoder_warmup_iters=4", "distill.warmup_iters=2", "distill.check_teacher=false"]
         configs[name] = load_config(demo_config_path(name), overrides)
     return configs
 

@@ -22,10 +22,11 @@ class FamilyFacts:
         levels: the feature pyramid (names and strides of what ``features`` returns).
         two_stage: an RPN + RoI-head detector (proposals, sampled RoIs, a box head).
         masks: predicts instance masks (training targets need ``masks``; ``segm`` AP).
-        reference_lr: the student's SGD LR at 16 images per batch (ICD_SPEC §7).
-        distill_loss_weight: λ of the ICD distillation loss (the paper's Table 12; the release's
-            FCOS config, ICD_SPEC §6).
-        max_instances: the cap on ICD's instance slots per image (ICD_SPEC §2).
+        reference_lr: the student's SGD LR at 16 images per batch (detectron2's 1x schedules:
+            0.01 one-stage, 0.02 two-stage).
+
+    A distillation method's own per-family defaults live with the method
+    (``icdistill.distill``), not here.
     """
 
     name: str
@@ -33,34 +34,23 @@ class FamilyFacts:
     two_stage: bool
     masks: bool
     reference_lr: float
-    distill_loss_weight: float
-    max_instances: int
 
 
 FAMILY_TABLE: dict[str, FamilyFacts] = {
     f.name: f
     for f in (
-        FamilyFacts("retinanet", P3_P7, two_stage=False, masks=False, reference_lr=0.01,
-                    distill_loss_weight=6.0, max_instances=300),
-        FamilyFacts("fcos", P3_P7, two_stage=False, masks=False, reference_lr=0.01,
-                    distill_loss_weight=8.0, max_instances=300),
-        FamilyFacts("faster_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        FamilyFacts("mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        # FPN-free Faster R-CNN (appendix Table 10): Faster R-CNN's defaults on the one map.
-        FamilyFacts("faster_rcnn_c4", C4, two_stage=True, masks=False, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        FamilyFacts("faster_rcnn_dc5", DC5, two_stage=True, masks=False, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        # Cascade (Mask) R-CNN (Table 9's teacher): Faster R-CNN's pyramid and defaults.
-        FamilyFacts("cascade_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        FamilyFacts("cascade_mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02,
-                    distill_loss_weight=3.0, max_instances=100),
-        # CondInst (Table 8): FCOS plus dynamic mask heads, FCOS's pyramid and defaults.
-        FamilyFacts("condinst", P3_P7, two_stage=False, masks=True, reference_lr=0.01,
-                    distill_loss_weight=8.0, max_instances=300),
+        FamilyFacts("retinanet", P3_P7, two_stage=False, masks=False, reference_lr=0.01),
+        FamilyFacts("fcos", P3_P7, two_stage=False, masks=False, reference_lr=0.01),
+        FamilyFacts("faster_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02),
+        FamilyFacts("mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02),
+        # FPN-free Faster R-CNN (appendix Table 10): Faster R-CNN's settings on the one map.
+        FamilyFacts("faster_rcnn_c4", C4, two_stage=True, masks=False, reference_lr=0.02),
+        FamilyFacts("faster_rcnn_dc5", DC5, two_stage=True, masks=False, reference_lr=0.02),
+        # Cascade (Mask) R-CNN (Table 9's teacher): Faster R-CNN's pyramid and settings.
+        FamilyFacts("cascade_rcnn", P2_P6, two_stage=True, masks=False, reference_lr=0.02),
+        FamilyFacts("cascade_mask_rcnn", P2_P6, two_stage=True, masks=True, reference_lr=0.02),
+        # CondInst (Table 8): FCOS plus dynamic mask heads, FCOS's pyramid and settings.
+        FamilyFacts("condinst", P3_P7, two_stage=False, masks=True, reference_lr=0.01),
     )
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_TABLE)
@@ -76,13 +66,13 @@ def family_facts(name: str) -> FamilyFacts:
 def family_table_markdown() -> str:
     """The family table as it appears in ``docs/architecture.md``."""
     rows = [
-        "| family | levels (strides) | stages | masks | reference LR @16 | ICD λ | ICD instance cap |",
-        "|---|---|---|---|---|---|---|",
+        "| family | levels (strides) | stages | masks | reference LR @16 |",
+        "|---|---|---|---|---|",
     ]
     for f in FAMILY_TABLE.values():
         levels = ", ".join(f"{n} ({s})" for n, s in zip(f.levels.names, f.levels.strides))
         rows.append(
             f"| `{f.name}` | {levels} | {'two' if f.two_stage else 'one'} | {'yes' if f.masks else 'no'} "
-            f"| {f.reference_lr:g} | {f.distill_loss_weight:g} | {f.max_instances} |"
+            f"| {f.reference_lr:g} |"
         )
     return "\n".join(rows)

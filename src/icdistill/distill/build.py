@@ -1,110 +1,57 @@
 """From ``cfg.distill`` and the two detectors to the trainable whole (student + one method).
 
-``METHODS`` is a plain dict from ``distill.method`` names to builders; ``none`` means plain
-training. A builder takes the distill section and a :class:`MethodContext` and returns a
-:class:`~icdistill.distill.method.DistillMethod`.
+The method comes from the registry (:mod:`icdistill.distill.core.registry`): its spec's
+capability check runs first, then its builder gets its own section ``distill.<name>`` and a
+:class:`~icdistill.distill.core.context.MethodContext`. ``none`` means plain training.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
 from icdistill.config import DistillConfig
 from icdistill.data.prior import DatasetPrior
 from icdistill.detectors.base import DetectorAdapter
-from icdistill.detectors.families import family_facts
 from icdistill.detectors.weights import FrozenTeacher
-from icdistill.distill.builders_2021 import build_defeat, build_fbkd, build_gid
-from icdistill.distill.distiller import Distiller, check_alignment
-from icdistill.distill.icd import ICDModule
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.distiller import Distiller, check_alignment
+from icdistill.distill.core.method import DistillMethod, MethodOptim
+from icdistill.distill.core.registry import NO_METHOD, check_capability, method_spec
 from icdistill.distill.inherit import InheritReport, inherit_weights
-from icdistill.distill.method import DistillMethod, MethodOptim
-from icdistill.distill.peer_builders import build_chen2017, build_fgfi, build_fitnet, build_mimic
-from icdistill.distill.sampling import PriorTensors
 from icdistill.errors import ConfigError
 
-NO_METHOD = "none"
+__all__ = ["DEFAULT_METHOD", "NO_METHOD", "build_distiller", "build_method", "warmup_iters"]
+
 # What `icdistill distill` runs when the config leaves distill.method at none.
 DEFAULT_METHOD = "icd"
-# distill.warmup_iters when null: ICD_SPEC §7 (the release's BYPASS_DISTILL = 1000); FGFI's
-# 400 iterations at batch 1 ~ 25 at batch 16 (METHODS_SPEC §4); the other originals have none.
-METHOD_WARMUP_ITERS = {"icd": 1000, "fgfi": 25}
 
 
 def warmup_iters(dcfg: DistillConfig) -> int:
-    """``distill.warmup_iters``, or the method's default when it is null."""
-    return dcfg.warmup_iters if dcfg.warmup_iters is not None else METHOD_WARMUP_ITERS.get(dcfg.method, 0)
-
-
-@dataclass(frozen=True)
-class MethodContext:
-    """What a method builder may read besides ``cfg.distill``: the detectors (checked to align
-    at ``levels``), the training set's prior and the class count."""
-
-    teacher: FrozenTeacher
-    student: DetectorAdapter
-    prior: DatasetPrior
-    levels: tuple[str, ...]
-    strides: tuple[int, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return self.student.num_classes
-
-
-def prior_tensors(prior: DatasetPrior) -> PriorTensors:
-    """The dataset prior as float32 tensors of shape [C] each."""
-    t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    return PriorTensors(t(prior.freq), t(prior.w_mean), t(prior.w_std), t(prior.h_mean), t(prior.h_std))
-
-
-def build_icd(dcfg: DistillConfig, ctx: MethodContext) -> ICDModule:
-    """ICD (ICD_SPEC): λ and the instance cap default to the student family's (family table)."""
-    facts = family_facts(ctx.student.family)
-    return ICDModule(
-        num_classes=ctx.num_classes,
-        teacher_channels=ctx.teacher.out_channels,
-        student_channels=ctx.student.out_channels,
-        prior=prior_tensors(ctx.prior),
-        hidden_dim=dcfg.hidden_dim,
-        num_heads=dcfg.num_heads,
-        num_layers=dcfg.num_layers,
-        fake_ratio=dcfg.fake_ratio,
-        max_instances=dcfg.max_instances or facts.max_instances,
-        jitter=dcfg.jitter,
-        loss_weight=dcfg.loss_weight if dcfg.loss_weight is not None else facts.distill_loss_weight,
-        optim=MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm,
-                          stage_lr=dcfg.decoder_warmup_lr),
-        method_only_iters=dcfg.decoder_warmup_iters,
-        position_prior=dcfg.position_prior,
-        position_scale=dcfg.position_scale,
-        diagnostic_images=dcfg.diagnostic_images,
-        ablation_weights=dcfg.ablation_weights,
-    )
-
-
-METHODS: dict[str, Callable[[DistillConfig, MethodContext], DistillMethod]] = {
-    "icd": build_icd,
-    "fitnet": build_fitnet,
-    "mimic": build_mimic,
-    "fgfi": build_fgfi,
-    "chen2017": build_chen2017,
-    "fbkd": build_fbkd,
-    "gid": build_gid,
-    "defeat": build_defeat,
-}
+    """``distill.warmup_iters``, or the method's default (its spec's) when it is null."""
+    if dcfg.warmup_iters is not None:
+        return dcfg.warmup_iters
+    return 0 if dcfg.method == NO_METHOD else method_spec(dcfg.method).warmup_iters
 
 
 def build_method(dcfg: DistillConfig, ctx: MethodContext) -> DistillMethod:
-    """The method ``dcfg.method`` names; ConfigError listing the valid names otherwise."""
-    if dcfg.method not in METHODS:
-        raise ConfigError(
-            f"config key 'distill.method' is {dcfg.method!r}; valid choices: {', '.join((*METHODS, NO_METHOD))}"
-        )
-    return METHODS[dcfg.method](dcfg, ctx)
+    """The method ``dcfg.method`` names, built from its own section ``distill.<name>`` once the
+    detectors are checked to provide what it needs; ConfigError naming what is wrong otherwise."""
+    spec = method_spec(dcfg.method)
+    check_capability(spec, ctx.student, ctx.teacher)
+    section = getattr(dcfg, spec.name, None)
+    if section is None:  # a DistillConfig made without the registered sections
+        section = spec.section()
+    return spec.build(section, ctx)
+
+
+def method_context(
+    dcfg: DistillConfig, student: DetectorAdapter, teacher: FrozenTeacher, prior: DatasetPrior,
+) -> MethodContext:
+    """The :class:`MethodContext` of ``dcfg``: the distilled levels (``distill.levels`` or all
+    the student's), checked to align between teacher and student."""
+    levels = tuple(dcfg.levels or student.level_names)
+    strides = tuple(check_alignment(teacher, student, levels))
+    own_optim = MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm)
+    return MethodContext(teacher, student, prior, levels, strides, weight_scale=dcfg.weight_scale,
+                         levels_configured=bool(dcfg.levels), own_optim=own_optim)
 
 
 def build_distiller(
@@ -116,13 +63,12 @@ def build_distiller(
     fresh_start: bool = True,
 ) -> tuple[Distiller, InheritReport | None]:
     """Student + the configured method, checked against the teacher; at a fresh start with
-    ``distill.inherit`` the student first inherits the teacher's neck and heads (ICD_SPEC §8)."""
+    ``distill.inherit`` the student first inherits the teacher's neck and heads."""
     if dcfg.method == NO_METHOD:
         return Distiller(student), None
     if teacher is None:
         raise ConfigError(f"distill.method {dcfg.method!r} needs a teacher (the 'teacher' section)")
-    levels = tuple(dcfg.levels or student.level_names)
-    strides = tuple(check_alignment(teacher, student, levels))
+    ctx = method_context(dcfg, student, teacher, prior)
     report = inherit_weights(teacher, student) if dcfg.inherit and fresh_start else None
-    method = build_method(dcfg, MethodContext(teacher, student, prior, levels, strides))
-    return Distiller(student, method, levels=levels, strides=strides, warmup_iters=warmup_iters(dcfg)), report
+    method = build_method(dcfg, ctx)
+    return Distiller(student, method, levels=ctx.levels, strides=ctx.strides, warmup_iters=warmup_iters(dcfg)), report

@@ -1,5 +1,5 @@
 """Chen et al. 2017, "Learning Efficient Object Detection Models with Knowledge Distillation"
-(METHODS_SPEC §8): hint + class-weighted soft cross-entropy + teacher-bounded regression, on
+(NeurIPS 2017): hint + class-weighted soft cross-entropy + teacher-bounded regression, on
 the RPN and the RoI head (RCN) of a Faster R-CNN.
 
 Per head: L_cls = μ·L_hard + (1 − μ)·L_soft, L_soft = −Σ_c w_c P_t^c log P_s^c with
@@ -9,7 +9,8 @@ L_b = ‖R_s − y‖² if ‖R_s − y‖² + m > ‖R_t − y‖² else 0 (per
 
 The hard terms are the detector's own losses (``det/*``, weight 1 in the sum), so the method
 returns ``(1 − μ)·(λ·L_soft − L_hard)`` as its ``*_cls`` terms: the total is then exactly
-μ·L_hard + λ(1 − μ)·L_soft (λ = ``distill.loss_weight``, default 1, scales every KD term).
+μ·L_hard + λ(1 − μ)·L_soft (λ = ``distill.chen2017.loss_weight`` × ``distill.weight_scale``,
+default 1, scales every KD term).
 
 This project's adaptation [ADAPT] to torchvision FPN detectors:
 
@@ -37,20 +38,52 @@ hint is returned: the adapters train, the student's heads are not touched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from icdistill.config import choice, require_at_most_one, require_number
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, ROI_SAMPLES, RPN, DenseOutputs
+from icdistill.detectors.families import family_facts
 from icdistill.detectors.taps import LastStageTap
-from icdistill.distill.fitnet import full_map_imitation_loss
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
-from icdistill.distill.method import DistillMethod, MethodOptim
-from icdistill.distill.peer_parts import LevelAdapters
-from icdistill.errors import ModelMismatchError
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.distill.methods._parts import LevelAdapters, check_same_kind
+from icdistill.distill.methods.fitnet import full_map_imitation_loss
+from icdistill.errors import ConfigError, ModelMismatchError
+
+HINT_LAYERS = ("fpn", "c5")
+
+
+@dataclass(frozen=True)
+class Chen2017Config:
+    """``distill.chen2017``. ``mu``: the hard loss's share (μ; unverified default);
+    ``temperature`` T; ``margin`` m of the bounded regression; ``nu`` ν: its weight;
+    ``hint_weight`` γ; ``bg_weight``: the background class's weight in the soft cross-entropy;
+    ``hint_layer``: ``fpn`` (every distilled FPN level) or ``c5`` (the backbone's last stage,
+    the paper's); ``loss_weight`` λ on every KD term (default 1). The FPN hint and the
+    one-stage form are this project's adaptation [ADAPT]."""
+
+    mu: float = 0.5
+    temperature: float = 1.0
+    margin: float = 0.0
+    nu: float = 0.5
+    hint_weight: float = 0.5
+    bg_weight: float = 1.5
+    hint_layer: str = choice("fpn", HINT_LAYERS)
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_number("distill.chen2017", "temperature", self.temperature, positive=True)
+        for name in ("mu", "margin", "nu", "hint_weight", "bg_weight", "loss_weight"):
+            require_number("distill.chen2017", name, getattr(self, name))
+        require_at_most_one("distill.chen2017", "mu", self.mu)
 
 
 def bounded_regression(r_s: Tensor, r_t: Tensor, y: Tensor, margin: float = 0.0) -> Tensor:
@@ -101,7 +134,7 @@ class Chen2017(DistillMethod):
         taps: (teacher, student) :class:`LastStageTap` for the C5 hint (then the channel
             arguments are the C5 widths and ``num_levels`` is 1); None: the FPN levels.
         loss_weight: λ on every KD term (default 1).
-        optim: the adapters' optimisation (the student's SGD, METHODS_SPEC §1.1).
+        optim: the adapters' optimisation (the student's SGD, as the originals train adapters).
     """
 
     name = "chen2017"
@@ -216,3 +249,34 @@ def encode_matched(dense: DenseOutputs, boxes: Sequence[Tensor], matched: Tensor
         else:  # FCOS's BoxLinearCoder: encode(anchors, gt)
             out.append(coder.encode(fg_anchors, gt_boxes))
     return torch.cat(out) if out else dense.bbox_regression.new_zeros((0, 4))
+
+
+def build_chen2017(cfg: Chen2017Config, ctx: MethodContext) -> Chen2017:
+    """Chen et al. 2017 from ``distill.chen2017``. The heads are compared output by output:
+    both detectors of one kind, and of one family on one-stage detectors."""
+    family = ctx.student.family
+    check_same_kind("chen2017", ctx.teacher.family, family)
+    two_stage = family_facts(family).two_stage
+    if not two_stage and ctx.teacher.family != family:
+        raise ConfigError(
+            f"distill.method 'chen2017' on one-stage detectors compares the heads anchor by anchor: the "
+            f"teacher must be a {family} too, got {ctx.teacher.family}"
+        )
+    taps = (LastStageTap(ctx.teacher), LastStageTap(ctx.student)) if cfg.hint_layer == "c5" else None
+    widths = (taps[1].channels, taps[0].channels) if taps else (ctx.student.out_channels, ctx.teacher.out_channels)
+    return Chen2017(
+        two_stage=two_stage, student_channels=widths[0], teacher_channels=widths[1],
+        num_levels=1 if taps else len(ctx.levels), taps=taps, mu=cfg.mu,
+        temperature=cfg.temperature, margin=cfg.margin, nu=cfg.nu, hint_weight=cfg.hint_weight,
+        bg_weight=cfg.bg_weight, loss_weight=cfg.loss_weight * ctx.weight_scale, optim=MethodOptim(kind=STUDENT_SGD),
+    )
+
+
+SPEC = register_method(MethodSpec(
+    name="chen2017", section=Chen2017Config, build=build_chen2017,
+    # Two-stage: the RPN's outputs and the sampled RoIs (plus the box-head call every two-stage
+    # adapter has); one-stage: the dense head's outputs.
+    needs={ONE_STAGE: frozenset({DENSE}), TWO_STAGE: frozenset({RPN, ROI_SAMPLES})},
+    native=frozenset({"faster_rcnn", "mask_rcnn"}),
+    paper="Chen et al., Learning Efficient Object Detection Models with Knowledge Distillation, NeurIPS 2017",
+))

@@ -1,4 +1,4 @@
-"""Guo et al. 2021, DeFeat: distilling object detectors via decoupled features (METHODS_SPEC §7).
+"""Guo et al. 2021, DeFeat: "Distilling Object Detectors via Decoupled Features" (CVPR 2021).
 
 * ``neck_fg`` / ``neck_bg``: per FPN level, the squared error between the teacher's map and a
   3x3 adapter of the student's (no ReLU, init N(0,1).fmod(2)·1e-4), summed separately inside
@@ -10,21 +10,54 @@
   teacher's sampled labels (foreground / background), each averaged over its RoIs.
 
 RetinaNet and FCOS get the neck term only (the released one-stage code is incomplete). The
-weights ramp linearly over ``ramp_iters`` (UP's COCO recipe).
+weights ramp linearly over ``ramp_iters`` (United-Perception's COCO recipe).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.config import DeFeatConfig
+from icdistill.config import require_number
 from icdistill.detectors.extras import ROI_SAMPLES
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim, STUDENT_SGD
+from icdistill.detectors.families import family_facts
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.errors import ConfigError
+
+
+
+@dataclass(frozen=True)
+class DeFeatConfig:
+    """``distill.defeat``. Neck weights ``fg_weight`` α_obj and ``bg_weight`` α_bg
+    (United-Perception's COCO recipe, ramped linearly over ``ramp_iters``); ``roi_cls``
+    (two-stage detectors only; one-stage ones are neck-only) adds the RoI classification KL on
+    the teacher's sampled RoIs with weights β and temperatures T per foreground / background
+    (the DeFeat VOC config's values, unverified). ``faithful_padding``: the background term
+    includes padding."""
+
+    fg_weight: float = 4.0
+    bg_weight: float = 16.0
+    roi_cls: bool = False
+    roi_fg_weight: float = 2.0
+    roi_bg_weight: float = 2.0
+    roi_fg_temperature: float = 1.0
+    roi_bg_temperature: float = 1.0
+    ramp_iters: int = 2000
+    faithful_padding: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("roi_fg_temperature", "roi_bg_temperature"):
+            require_number("distill.defeat", name, getattr(self, name), positive=True)
+        for name in ("fg_weight", "bg_weight", "roi_fg_weight", "roi_bg_weight", "ramp_iters"):
+            require_number("distill.defeat", name, getattr(self, name))
+
 
 FINEST_SCALE = 56
 
@@ -103,9 +136,9 @@ class DeFeat(DistillMethod):
     Args:
         levels: the distilled level names (the base-56 rule runs over them, finest first).
         student_channels, teacher_channels: C_s, C_t.
-        settings: ``distill.defeat`` (:class:`~icdistill.config.DeFeatConfig`; ``roi_cls`` only on
-            two-stage detectors).
-        scale: ``distill.loss_weight`` (multiplies every term; 1 by default).
+        settings: ``distill.defeat`` (:class:`DeFeatConfig`; ``roi_cls`` only on two-stage
+            detectors).
+        scale: ``distill.weight_scale`` (multiplies every term; 1 by default).
     """
 
     name = "defeat"
@@ -154,3 +187,30 @@ class DeFeat(DistillMethod):
             out["distill/defeat/roi_fg"] = k * cfg.roi_fg_weight * roi_fg
             out["distill/defeat/roi_bg"] = k * cfg.roi_bg_weight * roi_bg
         return out
+
+
+def build_defeat(cfg: DeFeatConfig, ctx: MethodContext) -> DeFeat:
+    """DeFeat from ``distill.defeat``: the neck on every distilled level; ``roi_cls`` needs a
+    two-stage student and teacher."""
+    if cfg.roi_cls:
+        one_stage = [f for f in (ctx.student.family, ctx.teacher.family) if not family_facts(f).two_stage]
+        if one_stage:
+            raise ConfigError(
+                f"config key 'distill.defeat.roi_cls' is true, but the RoI classification term needs a two-stage "
+                f"student and teacher (RoI heads); got student {ctx.student.family}, teacher {ctx.teacher.family} "
+                f"({', '.join(sorted(set(one_stage)))}: one-stage, neck only); set it to false"
+            )
+        if ROI_SAMPLES not in ctx.teacher.supported_extras:
+            raise ConfigError(f"config key 'distill.defeat.roi_cls' needs the teacher's sampled RoIs (roi_samples); "
+                              f"the {ctx.teacher.family} teacher does not provide them; set it to false")
+    return DeFeat(levels=ctx.levels, student_channels=ctx.student.out_channels,
+                  teacher_channels=ctx.teacher.out_channels, settings=cfg, scale=ctx.weight_scale)
+
+
+SPEC = register_method(MethodSpec(
+    name="defeat", section=DeFeatConfig, build=build_defeat,
+    # The neck term needs the feature maps only; roi_cls (two-stage) is checked by the builder.
+    needs={ONE_STAGE: frozenset(), TWO_STAGE: frozenset()},
+    native=frozenset({"faster_rcnn", "mask_rcnn"}),
+    paper="Guo et al., Distilling Object Detectors via Decoupled Features, CVPR 2021",
+))

@@ -1,5 +1,6 @@
-"""Zhang & Ma 2021 ("FBKD" in MMRazor): attention-guided and non-local feature distillation
-(METHODS_SPEC §5).
+"""Zhang & Ma 2021, "Improve Object Detection with Feature-based Knowledge Distillation: Towards
+Accurate and Efficient Detectors" (ICLR 2021; "FBKD" in MMRazor): attention-guided and
+non-local feature distillation.
 
 Per distilled FPN level, with F = [C, H, W] one image's map:
 
@@ -20,20 +21,25 @@ Faster/Mask R-CNN (:data:`COLUMNS`). Padding: by default masks, means and norms 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim, STUDENT_SGD
+from icdistill.config import require_number
+from icdistill.detectors.families import family_facts
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.distill.methods._parts import pooled_levels
+from icdistill.distill.core.method import DistillMethod, MethodOptim, STUDENT_SGD
 
 
 @dataclass(frozen=True)
 class FBKDColumn:
-    """One column of METHODS_SPEC §5's defaults table."""
+    """One column of the defaults: the supplement's one-stage or MMRazor's two-stage."""
 
     temperature: float
     channel_temperature: float
@@ -87,7 +93,7 @@ def attention_masks(
     use_channel: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """The averaged, detached masks (M^S [B, H, W], M^C [B, C_t] or None): the code's
-    ½(M(t) + M(s)), not the paper's softmax of the summed attention (§5 Decision), on the raw
+    ½(M(t) + M(s)), not the paper's softmax of the summed attention (docs/method.md, "Zhang & Ma 2021"), on the raw
     student map s as the supplement does. With C_s != C_t the student's channel mask is taken on
     its adapted map A(s) (this project's adaptation: M^C must have C_t entries)."""
     t, s = t.detach(), s.detach()
@@ -184,7 +190,7 @@ class FBKD(DistillMethod):
         levels: the level names it distils (a subset of the distiller's, finest first).
         student_channels, teacher_channels: C_s, C_t.
         column: temperatures, channel mask and weights (:data:`COLUMNS` or overridden).
-        scale: ``distill.loss_weight`` (multiplies every term; 1 by default).
+        scale: ``distill.weight_scale`` (multiplies every term; 1 by default).
         faithful_padding: include padded tokens in masks, means and norms (the originals).
     """
 
@@ -216,3 +222,50 @@ class FBKD(DistillMethod):
                 totals[term] = totals[term] + value
         weights = {"am": self.column.am_weight, "at": self.column.at_weight, "nld": self.column.nld_weight}
         return {f"distill/fbkd/{k}": self.scale * weights[k] * v for k, v in totals.items()}
+
+
+@dataclass(frozen=True)
+class FBKDConfig:
+    """``distill.fbkd``. Nulls take the student's column: one-stage (the supplement: T = T_c =
+    0.1, channel mask on, weights am 4.2e-4, at 0.024, nld 4.2e-4) or two-stage (MMRazor: T =
+    0.5, no channel mask, 7e-5, 4e-3, 7e-5). ``faithful_padding`` includes padded tokens in the
+    masks and norms as the originals do (default: valid tokens only). This project's
+    adaptations [ADAPT]: adapters for C_s != C_t, the non-local width C/4, C/2 at any C, the
+    max-pool shrunk on small maps (docs/method.md)."""
+
+    temperature: Optional[float] = None
+    channel_temperature: Optional[float] = None
+    channel_mask: Optional[bool] = None
+    am_weight: Optional[float] = None
+    at_weight: Optional[float] = None
+    nld_weight: Optional[float] = None
+    faithful_padding: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "channel_temperature"):
+            require_number("distill.fbkd", name, getattr(self, name), positive=True)
+        for name in ("am_weight", "at_weight", "nld_weight"):
+            require_number("distill.fbkd", name, getattr(self, name))
+
+
+def build_fbkd(cfg: FBKDConfig, ctx: MethodContext) -> FBKD:
+    """FBKD from ``distill.fbkd``: the one-stage column for one-stage students, the two-stage
+    column (p2–p5) for two-stage ones; every null takes the column's value."""
+    two_stage = family_facts(ctx.student.family).two_stage
+    column = COLUMNS["two" if two_stage else "one"]
+    overrides = {k: getattr(cfg, k) for k in ("temperature", "channel_temperature", "channel_mask",
+                                              "am_weight", "at_weight", "nld_weight") if getattr(cfg, k) is not None}
+    return FBKD(
+        levels=pooled_levels(ctx, two_stage), student_channels=ctx.student.out_channels,
+        teacher_channels=ctx.teacher.out_channels, column=replace(column, **overrides), scale=ctx.weight_scale,
+        faithful_padding=cfg.faithful_padding,
+    )
+
+
+SPEC = register_method(MethodSpec(
+    name="fbkd", section=FBKDConfig, build=build_fbkd,
+    # The feature maps only.
+    needs={ONE_STAGE: frozenset(), TWO_STAGE: frozenset()},
+    native=frozenset({"faster_rcnn", "mask_rcnn", "retinanet", "fcos"}),
+    paper="Zhang & Ma, Improve Object Detection with Feature-based Knowledge Distillation, ICLR 2021",
+))

@@ -1,19 +1,20 @@
-"""Dai et al. 2021, GID: general instance distillation (METHODS_SPEC §6).
+"""Dai et al. 2021, GID: "General Instance Distillation for Object Detection" (CVPR 2021).
 
 Per image, GISM picks the K general instances where teacher and student disagree most (their
 class scores over every anchor, :mod:`icdistill.distill.gid_select`); on them:
 
 * ``feature``:  Σ (t − A(s))² / (K_batch · 10 · 10) over the instances' 10x10 aligned RoIAlign
   (one FPN level each), A a shared 3x3 conv C_s → C_t on the student's maps (the reproduction's
-  squared form; the paper may use a plain norm, §11);
+  squared form; the paper may use a plain norm, docs/method.md);
 * ``relation``: smooth-L1 between the students' and the teacher's mean-normalised pairwise
   instance distances (per image by default, ``relation_scope: batch`` as the reproduction);
 * ``response_cls`` / ``response_reg``: BCE(z_s, σ(z_t)) over the classes and L1 between the
   regression outputs, on the anchors the detector's own matcher gives the GI boxes, ÷ their count.
 
-Families: RetinaNet and FCOS natively (dense head scores; FCOS's response mask is the points
-inside a GI box); Faster/Mask R-CNN as the paper describes it (secondary summary): GISM on the
-RPN's objectness and decoded boxes, the response on the RPN (IoU 0.7 matcher), pooling from p2–p5.
+Detectors: one-stage ones on the dense head's scores (a head whose anchors are points, FCOS's,
+takes the points inside a GI box as its response mask); two-stage ones as the paper describes
+Faster R-CNN (secondary summary): GISM on the RPN's objectness and decoded boxes, the response on
+the RPN (IoU 0.7 matcher), pooling from p2–p5.
 """
 
 from __future__ import annotations
@@ -25,17 +26,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.config import GIDConfig
+from icdistill.config import choice, require_number
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, RPN
+from icdistill.detectors.families import family_facts
 from icdistill.distill.gid_select import (
     gi_boxes, gi_scores, inside_any, pool_instances, relation_loss, select_instances,
 )
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim, STUDENT_SGD
-from icdistill.errors import ModelMismatchError
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.distill.methods._parts import anchors_are_points, pooled_levels
+from icdistill.errors import ConfigError, ModelMismatchError
 
-TWO_STAGE = ("faster_rcnn", "mask_rcnn")
+
+@dataclass(frozen=True)
+class GIDConfig:
+    """``distill.gid`` (defaults: the first author's reproduction, unverified against the paper).
+    ``gi_score``: ``paper`` (max_c |P_t - P_s|) or ``repro`` (|max_c P_t - max_c P_s|); GISM
+    keeps ``top_k`` boxes per image after ``pre_nms_top_k``, dropping sides <= ``min_box_size``
+    px, NMS at ``nms_iou``; ``relation_scope``: ``image`` or ``batch`` (the reproduction's);
+    ``adapter``: the shared 3x3 conv on the student's maps (false needs equal FPN widths); the
+    four ``*_weight`` are the terms' weights. On two-stage detectors GISM runs on the RPN (the
+    paper's description, from a secondary summary; the RPN response and p2-p5 pooling are this
+    project's adaptation [ADAPT])."""
+
+    gi_score: str = choice("paper", ("paper", "repro"))
+    top_k: int = 10
+    pre_nms_top_k: int = 3000
+    nms_iou: float = 0.3
+    min_box_size: float = 10.0
+    pool_size: int = 10
+    relation_scope: str = choice("image", ("image", "batch"))
+    feature_weight: float = 0.005
+    relation_weight: float = 40.0
+    response_cls_weight: float = 0.1
+    response_reg_weight: float = 0.1
+    adapter: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "pre_nms_top_k", "pool_size", "nms_iou"):
+            require_number("distill.gid", name, getattr(self, name), positive=True)
+        if self.nms_iou > 1:
+            raise ConfigError(f"config key 'distill.gid.nms_iou' must be in (0, 1], got {self.nms_iou!r}")
+        for name in ("min_box_size", "feature_weight", "relation_weight", "response_cls_weight", "response_reg_weight"):
+            require_number("distill.gid", name, getattr(self, name))
 
 
 @dataclass
@@ -53,9 +89,9 @@ class HeadView:
     num_anchors_per_level: list[int]
 
 
-def head_view(inputs: DistillInputs, role: str, family: str) -> HeadView:
+def head_view(inputs: DistillInputs, role: str, two_stage: bool) -> HeadView:
     """The dense head's outputs (column 0, the unused background slot, dropped) or the RPN's."""
-    if family in TWO_STAGE:
+    if two_stage:
         rpn = inputs.extra(role, RPN)
         box_coder = inputs.student.model.rpn.box_coder
         with torch.no_grad():
@@ -74,24 +110,25 @@ class GID(DistillMethod):
     """``distill.method: gid``.
 
     Args:
-        family: the student's family (the teacher's is the same, or both two-stage).
+        two_stage: the student is a two-stage detector (GISM on the RPN; the teacher is of the
+            student's family, or both are two-stage).
         levels: the level names instances are pooled from, finest first.
         student_channels, teacher_channels: C_s, C_t.
-        settings: ``distill.gid`` (:class:`~icdistill.config.GIDConfig`; ``adapter``: the shared
-            3x3 conv on the student's maps, needed when C_s != C_t).
-        scale: ``distill.loss_weight`` (multiplies every term; 1 by default).
+        settings: ``distill.gid`` (:class:`GIDConfig`; ``adapter``: the shared 3x3 conv on the
+            student's maps, needed when C_s != C_t).
+        scale: ``distill.weight_scale`` (multiplies every term; 1 by default).
     """
 
     name = "gid"
 
     def __init__(
-        self, *, family: str, levels: Sequence[str], student_channels: int, teacher_channels: int,
+        self, *, two_stage: bool, levels: Sequence[str], student_channels: int, teacher_channels: int,
         settings: GIDConfig = GIDConfig(), scale: float = 1.0,
     ) -> None:
         # The reproduction's adapter is a module of the student detector: the student's SGD trains it.
         super().__init__(MethodOptim(kind=STUDENT_SGD))
-        self.family = family
-        self.requires = frozenset({RPN if family in TWO_STAGE else DENSE})
+        self.two_stage = two_stage
+        self.requires = frozenset({RPN if two_stage else DENSE})
         self.levels = tuple(levels)
         self.settings = settings
         self.scale = scale
@@ -118,7 +155,7 @@ class GID(DistillMethod):
         """{"distill/gid/feature", ".../relation", ".../response_cls", ".../response_reg"}."""
         if not inputs.has_student:
             return {}
-        t_view, s_view = head_view(inputs, TEACHER, self.family), head_view(inputs, STUDENT, self.family)
+        t_view, s_view = head_view(inputs, TEACHER, self.two_stage), head_view(inputs, STUDENT, self.two_stage)
         instances = self.select(inputs, t_view, s_view)
         feature, relation = self.instance_losses(inputs, instances)
         cls, reg = self.response_losses(inputs, t_view, s_view, instances)
@@ -159,7 +196,7 @@ class GID(DistillMethod):
     ) -> tuple[Tensor, Tensor]:
         """BCE(z_s, σ(z_t)) summed over classes and L1 over the 4 regression outputs, on the
         anchors matched to the GI boxes, each ÷ max(1, matched anchors)."""
-        if self.family == "fcos":
+        if anchors_are_points(s.anchors[0]):
             mask = torch.stack([inside_any((a[:, :2] + a[:, 2:]) / 2, b) for a, b in zip(s.anchors, instances)])
         else:
             matched = assign(inputs.student, s.anchors, s.num_anchors_per_level, instances)
@@ -168,3 +205,33 @@ class GID(DistillMethod):
         cls = F.binary_cross_entropy_with_logits(s.logits, t.logits.detach().sigmoid(), reduction="none").sum(-1)
         reg = (s.regression - t.regression.detach()).abs().sum(-1)
         return (cls * mask).sum() / n, (reg * mask).sum() / n
+
+
+def build_gid(cfg: GIDConfig, ctx: MethodContext) -> GID:
+    """GID from ``distill.gid``. GISM compares both detectors anchor by anchor: the teacher is
+    of the student's family (any two-stage family with a two-stage student)."""
+    family = ctx.student.family
+    two_stage = family_facts(family).two_stage
+    same = ctx.teacher.family == family or (two_stage and family_facts(ctx.teacher.family).two_stage)
+    if not same:
+        raise ConfigError(
+            f"distill.method 'gid' compares the teacher's and the student's scores anchor by anchor: the teacher "
+            f"must be a {family} too (or any two-stage family for a two-stage student), got {ctx.teacher.family}"
+        )
+    if not cfg.adapter and ctx.student.out_channels != ctx.teacher.out_channels:
+        raise ConfigError(
+            f"config key 'distill.gid.adapter' is false but the student's FPN has {ctx.student.out_channels} "
+            f"channels and the teacher's {ctx.teacher.out_channels}; valid choices here: true"
+        )
+    return GID(two_stage=two_stage, levels=pooled_levels(ctx, two_stage), student_channels=ctx.student.out_channels,
+               teacher_channels=ctx.teacher.out_channels, settings=cfg, scale=ctx.weight_scale)
+
+
+SPEC = register_method(MethodSpec(
+    name="gid", section=GIDConfig, build=build_gid,
+    # GISM reads the scores and boxes of every anchor: the dense head's, or the RPN's.
+    needs={ONE_STAGE: frozenset({DENSE}), TWO_STAGE: frozenset({RPN})},
+    # The paper reports RetinaNet, FCOS and Faster R-CNN (the two-stage RPN response is ours).
+    native=frozenset({"retinanet", "fcos", "faster_rcnn", "mask_rcnn"}),
+    paper="Dai et al., General Instance Distillation for Object Detection, CVPR 2021",
+))

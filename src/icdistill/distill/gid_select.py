@@ -1,4 +1,4 @@
-"""GID's pure pieces (METHODS_SPEC §6): the general-instance selection (GISM), the instances'
+"""GID's pure pieces (Dai et al., CVPR 2021): the general-instance selection (GISM), the instances'
 RoIAlign on one FPN level each, and the relation loss. No module state, no detector code.
 """
 

@@ -1,4 +1,4 @@
-"""Inheriting strategy (ICD spec §8): start the student's neck and heads from the teacher's.
+"""Inheriting strategy (the ICD paper's, docs/method.md "Inheriting"): start the student's neck and heads from the teacher's.
 
 At a fresh start (never on resume), after the student's backbone got its ImageNet weights, every
 tensor of the student's FPN and detection heads whose name *and* shape match a teacher tensor is

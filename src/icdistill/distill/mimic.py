@@ -1,4 +1,4 @@
-"""Li, Jin, Yan 2017, "Mimicking Very Efficient Network for Object Detection" (METHODS_SPEC §3):
+"""Li, Jin, Yan 2017, "Mimicking Very Efficient Network for Object Detection" (CVPR 2017):
 the student imitates the teacher's features inside region proposals.
 
 Faster R-CNN (native, as UP's ``Sample_Feature_Mimicker``): the teacher's train-mode RPN
@@ -17,21 +17,46 @@ student's proposals (detached). No proposals at all gives a zero loss (UP assert
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
+from icdistill.config import choice, require_at_most_one, require_number
 from icdistill.detectors.extras import DENSE, RPN
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim
-from icdistill.distill.peer_parts import zero_loss
+from icdistill.detectors.families import family_facts
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.distill.methods._parts import TWO_STAGE_POOL_LEVELS, check_same_kind, zero_loss
 
 REGIONS = ("proposals", "gt")
 SOURCES = (TEACHER, STUDENT)
-# torchvision's Faster R-CNN RoIAlign pools from p2..p5 only (p6 is the RPN's max-pool level).
-TWO_STAGE_POOL_LEVELS = ("p2", "p3", "p4", "p5")
+
+
+@dataclass(frozen=True)
+class MimicConfig:
+    """``distill.mimic``. ``regions``: ``proposals`` (two-stage: RPN proposals; one-stage:
+    pseudo-proposals from the dense head, this project's adaptation [ADAPT]) or ``gt``;
+    ``proposal_source``: ``teacher`` (United-Perception's) or ``student``; at most
+    ``max_proposals`` per image; the [ADAPT] pseudo-proposals keep the top ``pre_nms_top_n``
+    scores before NMS at ``nms_thresh``. ``loss_weight``: the one term's weight (the original's 1)."""
+
+    regions: str = choice("proposals", REGIONS)
+    proposal_source: str = choice(TEACHER, SOURCES)
+    max_proposals: int = 1000
+    pre_nms_top_n: int = 2000
+    nms_thresh: float = 0.7
+    loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_proposals", "pre_nms_top_n", "nms_thresh"):
+            require_number("distill.mimic", name, getattr(self, name), positive=True)
+        require_at_most_one("distill.mimic", "nms_thresh", self.nms_thresh)
+        require_number("distill.mimic", "loss_weight", self.loss_weight)
 
 
 def mimic_loss(teacher_pooled: Tensor, student_pooled: Tensor) -> Tensor:
@@ -76,7 +101,7 @@ class Mimic(DistillMethod):
         max_proposals, pre_nms_top_n, nms_thresh: proposal counts (module docstring).
         pool_levels: level names RoIAlign pools from (None: the distilled levels).
         loss_weight: λ (default 1).
-        optim: the adapter's optimisation (the student's SGD, METHODS_SPEC §1.1).
+        optim: the adapter's optimisation (the student's SGD, as the originals train adapters).
     """
 
     name = "mimic"
@@ -123,3 +148,28 @@ class Mimic(DistillMethod):
         if self.adapter is not None:
             s_pool = self.adapter(s_pool)
         return {"distill/mimic/feature": self.loss_weight * mimic_loss(t_pool, s_pool)}
+
+
+def build_mimic(cfg: MimicConfig, ctx: MethodContext) -> Mimic:
+    """Li et al. 2017 from ``distill.mimic``; two-stage detectors pool p2–p5."""
+    family = ctx.student.family
+    if cfg.regions == "proposals":
+        check_same_kind("mimic", ctx.teacher.family, family)
+    two_stage = family_facts(family).two_stage
+    return Mimic(
+        two_stage=two_stage, student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
+        regions=cfg.regions, proposal_source=cfg.proposal_source, max_proposals=cfg.max_proposals,
+        pre_nms_top_n=cfg.pre_nms_top_n, nms_thresh=cfg.nms_thresh,
+        # RoIAlign of a two-stage pyramid reads p2-p5 only, whatever distill.levels says.
+        pool_levels=tuple(n for n in ctx.levels if n in TWO_STAGE_POOL_LEVELS) or ctx.levels if two_stage else ctx.levels,
+        loss_weight=cfg.loss_weight * ctx.weight_scale, optim=MethodOptim(kind=STUDENT_SGD),
+    )
+
+
+SPEC = register_method(MethodSpec(
+    name="mimic", section=MimicConfig, build=build_mimic,
+    # The proposals (regions: proposals): the RPN's, or the dense head's for pseudo-proposals.
+    needs={ONE_STAGE: frozenset({DENSE}), TWO_STAGE: frozenset({RPN})},
+    native=frozenset({"faster_rcnn", "mask_rcnn"}),
+    paper="Li, Jin, Yan, Mimicking Very Efficient Network for Object Detection, CVPR 2017",
+))

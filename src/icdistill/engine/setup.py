@@ -31,7 +31,7 @@ from icdistill.detectors import build_model, build_teacher, family_facts
 from icdistill.detectors.data_needs import require_masks, require_segmentations
 from icdistill.detectors.weights import FrozenTeacher
 from icdistill.distill.build import NO_METHOD, build_distiller
-from icdistill.distill.distiller import Distiller
+from icdistill.distill.core.distiller import Distiller
 from icdistill.engine.distributed import DistContext, init_distributed
 from icdistill.engine.report import RunLog
 from icdistill.engine.step import StepContext, build_optimisers

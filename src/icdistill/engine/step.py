@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from icdistill.config import Config
 from icdistill.detectors.families import family_facts
 from icdistill.detectors.weights import FrozenTeacher
-from icdistill.distill.distiller import Distiller
-from icdistill.distill.method import OWN_ADAMW, STUDENT_SGD
+from icdistill.distill.core.distiller import Distiller
+from icdistill.distill.core.method import OWN_ADAMW, STUDENT_SGD
 from icdistill.engine.distributed import DistContext, average_gradients
 from icdistill.engine.optim import (
     build_method_optimizer,

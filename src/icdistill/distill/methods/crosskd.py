@@ -58,11 +58,12 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from icdistill.detectors.assign import IGNORED, assign
-from icdistill.detectors.families import family_facts
 from icdistill.detectors.extras import DENSE, HEAD_FROM, HEAD_HOLD, ROI_SAMPLES, DenseOutputs, RoISamples
 from icdistill.detectors.head_split import TOWERS, HeadHolds, head_from, tower_depth
-from icdistill.distill.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
-from icdistill.distill.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, family_kind, register_method
 from icdistill.errors import ConfigError
 
 NAME = "crosskd"
@@ -70,15 +71,14 @@ PAPER = "Wang et al., CVPR 2024"
 # Detector kind -> the extras both adapters must provide (detectors/extras.py names; every
 # two-stage adapter also has the ``box_head`` call).
 NEEDS: Mapping[str, frozenset[str]] = {
-    "one_stage": frozenset({DENSE, HEAD_HOLD, HEAD_FROM}),
-    "two_stage": frozenset({ROI_SAMPLES}),
+    ONE_STAGE: frozenset({DENSE, HEAD_HOLD, HEAD_FROM}),
+    TWO_STAGE: frozenset({ROI_SAMPLES}),
 }
 # Families of the release's configs (RetinaNet, FCOS; GFL and ATSS are not torchvision's), and
 # Faster / Mask R-CNN of its experimental branch.
 NATIVE: frozenset[str] = frozenset({"retinanet", "fcos", "faster_rcnn", "mask_rcnn"})
 ONE_STAGE_REG_LOSSES, TWO_STAGE_REG_LOSSES = ("giou", "iou"), ("l1",)
 REG_LOSSES = ONE_STAGE_REG_LOSSES + TWO_STAGE_REG_LOSSES
-TWO_STAGE = "two_stage"
 STD_EPS = 1e-6  # added to the student's std in the alignment (the release's)
 MMDET_EPS = torch.finfo(torch.float32).eps  # mmdet's weighted-mean denominator guard (1.19e-7)
 
@@ -447,7 +447,7 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def build_crosskd(section: CrossKDConfig, ctx: Any) -> DistillMethod:
+def build_crosskd(section: CrossKDConfig, ctx: MethodContext) -> DistillMethod:
     """CrossKD from its ``distill.crosskd`` section and the method context; nulls take the
     student family's release defaults; every weight is multiplied by ``distill.weight_scale``.
 
@@ -466,7 +466,7 @@ def build_crosskd(section: CrossKDConfig, ctx: Any) -> DistillMethod:
     allowed = TWO_STAGE_REG_LOSSES if kind == TWO_STAGE else ONE_STAGE_REG_LOSSES
     if reg_loss not in allowed:
         raise _config_error("reg_loss", reg_loss, f"a {ctx.student.family} student takes: {', '.join(allowed)}")
-    scale = float(getattr(ctx, "weight_scale", 1.0))
+    scale = float(ctx.weight_scale)
     cls_weight = scale * _pick(section.cls_weight, defaults.cls_weight)
     reg_weight = scale * _pick(section.reg_weight, defaults.reg_weight)
     if kind == TWO_STAGE:
@@ -498,7 +498,7 @@ def kind_of(family: str, role: str) -> str:
     ConfigError naming the families otherwise."""
     if family in HEAD_KINDS:
         return HEAD_KINDS[family]
-    if family_facts(family).two_stage:
+    if family_kind(family) == TWO_STAGE:
         return TWO_STAGE
     raise ConfigError(
         f"distill.method {NAME!r} splits a RetinaNet- or FCOS-style head or crosses at a two-stage RoI head; "
@@ -509,3 +509,9 @@ def _kind_families(kind: str) -> str:
     if kind == TWO_STAGE:
         return "a two-stage family"
     return ", ".join(f for f, k in HEAD_KINDS.items() if k == kind)
+
+
+SPEC = register_method(MethodSpec(
+    name=NAME, section=CrossKDConfig, build=build_crosskd, needs=NEEDS, native=NATIVE,
+    paper="Wang et al., CrossKD: Cross-Head Knowledge Distillation for Object Detection, CVPR 2024",
+))

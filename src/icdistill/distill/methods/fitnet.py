@@ -1,4 +1,5 @@
-"""FitNet-style full-map feature imitation (METHODS_SPEC §2): the baseline ICD is measured against.
+"""FitNet-style full-map feature imitation (Romero et al., ICLR 2015, as detection papers use it):
+the baseline ICD is measured against.
 
 Every token of every distilled level is imitated equally. Variants (``distill.fitnet``):
 
@@ -9,22 +10,47 @@ Every token of every distilled level is imitated equally. Variants (``distill.fi
   ``defeat`` (Σ(A(s) − t)² / max(1, 2·B·H·W·C), padding included) or ``l2_per_image`` (UP:
   each image's level, valid positions, flattened and L2-normalised; Σ_b ‖ŝ_b − t̂_b‖² / B).
 
-Each is averaged over levels and multiplied by one weight (default 1).
+Each is averaged over levels and multiplied by one weight (``distill.fitnet.loss_weight``,
+default 1) times ``distill.weight_scale``. FitNet needs only the feature maps, so it runs on
+every family.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import DistillMethod, MethodOptim
-from icdistill.distill.peer_parts import LevelAdapters
+from icdistill.config import choice
+from icdistill.detectors.families import FAMILIES
+from icdistill.distill.core.context import MethodContext
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
+from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
+from icdistill.distill.methods._parts import ADAPTER_INITS, ADAPTER_KINDS, LevelAdapters, check_adapter
 
 NORMALIZATIONS = ("none", "defeat", "l2_per_image")
+ADAPTER_OPTIMS = ("adamw", STUDENT_SGD)
+
+
+@dataclass(frozen=True)
+class FitNetConfig:
+    """``distill.fitnet``. ``adapter``: ``1x1`` (one conv shared by the levels: this project's
+    default), ``3x3`` (one per level: DeFeat's all-neck) or ``none`` (UP's neck mimic, equal
+    widths); ``adapter_init``: ``default`` or ``trunc1e-4`` (DeFeat's); ``normalize``: ``none``
+    (MSE over valid positions), ``defeat`` (Σ/2BHWC, padding included) or ``l2_per_image``
+    (UP's); ``adapter_optim``: ``adamw`` (the adapter's own AdamW at ``distill.lr``: this
+    project's) or ``student`` (the student's SGD, as the other methods train adapters);
+    ``loss_weight``: the one term's weight."""
+
+    adapter: str = choice("1x1", ADAPTER_KINDS)
+    adapter_init: str = choice("default", ADAPTER_INITS)
+    normalize: str = choice("none", NORMALIZATIONS)
+    adapter_optim: str = choice("adamw", ADAPTER_OPTIMS)
+    loss_weight: float = 1.0
 
 
 def full_map_imitation_loss(
@@ -120,3 +146,23 @@ class FitNet(DistillMethod):
             return {}
         loss = self.loss(inputs.teacher_levels, inputs.student_levels, inputs.valid_masks)
         return {"distill/fitnet/feature": self.loss_weight * loss}
+
+
+def build_fitnet(cfg: FitNetConfig, ctx: MethodContext) -> FitNet:
+    """FitNet from ``distill.fitnet``: an adapter from the student's width to the teacher's."""
+    check_adapter("fitnet", cfg.adapter, ctx.student.out_channels, ctx.teacher.out_channels)
+    optim = MethodOptim(kind=STUDENT_SGD) if cfg.adapter_optim == STUDENT_SGD else ctx.own_optim
+    return FitNet(
+        student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
+        num_levels=len(ctx.levels), adapter=cfg.adapter, adapter_init=cfg.adapter_init,
+        normalize=cfg.normalize, loss_weight=cfg.loss_weight * ctx.weight_scale, optim=optim,
+    )
+
+
+SPEC = register_method(MethodSpec(
+    name="fitnet", section=FitNetConfig, build=build_fitnet,
+    # Only the feature maps: every kind of detector, no extras.
+    needs={ONE_STAGE: frozenset(), TWO_STAGE: frozenset()},
+    native=frozenset(FAMILIES),
+    paper="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
+))

@@ -1,6 +1,6 @@
 """Instance queries: how many per image, fake instances from the dataset prior, centre jitter.
 
-ICD_SPEC §2 (instance counts), §3 (fake instances) and §4.1 (jitter). Boxes here are in
+The instance counts, fake instances and jitter of docs/method.md ("Instances", "Query"). Boxes here are in
 **normalised** xyxy coordinates: divided by the image's own resized, unpadded width and height.
 """
 
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Fake box sizes are clipped to this range of the image side (§3 step 2).
+# Fake box sizes are clipped to this range of the image side (the release's fake-instance sampler).
 MIN_FAKE_SIZE, MAX_FAKE_SIZE = 0.002, 0.7
-# Fake centres are kept this far inside the image (§3 step 3).
+# Fake centres are kept this far inside the image (the release's fake-instance sampler).
 MIN_FAKE_CENTRE, MAX_FAKE_CENTRE = 0.03, 0.97
 
 
@@ -71,7 +71,7 @@ def sample_fake_instances(
 
 
 def jitter_centres(boxes: Tensor, ratio: float = 0.3, generator: torch.Generator | None = None) -> Tensor:
-    """Centres moved by ε·(w, h), ε ~ U(−ratio, ratio) per instance and axis (§4.1).
+    """Centres moved by ε·(w, h), ε ~ U(−ratio, ratio) per instance and axis (the paper's query jitter).
 
     Args:
         boxes: float Tensor[..., 4], normalised xyxy.
@@ -86,7 +86,7 @@ def jitter_centres(boxes: Tensor, ratio: float = 0.3, generator: torch.Generator
 
 @dataclass
 class Instances:
-    """The padded instance slots of a batch (§2): [0, n_b) real, [n_b, K_b) fake, rest padding.
+    """The padded instance slots of a batch: [0, n_b) real, [n_b, K_b) fake, rest padding.
 
     Attributes:
         labels: int64 Tensor[B, K] contiguous class ids (0 in padding slots).

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from icdistill.distill.sampling import build_instances
+from icdistill.distill.icd.sampling import build_instances
 from icdistill.structures import collate_batch
 
 # Below this AUROC the decoder is reported as not having learned identification.
@@ -143,9 +143,9 @@ def diagnostic_warnings(metrics: dict[str, float], position_prior: bool = False)
     notes = []
     value = metrics.get("icd/idf_auroc")
     if value is not None and not math.isnan(value) and value < UNLEARNED_AUROC:
-        warmup = "distill.decoder_warmup_iters, distill.decoder_warmup_lr"
+        warmup = "distill.icd.decoder_warmup_iters, distill.icd.decoder_warmup_lr"
         remedy = (f"A longer decoder warm-up ({warmup}) helps" if position_prior else
-                  f"A longer or faster decoder warm-up ({warmup}) or distill.position_prior: true help")
+                  f"A longer or faster decoder warm-up ({warmup}) or distill.icd.position_prior: true help")
         notes.append(
             f"ICD's decoder has not learned identification (icd/idf_auroc {value:.2f}; 0.5 is chance): its "
             "attention does not depend on the instance, so the distillation is imitation weighted by a "

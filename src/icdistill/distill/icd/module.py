@@ -1,6 +1,6 @@
 """The ICD module: instance encoder, decoder, auxiliary predictor and distillation adapter.
 
-ICD_SPEC §4–§6. It takes feature maps, targets and image sizes -- never a detector -- so any
+docs/method.md describes each part. It takes feature maps, targets and image sizes -- never a detector -- so any
 detector whose distilled levels align between teacher and student can use it.
 
 Shapes: B images, K instance slots, S tokens (all levels flattened row-major and concatenated,
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icdistill.distill.icd_ablation import ABLATION_WEIGHTS, ablation_weights
-from icdistill.distill.inputs import DistillInputs, valid_token_mask
-from icdistill.distill.losses import (
+from icdistill.distill.icd.ablation import ABLATION_WEIGHTS, ablation_weights
+from icdistill.distill.core.inputs import DistillInputs, valid_token_mask
+from icdistill.distill.icd.losses import (
     NUM_SCALE_BINS,
     attention_weighted_distill_loss,
     axis_position_codes,
@@ -30,10 +30,10 @@ from icdistill.distill.losses import (
     regression_loss,
     split_heads,
 )
-from icdistill.distill.method import DistillMethod, MethodOptim
-from icdistill.distill.sampling import Instances, PriorTensors, build_instances
+from icdistill.distill.core.method import DistillMethod, MethodOptim
+from icdistill.distill.icd.sampling import Instances, PriorTensors, build_instances
 
-# Queries processed at once when the real instances' attention is summed (§6 "Cost"):
+# Queries processed at once when the real instances' attention is summed (docs/method.md, "Distillation loss"):
 # memory is O(B·H·chunk·S) instead of O(B·H·K·S).
 ATTENTION_CHUNK = 16
 
@@ -46,7 +46,7 @@ class TeacherTokens:
         tokens: float Tensor[B, S, C_t], the teacher's levels as they are (the input projection
             is folded into W_K and W_V, see :meth:`ICDModule.keys_and_values`).
         pos_rows, pos_cols: per level float Tensor[B, H_l, d/2] and [B, W_l, d/2], the y and x
-            halves of the sine position encoding (§4.2); the code of valid token (y, x) is
+            halves of the sine position encoding; the code of valid token (y, x) is
             [pos_rows[y] | pos_cols[x]].
         valid: bool Tensor[B, S], False on padded tokens.
         level_shapes: (H_l, W_l) of each level, in token order.
@@ -86,9 +86,9 @@ def code_heads(code: Tensor, num_heads: int) -> Tensor:
 
 class DecoderLayer(nn.Module):
     """Cross-attention from instance queries to teacher tokens, then FFN; post-norm, no dropout,
-    no self-attention between queries (§4.3).
+    no self-attention between queries (the paper's decoder).
 
-    With ``position_prior`` (this project's design, not the paper's; ``distill.position_prior``)
+    With ``position_prior`` (this project's design, not the paper's; ``distill.icd.position_prior``)
     the attention logits of head h gain λ_h·⟨P_q, P_k⟩/√d_h: P_k is head h's slice of the
     token's own 2-D sine code (the code the keys are built from; each head takes the same
     frequencies of both axes, :func:`code_heads`), P_q the same code evaluated at the query's
@@ -150,7 +150,7 @@ class DecoderLayer(nn.Module):
         self, query: Tensor, keys: Tensor, valid: Tensor, is_real: Tensor, chunk: int = ATTENTION_CHUNK,
         query_code: Tensor | None = None,
     ) -> Tensor:
-        """w[b,h,s] = Σ_{i real in b} softmax_s(a[b,h,i,s]), detached (§6).
+        """w[b,h,s] = Σ_{i real in b} softmax_s(a[b,h,i,s]), detached (the paper's attention weights).
 
         Args:
             query: [B, K, d], the layer's input queries; keys: [B, H, S, d_h] from
@@ -188,18 +188,18 @@ class ICDModule(DistillMethod):
         teacher_channels: C_t of the teacher's distilled levels.
         student_channels: C_s of the student's distilled levels.
         prior: the training set's prior (freq, w/h mean and std per class, each [C]).
-        hidden_dim, num_heads, num_layers, ffn_dim: decoder sizes (§4.3; ffn_dim defaults to 4d).
-        fake_ratio, max_instances, jitter: instance sampling (§2, §4.1).
+        hidden_dim, num_heads, num_layers, ffn_dim: decoder sizes (ffn_dim defaults to 4d).
+        fake_ratio, max_instances, jitter: instance sampling.
         loss_weight: λ of the distillation loss.
         position_prior: this project's position term in the attention logits (see
             :class:`DecoderLayer`); False is the paper's decoder. ``position_scale``: λ_h's
             initial value.
         diagnostic_images: held-out images the diagnostics of :meth:`evaluate` use.
         ablation_weights: None (ICD: the decoder's attention weights the distillation loss) or
-            an ablation's token weights, ``uniform`` / ``gt_box`` (:mod:`~icdistill.distill.icd_ablation`;
+            an ablation's token weights, ``uniform`` / ``gt_box`` (:mod:`~icdistill.distill.icd.ablation`;
             this project's ablation switch). The auxiliary task trains the same either way.
-        optim: its own AdamW (ICD_SPEC §7: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
-        method_only_iters: the decoder warm-up stage (``distill.decoder_warmup_iters``).
+        optim: its own AdamW (the release's: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
+        method_only_iters: the decoder warm-up stage (``distill.icd.decoder_warmup_iters``).
     """
 
     name = "icd"
@@ -241,7 +241,7 @@ class ICDModule(DistillMethod):
         self.max_instances = max_instances
         self.jitter = jitter
         self.loss_weight = loss_weight
-        self.pos_feats = 128  # the descriptor's sine code of each centre coordinate (§4.1)
+        self.pos_feats = 128  # the descriptor's sine code of each centre coordinate (the paper's query)
         for name in ("freq", "w_mean", "w_std", "h_mean", "h_std"):
             value = torch.as_tensor(getattr(prior, name), dtype=torch.float32)
             if value.shape != (num_classes,):
@@ -286,7 +286,7 @@ class ICDModule(DistillMethod):
         )
 
     def keys_and_values(self, layer: DecoderLayer, teacher: TeacherTokens) -> tuple[Tensor, Tensor]:
-        """K = W_K·(T' + W_P·PE) split into heads, V = W_V·T', with T' = input_proj(T) (§4.2, §4.3).
+        """K = W_K·(T' + W_P·PE) split into heads, V = W_V·T', with T' = input_proj(T).
 
         Computed with folded weights, exactly equal in real arithmetic: W_K·W_in and W_V·W_in
         act on the C_t-wide tokens directly (no d-wide T' is formed), and since PE is
@@ -450,13 +450,13 @@ class ICDModule(DistillMethod):
         self, *, teacher: nn.Module, dataset, levels: Sequence[str], strides: Sequence[int], device: torch.device,
     ) -> dict[str, float]:
         """``icd/idf_auroc``, ``icd/attn_in_box``, ``icd/attn_in_box_uniform``, ``icd/attn_distinct``
-        (see :mod:`~icdistill.distill.icd_diagnostics`)."""
-        from icdistill.distill.icd_diagnostics import icd_diagnostics
+        (see :mod:`~icdistill.distill.icd.diagnostics`)."""
+        from icdistill.distill.icd.diagnostics import icd_diagnostics
 
         return icd_diagnostics(self, teacher, dataset, levels, strides, device, max_images=self.diagnostic_images)
 
     def warnings(self, metrics: dict[str, float]) -> list[str]:
-        from icdistill.distill.icd_diagnostics import diagnostic_warnings
+        from icdistill.distill.icd.diagnostics import diagnostic_warnings
 
         return diagnostic_warnings(metrics, position_prior=self.position_prior)
 
@@ -465,7 +465,7 @@ class ICDModule(DistillMethod):
         out_dir: Path, count: int, device: torch.device,
     ) -> list[Path]:
         """``attention_<image id>.png``: each real instance's decoder attention (see
-        :func:`~icdistill.distill.attention_pictures.save_attention_examples`)."""
-        from icdistill.distill.attention_pictures import save_attention_examples
+        :func:`~icdistill.distill.icd.pictures.save_attention_examples`)."""
+        from icdistill.distill.icd.pictures import save_attention_examples
 
         return save_attention_examples(self, teacher, dataset, levels, strides, out_dir, count, device)

@@ -28,7 +28,7 @@ def valid_token_mask(
     level_shapes: Sequence[tuple[int, int]], strides: Sequence[int], image_sizes: Sequence[tuple[int, int]], device
 ) -> list[Tensor]:
     """Per level a bool Tensor[B, H_l, W_l]: token (y, x) is valid iff y < ceil(h_b/stride) and
-    x < ceil(w_b/stride) (ICD_SPEC §4.2)."""
+    x < ceil(w_b/stride)."""
     masks = []
     for (height, width), stride in zip(level_shapes, strides):
         rows = torch.arange(height, device=device)

@@ -1,4 +1,4 @@
-"""ICD's losses and encodings as pure tensor functions (ICD_SPEC §4.1, §5, §6).
+"""ICD's losses and encodings as pure tensor functions (docs/method.md: "Query", "Auxiliary task", "Distillation loss").
 
 Nothing here knows about detectors: each function takes tensors and returns tensors, so each can be
 tested on hand-made inputs.
@@ -16,7 +16,7 @@ NUM_SCALE_BINS = 5
 
 
 def sine_encoding(u: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
-    """Sine code of normalised coordinates (§4.1).
+    """Sine code of normalised coordinates.
 
     For u in [0, 1] and j = 0..num_feats/2-1, ω_j = temperature^(−2j/num_feats):
     [sin(2π·u·ω_j) for j] followed by [cos(2π·u·ω_j) for j].
@@ -34,7 +34,7 @@ def sine_encoding(u: Tensor, num_feats: int = 128, temperature: float = 10000.0)
 
 
 def scale_bins(size_px: Tensor) -> Tensor:
-    """bin(x) = clamp(floor(log2(x) − 5), 0, 4): edges at 64, 128, 256, 512 px (§4.1).
+    """bin(x) = clamp(floor(log2(x) − 5), 0, 4): edges at 64, 128, 256, 512 px.
 
     Args:
         size_px: float Tensor[...], a box side in pixels of its own image.
@@ -77,7 +77,7 @@ def _sine_code(embed: Tensor, num_feats: int, temperature: float) -> Tensor:
 
 
 def axis_position_codes(valid: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """The two halves of :func:`level_position_encoding`, one per axis (§4.2).
+    """The two halves of :func:`level_position_encoding`, one per axis.
 
     The 2-D code of a valid token (y, x) is [code_y(b, y) | code_x(b, x)], so a linear map of
     it splits into a row term plus a column term; ICD projects H_l + W_l codes per image and
@@ -104,7 +104,7 @@ def point_position_code(centres: Tensor, num_feats: int = 128, temperature: floa
     A token whose code is :func:`axis_position_codes`' [code_y(y) | code_x(x)] sits at the
     normalised position ((x + 1) / n_x, (y + 1) / n_y) of its level, so a query at the centre
     (cx, cy) is coded with the angles 2π·cy and 2π·cx (this project's position prior, see
-    :class:`~icdistill.distill.icd.DecoderLayer`).
+    :class:`~icdistill.distill.icd.module.DecoderLayer`).
 
     Args:
         centres: float Tensor[..., 2] normalised (cx, cy).
@@ -117,7 +117,7 @@ def point_position_code(centres: Tensor, num_feats: int = 128, temperature: floa
 
 
 def level_position_encoding(valid: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:
-    """DETR-style 2-D sine position encoding over the valid region of one level (§4.2).
+    """DETR-style 2-D sine position encoding over the valid region of one level.
 
     Coordinates are cumulative counts of valid cells normalised to (0, 2π] per image and level.
 
@@ -137,7 +137,7 @@ def level_position_encoding(valid: Tensor, num_feats: int = 128, temperature: fl
 
 
 def identification_loss(logits: Tensor, is_real: Tensor, valid: Tensor) -> Tensor:
-    """L_idf: BCE-with-logits averaged over all valid (real + fake) slots of the batch (§5).
+    """L_idf: BCE-with-logits averaged over all valid (real + fake) slots of the batch.
 
     Args:
         logits: float Tensor[B, K] identification logits ζ.
@@ -148,7 +148,7 @@ def identification_loss(logits: Tensor, is_real: Tensor, valid: Tensor) -> Tenso
 
 
 def regression_targets(boxes: Tensor, centres: Tensor) -> Tensor:
-    """(l, t, r, b) = (cx' − x1, cy' − y1, x2 − cx', y2 − cy') in normalised units (§5).
+    """(l, t, r, b) = (cx' − x1, cy' − y1, x2 − cx', y2 − cy') in normalised units.
 
     Args:
         boxes: float Tensor[..., 4] normalised xyxy. centres: float Tensor[..., 2].
@@ -159,7 +159,7 @@ def regression_targets(boxes: Tensor, centres: Tensor) -> Tensor:
 
 
 def regression_loss(pred_logits: Tensor, boxes: Tensor, centres: Tensor, is_real: Tensor) -> Tensor:
-    """L_reg = (1/N_r) Σ_real (|l−p_l|/w + |t−p_t|/h + |r−p_r|/w + |b−p_b|/h), p = sigmoid(ρ) (§5).
+    """L_reg = (1/N_r) Σ_real (|l−p_l|/w + |t−p_t|/h + |r−p_r|/w + |b−p_b|/h), p = sigmoid(ρ).
 
     Args:
         pred_logits: float Tensor[B, K, 4] regression logits ρ.
@@ -182,7 +182,7 @@ def split_heads(x: Tensor, num_heads: int) -> Tensor:
 def attention_weighted_distill_loss(
     student: Tensor, teacher: Tensor, weights: Tensor, num_heads: int, loss_weight: float = 1.0
 ) -> Tensor:
-    """L_distill = λ/(B·H) Σ_b Σ_h Σ_s w·δ / max(Σ_s w, 1e-6) (§6).
+    """L_distill = λ/(B·H) Σ_b Σ_h Σ_s w·δ / max(Σ_s w, 1e-6).
 
     δ[b,h,s] is the mean over the head's channels of the squared difference of the per-head
     layer-normalised (no affine, eps 1e-5) student and teacher vectors.

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from icdistill.detectors.base import DetectorAdapter
 from icdistill.detectors.weights import FrozenTeacher
-from icdistill.distill.inputs import DistillInputs
-from icdistill.distill.method import DistillMethod
+from icdistill.distill.core.inputs import DistillInputs
+from icdistill.distill.core.method import DistillMethod
 from icdistill.errors import ModelMismatchError
 
 
@@ -67,7 +67,8 @@ class Distiller(nn.Module):
         levels: names of the distilled feature levels (e.g. p3..p7).
         strides: their strides in pixels.
         warmup_iters: distillation warm-up; before it the student features reach the method
-            detached, so the distillation loss trains only the method's parts (ICD_SPEC §7).
+            detached, so the distillation loss trains only the method's parts (the ICD release's
+            BYPASS_DISTILL).
     """
 
     def __init__(

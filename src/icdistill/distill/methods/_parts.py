@@ -1,24 +1,28 @@
-"""Parts the comparison methods (METHODS_SPEC §2–§8) share: feature adapters with the peers'
-inits, the per-family applicability check, and the mmdet-era ground-truth-to-level mapping.
+"""Parts the comparison methods share: feature adapters with the originals' inits, the checks
+their builders make, the levels RoI pooling reads, and the mmdet-era ground-truth-to-level
+mapping. (A module whose name starts with ``_`` is not a method: the registry skips it.)
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from icdistill.detectors.families import family_facts
 from icdistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from icdistill.distill.core.context import MethodContext
 
 ADAPTER_KINDS = ("1x1", "3x3", "none")
 ADAPTER_INITS = ("default", "trunc1e-4")
-NATIVE, ADAPT = "native", "[ADAPT]"
 
 
 def trunc_small_init_(conv: nn.Conv2d) -> None:
     """DeFeat's / FGFI-FPN's adapter init: weights N(0, 1) wrapped by fmod(2), times 1e-4; the
-    bias keeps PyTorch's default (ggjy/DeFeat.pytorch, METHODS_SPEC §2)."""
+    bias keeps PyTorch's default (the DeFeat release, ggjy/DeFeat.pytorch)."""
     with torch.no_grad():
         conv.weight.normal_().fmod_(2).mul_(1e-4)
 
@@ -80,26 +84,35 @@ def check_adapter(method: str, kind: str, student_channels: int, teacher_channel
         )
 
 
-def check_family(method: str, family: str, support: Mapping[str, str]) -> str:
-    """``support[family]`` (``native`` or ``[ADAPT]``); ConfigError naming the families
-    ``method`` is defined for otherwise."""
-    if family not in support:
-        defined = ", ".join(f"{f} ({how})" for f, how in support.items())
-        raise ConfigError(f"distill.method {method!r} is not defined for the {family} family; it is for: {defined}")
-    return support[family]
-
-
-def check_same_kind(method: str, teacher_family: str, student_family: str, two_stage: Mapping[str, bool]) -> None:
+def check_same_kind(method: str, teacher_family: str, student_family: str) -> None:
     """ConfigError unless teacher and student are both one-stage or both two-stage."""
-    if two_stage[teacher_family] != two_stage[student_family]:
+    if family_facts(teacher_family).two_stage != family_facts(student_family).two_stage:
         raise ConfigError(
             f"distill.method {method!r} compares the heads of teacher and student, which must both be "
             f"one-stage or both two-stage; got teacher {teacher_family}, student {student_family}"
         )
 
 
+# torchvision's RoI pooler (and MMRazor's FBKD) use p2-p5 of the two-stage pyramid: its p6 is
+# a max-pool of p5 that only the RPN reads.
+TWO_STAGE_POOL_LEVELS = ("p2", "p3", "p4", "p5")
+
+
+def pooled_levels(ctx: "MethodContext", two_stage: bool) -> tuple[str, ...]:
+    """``distill.levels`` if given, else p2–p5 on a two-stage pyramid (every level when it has
+    none of them, as the single-map C4 / DC5 detectors) and every level otherwise."""
+    if ctx.levels_configured or not two_stage:
+        return ctx.levels
+    return tuple(n for n in ctx.levels if n in TWO_STAGE_POOL_LEVELS) or ctx.levels
+
+
+def anchors_are_points(anchors: Tensor) -> bool:
+    """True when float[N, 4] xyxy anchors are zero-size points (FCOS-style heads' locations)."""
+    return bool(anchors.numel()) and bool(((anchors[:, 2:] - anchors[:, :2]) == 0).all())
+
+
 def gt_level_index(boxes: Tensor, num_levels: int) -> Tensor:
-    """The mmdet-era peers' level of each box (DeFeat, UP; METHODS_SPEC §1.1):
+    """The mmdet-era peers' level of each box (DeFeat's and United-Perception's releases):
     k = floor(log2(sqrt((w+1)(h+1)) / 56) + 1e-6), clamped to [0, num_levels - 1], 0 = finest.
 
     Args: boxes float[M, 4] xyxy pixels. Returns int64[M]."""

@@ -4,11 +4,11 @@ A method is an ``nn.Module`` that
 
 * declares the detector extras it needs (``requires``, names from
   :mod:`icdistill.detectors.extras`), so nothing else is computed;
-* maps :class:`~icdistill.distill.inputs.DistillInputs` to already weighted losses named
+* maps :class:`~icdistill.distill.core.inputs.DistillInputs` to already weighted losses named
   ``distill/<method>/<term>``;
 * says how its own parameters are optimised (:class:`MethodOptim`): with their own AdamW and
   cosine schedule (ICD), or inside the student's SGD parameter groups (the peers' adapters,
-  METHODS_SPEC §1.1);
+  as the originals train them);
 * may ask for a method-only stage before the main one (``method_only_iters``: ICD's decoder
   warm-up), in which the student is not run;
 * may report numbers of its own at every evaluation (:meth:`evaluate`, keys ``<name>/...``)
@@ -28,7 +28,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from icdistill.distill.inputs import DistillInputs
+from icdistill.distill.core.inputs import DistillInputs
 
 OWN_ADAMW, STUDENT_SGD = "adamw", "student"
 

@@ -1,9 +1,9 @@
-"""ICD's ablation weights (``distill.ablation_weights``; this project's ablation switch, not a
+"""ICD's ablation weights (``distill.icd.ablation_weights``; this project's ablation switch, not a
 method): the distillation loss of ICD with another token weighting than the decoder's attention.
 
 The paper's main ablation compares ICD's instance-conditional attention against simpler
 weightings of the same loss. Each replaces w[b,h,s] = Σ_{i real} softmax_s(a[b,h,i,s]) of
-:meth:`~icdistill.distill.icd.DecoderLayer.real_instance_weights` and keeps its scale
+:meth:`~icdistill.distill.icd.module.DecoderLayer.real_instance_weights` and keeps its scale
 (Σ_s w[b,h,s] = n_b, the image's real instances), so only where the weight goes differs:
 
 * ``uniform``: every valid token of an image with n_b > 0 gets n_b / (valid tokens): the loss
@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from icdistill.distill.sampling import Instances
+from icdistill.distill.icd.sampling import Instances
 
 ABLATION_WEIGHTS = ("uniform", "gt_box")
 
