@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from distill_helpers import SIZES, TARGETS, tiny
+from distill_helpers import SIZES, TARGETS, assert_recipes_follow_the_paper_protocols, cli_distill, tiny
 from torchvision.ops import box_iou
 
+from icdistill.config import load_config
+from icdistill.demo import demo_config_path
 from icdistill.detectors import freeze_as_teacher
 from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, HEAD_HOLD
@@ -298,3 +300,56 @@ def test_two_stage_step_reaches_the_student_fpn_and_never_the_teacher(teacher_wi
     assert (method.adapters is not None) == (teacher_width != 32)
     if method.adapters is not None:
         assert grad(method.adapters)
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture(scope="module")
+def same_head_teachers(tiny_teacher, tmp_path_factory, tiny_overrides, empty_config):
+    """``detector.pt`` of a tiny teacher per family (2 iterations each; RetinaNet: the session's)."""
+    from icdistill.cli import main
+
+    paths = {"retinanet": tiny_teacher}
+    for family in ("fcos", "faster_rcnn"):
+        out = tmp_path_factory.mktemp(f"teacher_{family}")
+        assert main(["--no-progress", "train", str(empty_config), "--out", str(out),
+                     *[f"--set={s}" for s in tiny_overrides], f"--set=model.family={family}",
+                     "--set=solver.max_iter=2", "--set=eval.viz_images=0"]) == 0
+        paths[family] = out / "detector.pt"
+    return paths
+
+
+@pytest.mark.parametrize("family, student_width", [("retinanet", 32), ("fcos", 64), ("faster_rcnn", 32)])
+def test_crosskd_from_the_cli(family, student_width, same_head_teachers, tmp_path, tiny_overrides, empty_config):
+    """Two iterations of ``icdistill distill`` per family (FCOS with a student head wider than
+    the teacher's: the adapter path); the KD terms are logged and the run is evaluated."""
+    metrics, log = cli_distill(tmp_path, same_head_teachers[family], tiny_overrides, empty_config, "crosskd",
+                               f"teacher.family={family}", f"model.family={family}",
+                               f"model.fpn_channels={student_width}")
+    assert "bbox/AP" in metrics
+    assert {"distill/crosskd/cls", "distill/crosskd/reg"} <= set(log[-1])
+    assert all(math.isfinite(log[-1][k]) for k in ("distill/crosskd/cls", "distill/crosskd/reg"))
+
+
+def test_crosskd_options_from_the_command_line_reach_the_method(tiny_config):
+    cfg = tiny_config("distill.method=crosskd", "distill.crosskd.cross_layer=1", "distill.crosskd.cls_weight=2.5",
+                      "distill.weight_scale=2")
+    teacher, student = pair("retinanet")
+    method = build_crosskd(cfg.distill.crosskd, context(teacher, student, weight_scale=cfg.distill.weight_scale))
+    assert (method.cross_layer, method.cls_weight, method.reg_weight) == (1, 5.0, 2.0)
+    with pytest.raises(ConfigError, match=r"distill\.crosskd\.reg_loss"):
+        tiny_config("distill.method=crosskd", "distill.crosskd.reg_loss=smooth_l1")
+
+
+@pytest.mark.parametrize("family", ["retinanet", "faster_rcnn"])
+def test_crosskd_recipes_follow_the_paper_protocols(family):
+    assert_recipes_follow_the_paper_protocols("crosskd", family)
+
+
+def test_crosskd_fcos_coco_recipe_and_bccd_recipe_select_it():
+    root = demo_config_path("student").parents[1]
+    coco = load_config(root / "coco" / "fcos_R50_1x_crosskd.yaml")
+    assert coco.distill.method == "crosskd" and coco.teacher.family == coco.model.family == "fcos"
+    bccd = load_config(root / "voc" / "bccd_crosskd.yaml")
+    assert bccd.teacher.family == bccd.model.family == "fcos"
