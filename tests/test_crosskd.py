@@ -1,5 +1,5 @@
 """CrossKD (``crosskd``): the head split (``head_hold`` / ``head_from``), the defining formulas on
-the method spec's numeric cases and on cases computed here, self-distillation, gradient routing
+reference numeric cases (worked by hand from the paper's formulas) and on cases computed here, self-distillation, gradient routing
 (no teacher gradient; the student's layers past k get none), the ignore mask, widths that differ,
 the config section and the builder's checks."""
 
@@ -48,7 +48,7 @@ def kd_losses(distiller: Distiller, teacher, images: torch.Tensor, targets=TARGE
     return {k: v for k, v in losses.items() if k.startswith("distill/crosskd/")}
 
 
-# ---------------------------------------------------------------- the method spec's cases
+# ---------------------------------------------------------------- reference cases worked by hand
 
 
 def test_alignment_moves_the_student_to_the_teacher_statistics():
