@@ -1,7 +1,8 @@
 """CrossKD (``crosskd``): the head split (``head_hold`` / ``head_from``), the defining formulas on
-reference numeric cases (worked by hand from the paper's formulas) and on cases computed here, self-distillation, gradient routing
+reference cases worked by hand and on cases computed here, self-distillation, gradient routing
 (no teacher gradient; the student's layers past k get none), the ignore mask, widths that differ,
-the config section and the builder's checks."""
+the config section, the builder's checks, and 2-iteration CLI runs on RetinaNet, FCOS and
+Faster R-CNN."""
 
 import math
 from types import SimpleNamespace
