@@ -224,6 +224,20 @@ def test_different_head_widths_use_a_one_by_one_adapter_that_trains():
     assert pair("fcos")[0] is not None and distiller_for(*pair("fcos")).method.adapters is None
 
 
+def test_faithful_padding_and_align_switches_change_what_is_computed():
+    """SIZES pad the second image (60 x 70 in a 64 x 96 batch): FCOS's KD counts the padded
+    points only with ``faithful_padding``; without ``align`` the held features go unaligned."""
+    teacher, student = pair("fcos", seed=6)
+    images = torch.randn(2, 3, 64, 96)
+    runs = {}
+    for name, section in (("default", CrossKDConfig()), ("faithful", CrossKDConfig(faithful_padding=True)),
+                          ("unaligned", CrossKDConfig(align=False))):
+        torch.manual_seed(0)
+        runs[name] = {k: float(v.detach()) for k, v in kd_losses(distiller_for(teacher, student, section), teacher, images).items()}
+    assert runs["faithful"]["distill/crosskd/cls"] > runs["default"]["distill/crosskd/cls"]  # more points, same normaliser
+    assert runs["unaligned"]["distill/crosskd/cls"] != runs["default"]["distill/crosskd/cls"]
+
+
 def test_family_defaults_and_weight_scale():
     teacher, student = pair("retinanet")
     method = build_crosskd(CrossKDConfig(), context(teacher, student, weight_scale=2.0))

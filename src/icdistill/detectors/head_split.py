@@ -9,7 +9,9 @@ conv -> optional norm -> ReLU (n = 4), followed by the predictor convs. This mod
   at the input of its ReLU, i.e. after its conv and norm; ``k = 0`` is the tower's input (the
   FPN level);
 * captures those held activations from the detector's own head pass with forward hooks
-  (:func:`capture_head_holds`): the head is not run twice;
+  (:func:`capture_head_holds`): the head is not run twice. Every layer's hold is kept (the
+  extras are requested by name, not by layer), so a captured pass holds up to n more tower
+  activations per tower and level until the step's losses are computed;
 * runs a head from layer ``k`` on given tensors (:func:`head_from`): the tower's remainder
   (the ``k``-th ReLU and everything after it) and the predictors, with autograd on, reshaped
   exactly as torchvision's head reshapes (``[B, A*K, H, W] -> [B, H*W*A, K]``, levels
