@@ -45,7 +45,9 @@ from .base import check_extras, model_detections, model_num_classes, require_mod
 from .condinst_mask import (
     MASK_OUT_STRIDE, NUM_DYNAMIC_PARAMS, MaskBranch, aligned_bilinear, dice_loss, dynamic_mask_logits, gt_bitmasks,
 )
+from .extras import HEAD_HOLD
 from .fcos import FCOSAdapter
+from .head_split import capture_head_holds
 from .masks import mask_model_targets
 
 MAX_PROPOSALS = 500
@@ -99,14 +101,15 @@ class CondInstAdapter(FCOSAdapter):
         targets: ``boxes`` float[N, 4] xyxy, ``labels`` int64[N], ``masks`` uint8[N, h, w]."""
         require_mode(self, training=True, call="losses")
         check_extras(self, extras)
-        head, anchors, levels, per_level = self._head_and_anchors(images, image_sizes, features)
+        with capture_head_holds(self.model.head, enabled=HEAD_HOLD in extras) as holds:
+            head, anchors, levels, per_level = self._head_and_anchors(images, image_sizes, features)
         tv_targets = mask_model_targets(targets, image_sizes)
         # FCOS.compute_loss's own matching (detectors/assign.py reproduces it), shared by both losses.
         matched = assign(self, anchors, per_level, [t["boxes"] for t in tv_targets])
         losses = self.model.head.compute_loss(tv_targets, head, anchors, matched)
         mask_feats = self.model.head.mask_branch(levels[0])
         losses["loss_mask"] = self.mask_loss(mask_feats, head["controller"], anchors, matched, tv_targets)
-        return losses, self._dense_extras(extras, head, anchors, per_level)
+        return losses, self._dense_extras(extras, head, anchors, per_level, holds)
 
     def mask_loss(self, mask_feats: Tensor, params: Tensor, anchors: list[Tensor], matched: list[Tensor],
                   targets: list[dict[str, Tensor]]) -> Tensor:

@@ -12,8 +12,15 @@ Names:
     ``rpn``          :class:`RPNOutputs` of a two-stage detector.
     ``roi_samples``  :class:`RoISamples`: the RoI heads' sampled training RoIs (two-stage).
 
+    ``head_hold``    :class:`~icdistill.detectors.head_split.HeadHolds` of a dense one-stage
+                     head: each tower's activation at every layer (the tower's input, then each
+                     layer after its conv and norm, before its ReLU), per level.
+
 Call-style extras (given boxes, not captured): ``box_head`` (two-stage adapters'
-:meth:`box_head`) and :func:`roi_align` (any family).
+:meth:`box_head`) and :func:`roi_align` (any family). ``head_from`` (dense one-stage
+families): :func:`icdistill.detectors.head_split.head_from` runs a detector's head from a
+given tower layer on given tensors, with autograd on (a frozen teacher's head on a student's
+held features).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
 
 ANCHORS, DENSE, RPN, ROI_SAMPLES = "anchors", "dense", "rpn", "roi_samples"
-EXTRA_NAMES: tuple[str, ...] = (ANCHORS, DENSE, RPN, ROI_SAMPLES)
+HEAD_HOLD, HEAD_FROM = "head_hold", "head_from"
+EXTRA_NAMES: tuple[str, ...] = (ANCHORS, DENSE, RPN, ROI_SAMPLES, HEAD_HOLD, HEAD_FROM)
 
 
 def float32_shapes(levels: Sequence[Tensor]) -> list[Tensor]:
@@ -169,6 +177,6 @@ def escape_inference_mode(value: Any) -> Any:
 
 
 __all__ = [
-    "ANCHORS", "DENSE", "EXTRA_NAMES", "ROI_SAMPLES", "RPN", "DenseOutputs", "RPNOutputs", "RoISamples",
+    "ANCHORS", "DENSE", "EXTRA_NAMES", "HEAD_FROM", "HEAD_HOLD", "ROI_SAMPLES", "RPN", "DenseOutputs", "RPNOutputs", "RoISamples",
     "escape_inference_mode", "roi_align",
 ]

@@ -27,7 +27,8 @@ from .base import (
     model_targets,
     require_mode,
 )
-from .extras import ANCHORS, DENSE, DenseOutputs, float32_outputs, float32_shapes
+from .extras import ANCHORS, DENSE, HEAD_FROM, HEAD_HOLD, DenseOutputs, float32_outputs, float32_shapes
+from .head_split import HeadHolds, capture_head_holds
 from .levels import P3_P7, LevelSpec
 
 
@@ -69,7 +70,7 @@ class DenseAdapter(DetectorAdapter):
     ) -> dict[str, Tensor]:
         """The model's own loss on model-label targets and unsplit head outputs."""
 
-    supported_extras = frozenset({ANCHORS, DENSE})
+    supported_extras = frozenset({ANCHORS, DENSE, HEAD_HOLD, HEAD_FROM})
 
     def forward_train(
         self,
@@ -84,9 +85,10 @@ class DenseAdapter(DetectorAdapter):
         be 0), ``labels`` int64[N] contiguous. Train mode only."""
         require_mode(self, training=True, call="losses")
         check_extras(self, extras)
-        head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
+        with capture_head_holds(self.model.head, enabled=HEAD_HOLD in extras) as holds:
+            head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
         losses = self._compute_loss(model_targets(targets), head_outputs, anchors, per_level)
-        return losses, self._dense_extras(extras, head_outputs, anchors, per_level)
+        return losses, self._dense_extras(extras, head_outputs, anchors, per_level, holds)
 
     def extras(
         self,
@@ -96,15 +98,19 @@ class DenseAdapter(DetectorAdapter):
         names: Collection[str],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> dict[str, Any]:
-        """``anchors`` / ``dense`` on given features (the teacher's side); any mode."""
+        """``anchors`` / ``dense`` / ``head_hold`` on given features (the teacher's side); any mode."""
         check_extras(self, names)
-        head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
-        return self._dense_extras(names, head_outputs, anchors, per_level)
+        with capture_head_holds(self.model.head, enabled=HEAD_HOLD in names) as holds:
+            head_outputs, anchors, _, per_level = self._head_and_anchors(images, image_sizes, features)
+        return self._dense_extras(names, head_outputs, anchors, per_level, holds)
 
     def _dense_extras(
-        self, names: Collection[str], head_outputs: dict[str, Tensor], anchors: list[Tensor], per_level: list[int]
+        self, names: Collection[str], head_outputs: dict[str, Tensor], anchors: list[Tensor], per_level: list[int],
+        holds: HeadHolds | None = None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if holds is not None:
+            out[HEAD_HOLD] = holds
         if ANCHORS in names:
             out[ANCHORS] = anchors
         if DENSE in names:
