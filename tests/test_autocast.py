@@ -14,7 +14,7 @@ import torch
 
 from icdistill.detectors import build_detector
 from icdistill.detectors.extras import float32_shapes
-from icdistill.distill.gid_select import normalised_distances
+from icdistill.distill.methods._gid_select import normalised_distances
 from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
 from icdistill.distill.icd.losses import attention_weighted_distill_loss
 from icdistill.structures import collate_batch
