@@ -96,7 +96,8 @@ def build_models(
     student = build_model(cfg.model, train_set.num_classes, "model")
     prior = compute_prior(train_set)
     teacher = build_teacher(cfg.teacher, train_set.num_classes) if cfg.distill.method != NO_METHOD else None
-    distiller, inherit_report = build_distiller(cfg.distill, student, teacher, prior=prior, fresh_start=fresh_start)
+    distiller, inherit_report = build_distiller(cfg.distill, student, teacher, prior=prior, fresh_start=fresh_start,
+                                                seed=cfg.solver.seed)
     if main and inherit_report is not None:
         print(f"inheriting: {inherit_report.summary()}")
     return distiller, teacher, prior
