@@ -255,7 +255,7 @@ class ICDModule(DistillMethod):
         super().__init__(optim, method_only_iters=method_only_iters)
         self.seed = seed
         self._generator: torch.Generator | None = None
-        self._saved_generator: dict | None = None  # from a checkpoint, applied on first use
+        self._saved_generator: Tensor | None = None  # from a checkpoint, applied on first use
         if ablation_weights is not None and ablation_weights not in ABLATION_WEIGHTS:
             raise ValueError(f"ablation_weights is {ablation_weights!r}; valid: None, {', '.join(ABLATION_WEIGHTS)}")
         self.ablation_weights = ablation_weights
@@ -363,8 +363,8 @@ class ICDModule(DistillMethod):
         """The generator of fake instances and jitter, on the module's device. Made on first use
         (the module may be moved after it is built) from the checkpointed state, or from
         ``seed`` (plus 1000003 per rank under torch.distributed, so ranks draw different fakes as
-        the engine's per-rank seeds do); moving the module to another device type starts it anew
-        from the seed."""
+        the engine's per-rank seeds do). A state saved on another device type (its size differs:
+        CPU and CUDA generators keep different states) starts it anew from the seed."""
         device = self.prior_freq.device
         if self._generator is not None and self._generator.device == device:
             return self._generator
@@ -372,24 +372,27 @@ class ICDModule(DistillMethod):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if distributed else 0
         saved, self._saved_generator = self._saved_generator, None
-        if saved and saved.get("device") == device.type and rank == 0:
-            self._generator.set_state(torch.as_tensor(saved["state"]).to("cpu", torch.uint8))
+        if saved is not None and rank == 0 and saved.numel() == self._generator.get_state().numel():
+            self._generator.set_state(saved)
         else:
             self._generator.manual_seed(self.seed + 1000003 * rank)
         return self._generator
 
-    def get_extra_state(self) -> dict:
-        """The generator's state in the module's state dict, so a resumed run draws on exactly."""
-        if self._generator is None:
-            return dict(self._saved_generator or {})
-        return {"device": self._generator.device.type, "state": self._generator.get_state()}
+    def get_extra_state(self) -> Tensor:
+        """The generator's state (uint8 Tensor[N], empty before the first draw) in the module's
+        state dict, so a resumed run draws on exactly. A plain tensor, as every other entry of a
+        checkpoint's trainable state."""
+        if self._generator is not None:
+            return self._generator.get_state()
+        return self._saved_generator if self._saved_generator is not None else torch.zeros(0, dtype=torch.uint8)
 
-    def set_extra_state(self, state: dict) -> None:
-        self._generator, self._saved_generator = None, dict(state) if state else None
+    def set_extra_state(self, state: Tensor) -> None:
+        state = torch.as_tensor(state).to("cpu", torch.uint8)  # map_location may have moved it
+        self._generator, self._saved_generator = None, state if state.numel() else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Checkpoints written before the module had its own generator: start it from the seed.
-        state_dict.setdefault(prefix + "_extra_state", {})
+        state_dict.setdefault(prefix + "_extra_state", torch.zeros(0, dtype=torch.uint8))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def queries(self, inst: Instances) -> Tensor:
