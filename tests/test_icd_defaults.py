@@ -4,18 +4,16 @@ explicitly, and the accuracy benchmark has the rows of that comparison."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_accuracy_benchmark import accuracy  # noqa: F401  (the benchmark module, a fixture)
 
 from icdistill.config import load_config
 from icdistill.demo import demo_config_path
 from icdistill.distill.icd.build import ICDConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = demo_config_path("student").parents[1]
 PAPER_RECIPES = sorted(
     [*CONFIG_ROOT.glob("coco/*.yaml"), *CONFIG_ROOT.glob("voc/*R50*.yaml"), CONFIG_ROOT / "voc" / "voc0712_base.yaml",
@@ -50,15 +48,6 @@ def test_demo_and_bccd_icd_recipes_state_this_projects_prior_explicitly():
             base = (yaml.safe_load(chain.read_text()) or {}).get("_base_")
             chain = chain.parent / base if base else None
         assert "position_prior: true" in text and "not yet decided" in text, path
-
-
-@pytest.fixture(scope="module")
-def accuracy():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark_defaults", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_accuracy_benchmark_has_the_rows_that_choose_the_defaults(accuracy, tmp_path):

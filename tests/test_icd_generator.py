@@ -8,29 +8,15 @@ import io
 
 import torch
 
+from distill_helpers import PRIOR, SIZES, TARGETS, tiny
 from icdistill.config import distill_config, load_config
-from icdistill.data.prior import DatasetPrior
-from icdistill.detectors import build_detector, freeze_as_teacher
+from icdistill.detectors import freeze_as_teacher
 from icdistill.distill.build import build_distiller
 from icdistill.distill.icd.build import prior_tensors
 from icdistill.distill.icd.module import ICDModule
 from icdistill.engine.distributed import DistContext
 from icdistill.engine.step import StepContext, build_optimisers, train_step
 from icdistill.structures import collate_batch
-
-SIZES = [(64, 96), (60, 70)]
-TARGETS = [
-    {"boxes": torch.tensor([[4.0, 4, 40, 30]]), "labels": torch.tensor([0])},
-    {"boxes": torch.tensor([[10.0, 10, 30, 50], [40, 5, 60, 25]]), "labels": torch.tensor([1, 2])},
-]
-PRIOR = DatasetPrior(names=["a", "b", "c"], freq=[2.0, 1.0, 1.0], w_mean=[0.2] * 3, w_std=[0.05] * 3,
-                     h_mean=[0.2] * 3, h_std=[0.05] * 3, num_images=10)
-
-
-def tiny(family: str, width: int):
-    return build_detector(family, backbone="resnet18", num_classes=3, fpn_channels=width,
-                          anchor_sizes=(16, 32, 64, 128, 256))
-
 
 def tiny_batch():
     g = torch.Generator().manual_seed(0)
