@@ -10,7 +10,7 @@ import torch
 
 from distill_helpers import PRIOR, SIZES, TARGETS, tiny
 from icdistill.config import distill_config, load_config
-from icdistill.detectors import freeze_as_teacher
+from icdistill.detectors import build_detector, freeze_as_teacher
 from icdistill.distill.build import build_distiller
 from icdistill.distill.icd.build import prior_tensors
 from icdistill.distill.icd.module import ICDModule
@@ -98,3 +98,27 @@ def test_the_method_context_carries_solver_seed_to_the_generator():
     seeded = [build_distiller(dcfg, student, teacher, prior=PRIOR, seed=s)[0].method for s in (5, 5, 6)]
     assert [m.seed for m in seeded] == [5, 5, 6]
     assert all(torch.equal(x, y) for x, y in zip(draw(seeded[0]), draw(seeded[1])))
+
+
+def test_the_students_global_stream_starts_the_same_with_or_without_teacher_and_method(monkeypatch, tiny_config):
+    """Building the teacher and the method draws initial weights from the global generator;
+    the run re-seeds it afterwards, so a distilled run's student starts from its baseline's
+    stream (same RoI samples at the first step)."""
+    from icdistill.data import build_datasets
+    from icdistill.engine import setup
+
+    def random_teacher(cfg, num_classes):  # a teacher whose build draws, as loading a real one does
+        return freeze_as_teacher(build_detector("retinanet", backbone="resnet18", num_classes=num_classes,
+                                                fpn_channels=48, anchor_sizes=(16, 32, 64, 128, 256)))
+
+    monkeypatch.setattr(setup, "build_teacher", random_teacher)
+    baseline = tiny_config("solver.seed=3")
+    distilled = tiny_config("solver.seed=3", "distill.method=icd", "distill.icd.hidden_dim=32", "distill.icd.num_heads=4")
+    train_set, _ = build_datasets(baseline.data, with_masks=False, progress=False)
+    states = []
+    for cfg in (baseline, distilled):
+        setup.seed_everything(cfg.solver.seed)
+        distiller, _, _ = setup.build_models(cfg, train_set, fresh_start=True, main=False)
+        assert (distiller.method is None) == (cfg is baseline)
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1])

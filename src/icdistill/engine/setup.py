@@ -92,7 +92,7 @@ def build_models(
     cfg: Config, train_set: CocoDetection, *, fresh_start: bool, main: bool
 ) -> tuple[Distiller, FrozenTeacher | None, DatasetPrior]:
     """Student, then (for a method) the frozen teacher, then the method: the same order of random
-    initialisations every time."""
+    initialisations every time; the global generator is then re-seeded with ``solver.seed``."""
     student = build_model(cfg.model, train_set.num_classes, "model")
     prior = compute_prior(train_set)
     teacher = build_teacher(cfg.teacher, train_set.num_classes) if cfg.distill.method != NO_METHOD else None
@@ -100,6 +100,9 @@ def build_models(
                                                 seed=cfg.solver.seed)
     if main and inherit_report is not None:
         print(f"inheriting: {inherit_report.summary()}")
+    # The teacher's and the method's initialisations drew from the global generator; re-seed so
+    # a distilled run's student draws what its baseline draws (e.g. a two-stage RoI sampling).
+    torch.manual_seed(cfg.solver.seed)
     return distiller, teacher, prior
 
 
