@@ -151,7 +151,8 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             "icd_paper": Row("icd", ("distill.icd.position_prior=false",)),
             # Choosing ICD's defaults on the student (docs/method.md): decoder, warm-up length, warm-up LR.
             "icd_paper_lr1x": Row("icd", ("distill.icd.position_prior=false", "distill.icd.decoder_warmup_lr=null")),
-            "icd_paper_nowarmup": Row("icd", ("distill.icd.position_prior=false", "distill.icd.decoder_warmup_iters=0")),
+            "icd_paper_nowarmup": Row("icd", ("distill.icd.position_prior=false",
+                                              "distill.icd.decoder_warmup_iters=0")),
             "icd_lr1x": Row("icd", ("distill.icd.decoder_warmup_lr=null",)),
             "icd_nowarmup": Row("icd", ("distill.icd.decoder_warmup_iters=0",))}
 # The rows of that comparison; with --split validation and the λ sweep (benchmarks/sweep.py --rows).

@@ -113,7 +113,8 @@ def test_the_students_global_stream_starts_the_same_with_or_without_teacher_and_
 
     monkeypatch.setattr(setup, "build_teacher", random_teacher)
     baseline = tiny_config("solver.seed=3")
-    distilled = tiny_config("solver.seed=3", "distill.method=icd", "distill.icd.hidden_dim=32", "distill.icd.num_heads=4")
+    distilled = tiny_config("solver.seed=3", "distill.method=icd", "distill.icd.hidden_dim=32",
+                            "distill.icd.num_heads=4")
     train_set, _ = build_datasets(baseline.data, with_masks=False, progress=False)
     states = []
     for cfg in (baseline, distilled):

@@ -477,11 +477,14 @@ class ICDModule(DistillMethod):
     ) -> list[list[Tensor]]:
         """Per image, per level: float Tensor[n_b, H_l, W_l], the head-averaged attention of each
         real instance on that level's tokens (for the overlays in ``viz``). Fake queries are not
-        drawn; centres are jittered as in training."""
+        drawn; centres are jittered as in training, from a generator of their own (seeded with
+        ``seed``), so drawing pictures moves neither the global stream nor the training one."""
         teacher = self.teacher_tokens(teacher_features, strides, image_sizes)
         real_only = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        generator = torch.Generator(device=self.prior_freq.device).manual_seed(self.seed)
         inst = build_instances(
-            real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter
+            real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter,
+            generator=generator,
         )
         probs = self.attention(teacher, inst, layer_index).mean(dim=1)  # [B, K, S]
         sizes = [h * w for h, w in teacher.level_shapes]
