@@ -28,7 +28,10 @@ tensors and trains without any distillation loss), ``icd_inherit`` and ``<method
 suite's ``inherit_methods``: FitNet, FGFI, DeFeat on bccd), each skipped when no neck/head tensor of
 the teacher fits the student; the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
 ``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
-``distill.icd.position_prior=false`` (the paper's attention). Each run can be repeated by hand with
+``distill.icd.position_prior=false`` (the paper's attention); the rows that choose ICD's defaults on
+the student (``ICD_DEFAULT_ROWS``, docs/method.md): ``icd_paper_lr1x`` (the paper's decoder at
+``distill.lr``, the paper's design), ``icd_paper_nowarmup``, ``icd_lr1x``, ``icd_nowarmup`` (no decoder
+warm-up stage). Each run can be repeated by hand with
 the command in ``<run>/command.txt``.
 
 ``--split validation`` is the protocol for choosing hyperparameters (never the test split): every
@@ -178,7 +181,15 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             **{m + INHERIT: Row("method", ("distill.inherit=true",), method=m) for m in METHODS},
             "icd_uniform": Row("icd", ("distill.icd.ablation_weights=uniform",)),
             "icd_gtbox": Row("icd", ("distill.icd.ablation_weights=gt_box",)),
-            "icd_paper": Row("icd", ("distill.icd.position_prior=false",))}
+            "icd_paper": Row("icd", ("distill.icd.position_prior=false",)),
+            # Choosing ICD's defaults on the student (docs/method.md): decoder, warm-up length, warm-up LR.
+            "icd_paper_lr1x": Row("icd", ("distill.icd.position_prior=false", "distill.icd.decoder_warmup_lr=null")),
+            "icd_paper_nowarmup": Row("icd", ("distill.icd.position_prior=false",
+                                              "distill.icd.decoder_warmup_iters=0")),
+            "icd_lr1x": Row("icd", ("distill.icd.decoder_warmup_lr=null",)),
+            "icd_nowarmup": Row("icd", ("distill.icd.decoder_warmup_iters=0",))}
+# The rows of that comparison; with --split validation and the λ sweep (benchmarks/sweep.py --rows).
+ICD_DEFAULT_ROWS = ("icd", "icd_lr1x", "icd_nowarmup", "icd_paper", "icd_paper_lr1x", "icd_paper_nowarmup")
 BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
 MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
 TIME_COLUMNS = ("time/iter_s", "time/method_stage_s", "time/train_s")

@@ -12,8 +12,14 @@ teacher's features of ``--batches`` augmented training batches are computed once
 Each variant trains the ICD module alone on its auxiliary losses (the decoder warm-up stage),
 AdamW with the recipe's weight decay and clip norm, constant LR, and reports ``icd/idf_auroc``,
 ``icd/attn_in_box`` (vs ``icd/attn_in_box_uniform``) and ``icd/attn_distinct`` every
-``--eval-every`` iterations. Results: ``--json`` and, unless ``--no-results``, docs/RESULTS.md
-between the "decoder benchmark (<suite>)" markers.
+``--eval-every`` iterations, and for the position-prior variants the same numbers of the fixed
+kernel alone (``icd/*_kernel``): what a variant's decoder learned is its margin over its kernel.
+Results: ``--json`` and, unless ``--no-results``, docs/RESULTS.md between the "decoder benchmark
+(<suite>)" markers.
+
+These are decoder metrics on training images; they do not choose ICD's defaults. That choice is
+made on the student, on validation: ``benchmarks/accuracy.py --split validation --students``
+with the rows of ``ICD_DEFAULT_ROWS`` (docs/method.md, "Choosing ICD's defaults").
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from icdistill.engine.optim import build_method_optimizer, clip_gradients
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
 RECIPES = {"synthetic": "configs/demo/icd.yaml", "bccd": "configs/voc/bccd_icd.yaml"}
-# name -> (distill.icd.position_prior, LR, initial λ_h): the paper's decoder at its LR and at 10x,
-# and this project's position prior at both and with larger initial scales.
+# name -> (distill.icd.position_prior, LR, λ_h = distill.icd.position_scale, the fixed kernel width):
+# the paper's decoder at its LR and at 10x, and this project's position prior at both and with
+# wider-to-narrower kernels.
 VARIANTS = {
     "paper_lr1e-4": (False, 1e-4, 1.0),
     "paper_lr1e-3": (False, 1e-3, 1.0),
@@ -102,7 +109,7 @@ def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, p
                     student_channels=teacher.out_channels, prior=prior_tensors(prior), hidden_dim=own.hidden_dim,
                     num_heads=own.num_heads, num_layers=own.num_layers, fake_ratio=own.fake_ratio,
                     max_instances=own.max_instances or 300, jitter=own.jitter, position_prior=position,
-                    position_scale=scale)
+                    position_scale=scale, seed=seed)
     opt = build_method_optimizer(icd, lr=lr, weight_decay=d.weight_decay)
     curve, started, cpu = [], time.perf_counter(), torch.device("cpu")
     for it in range(1, iters + 1):
@@ -124,13 +131,16 @@ def train_variant(cfg, prior, teacher, cached, validation, levels, strides, *, p
 
 def results_table(result: dict) -> str:
     rows = ["| variant | AUROC at " + " / ".join(str(p["iter"]) for p in next(iter(result["variants"].values())))
-            + " it | attn in box (uniform) at the end | attn distinct | s / it |", "|---|---|---|---|---:|"]
+            + " it | attn in box (uniform) at the end | attn distinct | kernel alone: AUROC / in box / distinct "
+            "| s / it |", "|---|---|---|---|---|---:|"]
     for name, curve in result["variants"].items():
         last = curve[-1]
+        kernel = " / ".join(format(last[k], ".3f") for k in ("icd/idf_auroc_kernel", "icd/attn_in_box_kernel",
+                                                              "icd/attn_distinct_kernel") if k in last) or "no kernel"
         rows.append(
             f"| {name} | {' / '.join(format(p['icd/idf_auroc'], '.2f') for p in curve)} | "
             f"{last['icd/attn_in_box']:.3f} ({last['icd/attn_in_box_uniform']:.3f}) | {last['icd/attn_distinct']:.3f} | "
-            f"{last['train_s'] / last['iter']:.3f} |"
+            f"{kernel} | {last['train_s'] / last['iter']:.3f} |"
         )
     return "\n".join(rows)
 

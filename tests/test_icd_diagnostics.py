@@ -120,13 +120,84 @@ def test_every_head_gets_the_same_frequencies_of_both_axes():
     assert heads.tolist() == [[0, 1, 8, 9], [2, 3, 10, 11], [4, 5, 12, 13], [6, 7, 14, 15]]
 
 
-def test_the_position_prior_learns_its_scale_and_the_paper_decoder_has_none():
+def test_the_position_kernel_width_is_a_fixed_buffer_no_optimiser_moves():
+    """λ_h is fixed and named so: a buffer in the state dict, not a parameter, left out of the
+    method's optimiser and unchanged by training; the paper's decoder has none."""
+    from icdistill.engine.optim import build_method_optimizer
+
     assert module().layers[0].position_scale is None
-    icd = module(position_prior=True)
+    assert "layers.0.position_scale" not in module().state_dict()
+    icd = module(position_prior=True, position_scale=64.0)
+    scale = icd.layers[0].position_scale
+    assert "layers.0.position_scale" in icd.state_dict() and not scale.requires_grad
+    assert all(p is not scale for p in icd.parameters())
+    opt = build_method_optimizer(icd, lr=1e-2, weight_decay=1e-4)
+    assert all(p is not scale for group in opt.param_groups for p in group["params"])
     feats, _, targets, _ = tokens_and_instances(icd)
-    losses = icd.losses(feats, None, targets, [(64, 64)], [8, 16])
-    (losses["distill/icd/idf"] + losses["distill/icd/reg"]).backward()
-    assert icd.layers[0].position_scale.grad.abs().sum() > 0
+    before = [p.detach().clone() for p in icd.parameters()]
+    for _ in range(3):
+        losses = icd.losses(feats, None, targets, [(64, 64)], [8, 16])
+        opt.zero_grad()
+        (losses["distill/icd/idf"] + losses["distill/icd/reg"]).backward()
+        opt.step()
+    assert torch.equal(icd.layers[0].position_scale, torch.full((4,), 64.0))
+    assert any(not torch.equal(a, b) for a, b in zip(before, icd.parameters()))  # the rest did train
+
+
+def box_attention_case(icd):
+    """Teacher tokens whose features are a fixed vector v inside box [0, 24)² and 0 elsewhere,
+    one real instance on that box; returns (teacher tokens, instances, inside [1, S])."""
+    v = torch.zeros(16)
+    v[0] = 1.0
+    feats = []
+    for size, stride in ((8, 8), (4, 16)):
+        f = torch.zeros(1, 16, size, size)
+        inside_cells = int(24 // stride) + (1 if 24 % stride else 0)
+        f[0, :, :inside_cells, :inside_cells] = v[:, None, None]
+        feats.append(f)
+    teacher = icd.teacher_tokens(feats, [8, 16], [(64, 64)])
+    box = torch.tensor([[0.0, 0.0, 24.0, 24.0]])
+    inst = build_instances([{"boxes": box, "labels": torch.tensor([0])}], [(64, 64)], icd.prior,
+                           fake_ratio=0, max_instances=0, jitter=0.0)
+    inside = inside_boxes(token_centres(teacher.level_shapes, [8, 16]), box)
+    return teacher, inst, inside
+
+
+def in_box_mass(icd, teacher, inst, inside, content: bool) -> float:
+    return float(attention_in_boxes(icd.attention(teacher, inst, content=content)[0, :, :1].mean(dim=0), inside))
+
+
+def test_kernel_rows_separate_what_the_decoder_learned_from_the_position_kernel():
+    """Constructed cases. (a) The learned content logits match a feature that lies only in the
+    box: the decoder's attention in the box far exceeds the kernel's alone, and no kernel warning.
+    (b) The learned part is zero (q = 0): attention equals the kernel's, and the warning says so."""
+    icd = module(position_prior=True, position_scale=1.0)  # a wide kernel
+    with torch.no_grad():
+        for p in (icd.pos_proj.weight, icd.pos_proj.bias, icd.layers[0].k_proj.bias, icd.input_proj.weight,
+                  icd.input_proj.bias):
+            p.zero_()
+        icd.input_proj.weight[0, 0] = 1.0  # T'[0] = v[0]
+        layer = icd.layers[0]
+        layer.k_proj.weight.zero_()
+        layer.k_proj.weight[:, 0] = 1.0  # every key dim = v[0]: 1 inside the box, 0 outside
+        layer.q_proj.weight.zero_()
+        layer.q_proj.bias.fill_(20.0)  # every query dim 20: content logit 20·d_h/√d_h inside the box
+    teacher, inst, inside = box_attention_case(icd)
+    learned, kernel = in_box_mass(icd, teacher, inst, inside, True), in_box_mass(icd, teacher, inst, inside, False)
+    assert learned > 0.95 and kernel < 0.5
+    metrics = {"icd/idf_auroc": 0.9, "icd/attn_in_box": learned, "icd/attn_in_box_uniform": 0.1,
+               "icd/attn_in_box_kernel": kernel}
+    assert not any("position kernel" in n for n in diagnostic_warnings(metrics, position_prior=True))
+
+    with torch.no_grad():
+        layer.q_proj.weight.zero_()
+        layer.q_proj.bias.zero_()
+    learned, kernel = in_box_mass(icd, teacher, inst, inside, True), in_box_mass(icd, teacher, inst, inside, False)
+    assert learned == pytest.approx(kernel, abs=1e-6)
+    metrics.update({"icd/attn_in_box": learned, "icd/attn_in_box_kernel": kernel})
+    assert any("position kernel" in n for n in diagnostic_warnings(metrics, position_prior=True))
+    # a paper decoder's metrics have no kernel rows, and its warnings never mention one
+    assert not any("position kernel" in n for n in diagnostic_warnings(metrics, position_prior=False))
 
 
 def test_diagnostics_of_a_run_on_real_images(tmp_path, shapes_root):
@@ -153,3 +224,13 @@ def test_diagnostics_of_a_run_on_real_images(tmp_path, shapes_root):
     assert 0.0 <= out["icd/idf_auroc"] <= 1.0 and 0.0 < out["icd/attn_in_box_uniform"] < 1.0
     assert out == icd_diagnostics(icd, teacher, test, teacher.level_names, teacher.strides, torch.device("cpu"),
                                   max_images=4)  # reproducible
+    # with the position prior the same numbers come for the kernel alone (no kernel, no rows above)
+    torch.manual_seed(0)
+    ours = ICDModule(num_classes=train.num_classes, teacher_channels=32, student_channels=32,
+                     prior=prior_tensors(compute_prior(train)), hidden_dim=32, num_heads=4, position_prior=True,
+                     position_scale=64.0)
+    out = icd_diagnostics(ours, teacher, test, teacher.level_names, teacher.strides, torch.device("cpu"), max_images=4)
+    kernel_rows = {"icd/idf_auroc_kernel", "icd/attn_in_box_kernel", "icd/attn_distinct_kernel"}
+    assert set(out) == {"icd/idf_auroc", "icd/attn_in_box", "icd/attn_in_box_uniform", "icd/attn_distinct",
+                        *kernel_rows}
+    assert all(0.0 <= out[k] <= 1.0 for k in kernel_rows)

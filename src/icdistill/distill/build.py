@@ -43,15 +43,15 @@ def build_method(dcfg: DistillConfig, ctx: MethodContext) -> DistillMethod:
 
 
 def method_context(
-    dcfg: DistillConfig, student: DetectorAdapter, teacher: FrozenTeacher, prior: DatasetPrior,
+    dcfg: DistillConfig, student: DetectorAdapter, teacher: FrozenTeacher, prior: DatasetPrior, seed: int = 0,
 ) -> MethodContext:
     """The :class:`MethodContext` of ``dcfg``: the distilled levels (``distill.levels`` or all
-    the student's), checked to align between teacher and student."""
+    the student's), checked to align between teacher and student; ``seed``: ``solver.seed``."""
     levels = tuple(dcfg.levels or student.level_names)
     strides = tuple(check_alignment(teacher, student, levels))
     own_optim = MethodOptim(lr=dcfg.lr, weight_decay=dcfg.weight_decay, clip_norm=dcfg.grad_clip_norm)
     return MethodContext(teacher, student, prior, levels, strides, weight_scale=dcfg.weight_scale,
-                         levels_configured=bool(dcfg.levels), own_optim=own_optim)
+                         levels_configured=bool(dcfg.levels), own_optim=own_optim, seed=seed)
 
 
 def build_distiller(
@@ -61,14 +61,16 @@ def build_distiller(
     *,
     prior: DatasetPrior,
     fresh_start: bool = True,
+    seed: int = 0,
 ) -> tuple[Distiller, InheritReport | None]:
     """Student + the configured method, checked against the teacher; at a fresh start with
-    ``distill.inherit`` the student first inherits the teacher's neck and heads."""
+    ``distill.inherit`` the student first inherits the teacher's neck and heads. ``seed``
+    (``solver.seed``) reaches the method's builder in its :class:`MethodContext`."""
     if dcfg.method == NO_METHOD:
         return Distiller(student), None
     if teacher is None:
         raise ConfigError(f"distill.method {dcfg.method!r} needs a teacher (the 'teacher' section)")
-    ctx = method_context(dcfg, student, teacher, prior)
+    ctx = method_context(dcfg, student, teacher, prior, seed)
     report = inherit_weights(teacher, student) if dcfg.inherit and fresh_start else None
     method = build_method(dcfg, ctx)
     return Distiller(student, method, levels=ctx.levels, strides=ctx.strides, warmup_iters=warmup_iters(dcfg)), report

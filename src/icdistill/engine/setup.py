@@ -114,8 +114,9 @@ def build_models(
 ) -> tuple[Distiller, FrozenTeacher | None, DatasetPrior]:
     """Student first (its initial weights depend on ``solver.seed`` alone), then the frozen
     teacher (for a method, or for ``distill.inherit``), then the method. What the teacher and the
-    method consume of the global generators does not reach the student's training: the caller
-    reseeds them before the first step (:func:`begin_stream`).
+    method consume of the global generators does not reach the student's training: the
+    global generator is re-seeded with ``solver.seed`` here and again before the first step
+    (:func:`begin_stream`).
 
     ``distill.method: none`` with ``distill.inherit`` is the protocol's ``baseline+inherit`` row:
     the student inherits the teacher's matching neck/head tensors and trains without any
@@ -125,11 +126,14 @@ def build_models(
     plain = cfg.distill.method == NO_METHOD
     teacher = build_teacher(cfg.teacher, train_set.num_classes) if not plain or cfg.distill.inherit else None
     distiller, inherit_report = build_distiller(cfg.distill, student, None if plain else teacher, prior=prior,
-                                                fresh_start=fresh_start)
+                                                fresh_start=fresh_start, seed=cfg.solver.seed)
     if plain and teacher is not None and fresh_start:
         inherit_report = inherit_weights(teacher, student)
     if main and inherit_report is not None:
         print(f"inheriting: {inherit_report.summary()}")
+    # The teacher's and the method's initialisations drew from the global generator; re-seed so
+    # a distilled run's student draws what its baseline draws (e.g. a two-stage RoI sampling).
+    torch.manual_seed(cfg.solver.seed)
     return distiller, teacher, prior
 
 

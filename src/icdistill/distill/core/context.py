@@ -26,6 +26,8 @@ class MethodContext:
             keeps the user's choice).
         own_optim: the shared settings of a method that trains its own parts with its own AdamW
             (``distill.lr``, ``weight_decay``, ``grad_clip_norm``).
+        seed: ``solver.seed``, for a method that draws random numbers from a generator of its
+            own (the global one is the student's, e.g. a two-stage student's RoI sampling).
     """
 
     teacher: FrozenTeacher
@@ -36,6 +38,7 @@ class MethodContext:
     weight_scale: float = 1.0
     levels_configured: bool = False
     own_optim: MethodOptim = MethodOptim()
+    seed: int = 0
 
     @property
     def num_classes(self) -> int:

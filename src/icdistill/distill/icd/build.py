@@ -56,9 +56,10 @@ class ICDConfig:
     one-stage, 100 two-stage. ``hidden_dim``, ``num_heads``, ``num_layers``: the decoder;
     ``fake_ratio``: fake instances per real one; ``jitter``: the auxiliary task's box jitter.
 
-    ``position_prior`` (this project's design [ADAPT], not the paper's; on by default, chosen
-    with benchmarks/decoder.py on training data; false is the paper's decoder) adds the query's
-    position to the attention logits (``position_scale``: the initial per-head scale);
+    The defaults are the paper's design: no validation comparison on the student has yet
+    chosen anything else (docs/method.md, "Choosing ICD's defaults"). ``position_prior`` (this
+    project's design [ADAPT], off by default; false is the paper's decoder) adds the query's
+    position to the attention logits, a kernel of fixed per-head width ``position_scale``;
     ``decoder_warmup_iters`` iterations train the decoder alone before the main stage, at
     ``decoder_warmup_lr`` (null: ``distill.lr``, the paper's); ``diagnostic_images`` test
     images give the ``icd/*`` diagnostics at every evaluation. ``ablation_weights`` (an
@@ -74,8 +75,8 @@ class ICDConfig:
     max_instances: Optional[int] = None
     jitter: float = 0.3
     decoder_warmup_iters: int = 0
-    decoder_warmup_lr: Optional[float] = 1e-3
-    position_prior: bool = True
+    decoder_warmup_lr: Optional[float] = None
+    position_prior: bool = False
     position_scale: float = 64.0
     diagnostic_images: int = 32
     ablation_weights: Optional[str] = choice(None, ABLATION_WEIGHTS)
@@ -106,7 +107,7 @@ def build_icd(cfg: ICDConfig, ctx: MethodContext) -> ICDModule:
                           clip_norm=ctx.own_optim.clip_norm, stage_lr=cfg.decoder_warmup_lr),
         method_only_iters=cfg.decoder_warmup_iters, position_prior=cfg.position_prior,
         position_scale=cfg.position_scale, diagnostic_images=cfg.diagnostic_images,
-        ablation_weights=cfg.ablation_weights,
+        ablation_weights=cfg.ablation_weights, seed=ctx.seed,
     )
 
 

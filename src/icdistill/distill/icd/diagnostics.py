@@ -9,6 +9,14 @@
 * ``icd/attn_distinct``: mean total-variation distance between the attention maps of two real
   instances of one image (0 = identical maps, 1 = disjoint).
 
+With the position prior (this project's design) any kernel centred on the box raises
+``attn_in_box`` and ``attn_distinct``, learned or not. So the same numbers are also reported for
+the **kernel alone**, the decoder run with its learned content logits q·k dropped (attention =
+softmax of the fixed position term): ``icd/idf_auroc_kernel``, ``icd/attn_in_box_kernel``,
+``icd/attn_distinct_kernel``. What the decoder learned is the difference between a number and
+its ``_kernel`` row. The paper's decoder has no kernel, so these rows are absent there (its
+``attn_in_box`` is compared with ``attn_in_box_uniform`` alone).
+
 Instances are drawn as in training (fake ones from the prior, centres jittered) from a
 generator of their own, so evaluating never changes the training run's random stream.
 """
@@ -26,6 +34,9 @@ from icdistill.structures import collate_batch
 
 # Below this AUROC the decoder is reported as not having learned identification.
 UNLEARNED_AUROC = 0.6
+# With the position prior, attention in the box below this multiple of the kernel's alone is
+# reported as coming from the kernel, not from what the decoder learned.
+KERNEL_ONLY_RATIO = 1.05
 
 
 def auroc(scores: Tensor, positive: Tensor) -> float:
@@ -91,18 +102,44 @@ def icd_diagnostics(
     icd, teacher, dataset, levels: Sequence[str], strides: Sequence[int], device: torch.device,
     *, max_images: int = 32, seed: int = 0,
 ) -> dict[str, float]:
-    """The four numbers on the first ``max_images`` annotated images of ``dataset``."""
+    """The four numbers (and, with the position prior, the kernel's three) on the first
+    ``max_images`` annotated images of ``dataset``."""
     # Reading images may draw from the global generators; the training stream must not move.
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         return _diagnostics(icd, teacher, dataset, levels, strides, device, max_images, seed)
 
 
+class _Numbers:
+    """Per-image parts of the diagnostics, concatenated at the end."""
+
+    def __init__(self) -> None:
+        self.scores: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        self.in_box: list[Tensor] = []
+        self.distinct: list[Tensor] = []
+
+    def add(self, logits: Tensor, inst, probs: Tensor, inside: Tensor) -> None:
+        """logits float [1, K]; probs float [n, S] (real queries, head-averaged); inside bool [n, S]."""
+        self.scores.append(logits[inst.valid])
+        self.labels.append(inst.is_real[inst.valid])
+        self.in_box.append(attention_in_boxes(probs, inside))
+        self.distinct.append(attention_distinctness(probs))
+
+    def summary(self, suffix: str = "") -> dict[str, float]:
+        mean = lambda parts: float(torch.cat(parts).mean()) if sum(len(p) for p in parts) else math.nan  # noqa: E731
+        return {
+            f"icd/idf_auroc{suffix}": auroc(torch.cat(self.scores), torch.cat(self.labels)),
+            f"icd/attn_in_box{suffix}": mean(self.in_box),
+            f"icd/attn_distinct{suffix}": mean(self.distinct),
+        }
+
+
 def _diagnostics(icd, teacher, dataset, levels, strides, device, max_images: int, seed: int) -> dict[str, float]:
     generator = torch.Generator(device=icd.prior_freq.device).manual_seed(seed)
     was_training = icd.training
     icd.eval()
-    scores, labels, in_box, uniform, distinct = [], [], [], [], []
+    learned, kernel, uniform = _Numbers(), _Numbers(), []
     used = 0
     for index in range(len(dataset)):
         if used >= max_images:
@@ -116,36 +153,35 @@ def _diagnostics(icd, teacher, dataset, levels, strides, device, max_images: int
         tokens = icd.teacher_tokens([features[name] for name in levels], strides, batch.image_sizes)
         inst = build_instances(batch.targets, batch.image_sizes, icd.prior, fake_ratio=icd.fake_ratio,
                                max_instances=icd.max_instances, jitter=icd.jitter, generator=generator)
-        logits = icd.predictions(tokens, inst)[..., 0]
-        scores.append(logits[inst.valid])
-        labels.append(inst.is_real[inst.valid])
         n = int(inst.num_real[0])
-        probs = icd.attention(tokens, inst)[0, :, :n].mean(dim=0)  # [n, S], real queries, head-averaged
         inside = inside_boxes(token_centres(tokens.level_shapes, strides, device), batch.targets[0]["boxes"])
-        in_box.append(attention_in_boxes(probs, inside))
         uniform.append(uniform_in_boxes(inside, tokens.valid[0]))
-        distinct.append(attention_distinctness(probs))
+        # Real queries, head-averaged: [n, S].
+        for numbers, content in ((learned, True), (kernel, False)) if icd.position_prior else ((learned, True),):
+            logits = icd.predictions(tokens, inst, content=content)[..., 0]
+            probs = icd.attention(tokens, inst, content=content)[0, :, :n].mean(dim=0)
+            numbers.add(logits, inst, probs, inside)
     icd.train(was_training)
     if not used:
         return {}
-    mean = lambda parts: float(torch.cat(parts).mean()) if sum(len(p) for p in parts) else math.nan  # noqa: E731
-    return {
-        "icd/idf_auroc": auroc(torch.cat(scores), torch.cat(labels)),
-        "icd/attn_in_box": mean(in_box),
-        "icd/attn_in_box_uniform": mean(uniform),
-        "icd/attn_distinct": mean(distinct),
-    }
+    result = learned.summary()
+    result["icd/attn_in_box_uniform"] = float(torch.cat(uniform).mean()) if uniform else math.nan
+    if icd.position_prior:
+        result.update(kernel.summary("_kernel"))
+    return result
 
 
 def diagnostic_warnings(metrics: dict[str, float], position_prior: bool = False) -> list[str]:
     """Plain sentences for a decoder that has not learned what ICD needs; the remedies named
-    leave out the position prior when the run already has it."""
+    leave out the position prior when the run already has it. With the prior, attention in the
+    box that the kernel alone (``icd/attn_in_box_kernel``) already reaches is reported too."""
     notes = []
     value = metrics.get("icd/idf_auroc")
     if value is not None and not math.isnan(value) and value < UNLEARNED_AUROC:
         warmup = "distill.icd.decoder_warmup_iters, distill.icd.decoder_warmup_lr"
         remedy = (f"A longer decoder warm-up ({warmup}) helps" if position_prior else
-                  f"A longer or faster decoder warm-up ({warmup}) or distill.icd.position_prior: true help")
+                  f"A longer or faster decoder warm-up ({warmup}) or this project's position prior "
+                  "(distill.icd.position_prior: true, not the paper's design) help")
         notes.append(
             f"ICD's decoder has not learned identification (icd/idf_auroc {value:.2f}; 0.5 is chance): its "
             "attention does not depend on the instance, so the distillation is imitation weighted by a "
@@ -156,5 +192,12 @@ def diagnostic_warnings(metrics: dict[str, float], position_prior: bool = False)
         notes.append(
             f"ICD's attention is hardly on the instances: {in_box:.3f} of a query's attention lies in its own box, "
             f"uniform attention would put {uniform:.3f} there."
+        )
+    kernel = metrics.get("icd/attn_in_box_kernel")
+    if (position_prior and in_box is not None and kernel is not None and not math.isnan(in_box)
+            and not math.isnan(kernel) and in_box < KERNEL_ONLY_RATIO * kernel):
+        notes.append(
+            f"ICD's attention on the instances comes from the position kernel, not from what the decoder learned: "
+            f"{in_box:.3f} of a query's attention lies in its own box, the kernel alone puts {kernel:.3f} there."
         )
     return notes

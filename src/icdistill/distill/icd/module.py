@@ -92,10 +92,21 @@ class DecoderLayer(nn.Module):
     the attention logits of head h gain λ_h·⟨P_q, P_k⟩/√d_h: P_k is head h's slice of the
     token's own 2-D sine code (the code the keys are built from; each head takes the same
     frequencies of both axes, :func:`code_heads`), P_q the same code evaluated at the query's
-    jittered centre, λ_h a learned scale per head (initialised to ``position_scale``). Queries then
-    carry their position into the attention directly, as in Conditional DETR / DAB-DETR, instead
-    of only through the query MLP; it is implemented by appending [λ_h·P_q] to each head's query
-    and [P_k] to its key (see :meth:`ICDModule.keys_and_values`).
+    jittered centre, λ_h a **fixed** per-head kernel width (``position_scale``, a buffer that no
+    optimiser sees). Queries then carry their position into the attention directly, as in
+    Conditional DETR / DAB-DETR, instead of only through the query MLP; it is implemented by
+    appending [λ_h·P_q] to each head's query and [P_k] to its key (see
+    :meth:`ICDModule.keys_and_values`).
+
+    λ_h is fixed rather than learned because, as a parameter in the decoder's AdamW group
+    (LR <= 1e-3, started at 64), it moved by ~0.3 in a whole run: it was a fixed kernel in
+    practice. Naming it fixed keeps that behaviour and makes the kernel width an explicit
+    configuration choice that a validation comparison can vary, instead of a "learned" scale
+    that does not learn.
+
+    ``content=False`` (diagnostics only) drops the learned content logits q·k: the attention is
+    then the position kernel alone, the reference against which the diagnostics measure what
+    the decoder learned.
     """
 
     def __init__(
@@ -114,22 +125,30 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Linear(ffn_dim, dim))
         self.norm2 = nn.LayerNorm(dim)
-        self.position_scale = nn.Parameter(torch.full((num_heads,), float(position_scale))) if position_prior else None
+        # A buffer, not a parameter: saved with the module, never optimised (see the class docstring).
+        scale = torch.full((num_heads,), float(position_scale)) if position_prior else None
+        self.register_buffer("position_scale", scale)
 
-    def query_heads(self, query: Tensor, query_code: Tensor | None = None) -> Tensor:
+    def query_heads(self, query: Tensor, query_code: Tensor | None = None, content: bool = True) -> Tensor:
         """[B, K, d] -> [B, H, K, d_h] (with the position prior: [B, H, K, 2·d_h], the scaled
-        code of the query's centre appended; ``query_code`` [B, K, d])."""
+        code of the query's centre appended; ``query_code`` [B, K, d]). ``content=False``: the
+        learned part of the query is zeroed, so only the position kernel shapes the attention."""
         q = split_heads(self.q_proj(query), self.num_heads)
+        if not content:
+            q = torch.zeros_like(q)
         if self.position_scale is None:
             return q
         code = code_heads(query_code, self.num_heads) * self.position_scale[None, :, None, None]
         return torch.cat([q, code], dim=-1)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, query_code: Tensor | None = None) -> Tensor:
+    def forward(
+        self, query: Tensor, keys: Tensor, values: Tensor, valid: Tensor, query_code: Tensor | None = None,
+        content: bool = True,
+    ) -> Tensor:
         """query: [B, K, d]; keys [B, H, S, d_h] (or [B, H, S, 2·d_h] with the position prior) and
         values [B, S, d] from :meth:`ICDModule.keys_and_values`; valid: bool [B, S];
         query_code [B, K, d] with the position prior -> g: [B, K, d]."""
-        q = self.query_heads(query, query_code)
+        q = self.query_heads(query, query_code, content)
         # A fused kernel: the decoder output never needs the attention matrix itself.
         attended = F.scaled_dot_product_attention(
             q, keys, split_heads(values, self.num_heads), attn_mask=valid[:, None, None, :],
@@ -139,9 +158,11 @@ class DecoderLayer(nn.Module):
         u = self.norm1(query + self.out_proj(attended))
         return self.norm2(u + self.ffn(u))
 
-    def attention_probs(self, query: Tensor, keys: Tensor, valid: Tensor, query_code: Tensor | None = None) -> Tensor:
+    def attention_probs(
+        self, query: Tensor, keys: Tensor, valid: Tensor, query_code: Tensor | None = None, content: bool = True,
+    ) -> Tensor:
         """Softmax attention over all tokens: float Tensor[B, H, K, S] (for small K only)."""
-        q = self.query_heads(query, query_code)
+        q = self.query_heads(query, query_code, content)
         logits = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)
         return logits.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
 
@@ -192,14 +213,18 @@ class ICDModule(DistillMethod):
         fake_ratio, max_instances, jitter: instance sampling.
         loss_weight: λ of the distillation loss.
         position_prior: this project's position term in the attention logits (see
-            :class:`DecoderLayer`); False is the paper's decoder. ``position_scale``: λ_h's
-            initial value.
+            :class:`DecoderLayer`); False is the paper's decoder. ``position_scale``: λ_h, the
+            fixed kernel width of every head.
         diagnostic_images: held-out images the diagnostics of :meth:`evaluate` use.
         ablation_weights: None (ICD: the decoder's attention weights the distillation loss) or
             an ablation's token weights, ``uniform`` / ``gt_box`` (:mod:`~icdistill.distill.icd.ablation`;
             this project's ablation switch). The auxiliary task trains the same either way.
         optim: its own AdamW (the release's: LR 1e-4, weight decay 1e-4, L2-norm clip 0.01).
         method_only_iters: the decoder warm-up stage (``distill.icd.decoder_warmup_iters``).
+        seed: seeds the module's own generator for fake instances and centre jitter
+            (``solver.seed``). Drawing them from the global generator would shift the RoI
+            sampling of a two-stage student, so a distilled run would not see its baseline's
+            samples; the generator's state is saved with the module's state (checkpoints).
     """
 
     name = "icd"
@@ -225,8 +250,12 @@ class ICDModule(DistillMethod):
         position_scale: float = 1.0,
         diagnostic_images: int = 32,
         ablation_weights: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__(optim, method_only_iters=method_only_iters)
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self._saved_generator: Tensor | None = None  # from a checkpoint, applied on first use
         if ablation_weights is not None and ablation_weights not in ABLATION_WEIGHTS:
             raise ValueError(f"ablation_weights is {ablation_weights!r}; valid: None, {', '.join(ABLATION_WEIGHTS)}")
         self.ablation_weights = ablation_weights
@@ -324,10 +353,47 @@ class ICDModule(DistillMethod):
         return keys, values
 
     def instances(self, targets: list[dict[str, Tensor]], image_sizes: Sequence[tuple[int, int]]) -> Instances:
+        """Real and fake instance slots, drawn from the module's own generator."""
         return build_instances(
-            targets, list(image_sizes), self.prior,
-            fake_ratio=self.fake_ratio, max_instances=self.max_instances, jitter=self.jitter,
+            targets, list(image_sizes), self.prior, fake_ratio=self.fake_ratio, max_instances=self.max_instances,
+            jitter=self.jitter, generator=self.generator(),
         )
+
+    def generator(self) -> torch.Generator:
+        """The generator of fake instances and jitter, on the module's device. Made on first use
+        (the module may be moved after it is built) from the checkpointed state, or from
+        ``seed`` (plus 1000003 per rank under torch.distributed, so ranks draw different fakes as
+        the engine's per-rank seeds do). A state saved on another device type (its size differs:
+        CPU and CUDA generators keep different states) starts it anew from the seed."""
+        device = self.prior_freq.device
+        if self._generator is not None and self._generator.device == device:
+            return self._generator
+        self._generator = torch.Generator(device=device)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        saved, self._saved_generator = self._saved_generator, None
+        if saved is not None and rank == 0 and saved.numel() == self._generator.get_state().numel():
+            self._generator.set_state(saved)
+        else:
+            self._generator.manual_seed(self.seed + 1000003 * rank)
+        return self._generator
+
+    def get_extra_state(self) -> Tensor:
+        """The generator's state (uint8 Tensor[N], empty before the first draw) in the module's
+        state dict, so a resumed run draws on exactly. A plain tensor, as every other entry of a
+        checkpoint's trainable state."""
+        if self._generator is not None:
+            return self._generator.get_state()
+        return self._saved_generator if self._saved_generator is not None else torch.zeros(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        state = torch.as_tensor(state).to("cpu", torch.uint8)  # map_location may have moved it
+        self._generator, self._saved_generator = None, state if state.numel() else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints written before the module had its own generator: start it from the seed.
+        state_dict.setdefault(prefix + "_extra_state", torch.zeros(0, dtype=torch.uint8))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def queries(self, inst: Instances) -> Tensor:
         """float Tensor[B, K, d] from the instance descriptors."""
@@ -411,11 +477,14 @@ class ICDModule(DistillMethod):
     ) -> list[list[Tensor]]:
         """Per image, per level: float Tensor[n_b, H_l, W_l], the head-averaged attention of each
         real instance on that level's tokens (for the overlays in ``viz``). Fake queries are not
-        drawn; centres are jittered as in training."""
+        drawn; centres are jittered as in training, from a generator of their own (seeded with
+        ``seed``), so drawing pictures moves neither the global stream nor the training one."""
         teacher = self.teacher_tokens(teacher_features, strides, image_sizes)
         real_only = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        generator = torch.Generator(device=self.prior_freq.device).manual_seed(self.seed)
         inst = build_instances(
-            real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter
+            real_only, list(image_sizes), self.prior, fake_ratio=0, max_instances=0, jitter=self.jitter,
+            generator=generator,
         )
         probs = self.attention(teacher, inst, layer_index).mean(dim=1)  # [B, K, S]
         sizes = [h * w for h, w in teacher.level_shapes]
@@ -426,24 +495,25 @@ class ICDModule(DistillMethod):
         return out
 
     @torch.no_grad()
-    def attention(self, teacher: TeacherTokens, inst: Instances, layer_index: int = -1) -> Tensor:
+    def attention(self, teacher: TeacherTokens, inst: Instances, layer_index: int = -1, content: bool = True) -> Tensor:
         """Softmax attention of every query of ``inst`` in decoder layer ``layer_index``:
-        float Tensor[B, H, K, S] (for small K only)."""
+        float Tensor[B, H, K, S] (for small K only). ``content=False``: every layer attends with
+        the position kernel alone (see :class:`DecoderLayer`)."""
         query, code = self.queries(inst), self.query_codes(inst)
         layers = list(self.layers)
         for layer in layers[:layer_index] if layer_index != -1 else layers[:-1]:
-            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code)
+            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code, content)
         last = layers[layer_index]
         keys, _ = self.keys_and_values(last, teacher)
-        return last.attention_probs(query, keys, teacher.valid, code)
+        return last.attention_probs(query, keys, teacher.valid, code, content)
 
     @torch.no_grad()
-    def predictions(self, teacher: TeacherTokens, inst: Instances) -> Tensor:
+    def predictions(self, teacher: TeacherTokens, inst: Instances, content: bool = True) -> Tensor:
         """The auxiliary head's output after the last layer: float Tensor[B, K, 5] (idf logit,
-        then the box regression)."""
+        then the box regression). ``content=False`` as in :meth:`attention`."""
         query, code = self.queries(inst), self.query_codes(inst)
         for layer in self.layers:
-            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code)
+            query = layer(query, *self.keys_and_values(layer, teacher), teacher.valid, code, content)
         return self.predictor(query)
 
     def evaluate(
