@@ -93,6 +93,7 @@ import yaml
 
 from icdistill.config import Config, load_config
 from icdistill.demo import demo_config_path
+from icdistill.distill.core.registry import ADAPT, method_names, method_spec, support_label
 from icdistill.teacher_vs_student import below_baseline, teacher_is_weaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # records.py beside this file
@@ -104,7 +105,12 @@ RESULTS = ROOT / "docs" / "RESULTS.md"
 RECORDS = ROOT / "benchmarks" / "records"  # finished runs kept in git (records.py)
 TRAINED = ("fresh", "resume")  # prepare()'s states that train; 'cached' and 'record' reuse
 RECIPES = demo_config_path("teacher").parents[1]  # the shipped configs/ folder
-METHODS = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017")
+# The comparison methods, FitNet first (the rows are ordered by publication within the paper's set
+# and the methods adopted after it); any other registered method follows, so a new method module
+# gets its rows without an edit here.
+PAPER_ORDER = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017", "cwd", "fgd", "mgd", "pkd", "crosskd")
+METHODS = (*(m for m in PAPER_ORDER if m in method_names()),
+           *sorted(set(method_names()) - set(PAPER_ORDER) - {"icd"}))
 BASE_ROWS = ("baseline", "fitnet", "icd", "baseline_inherit", "icd_inherit")
 ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_paper")
 INHERIT = "_inherit"  # a row name's suffix: the student starts from the teacher's neck/head tensors
@@ -112,9 +118,6 @@ INHERIT = "_inherit"  # a row name's suffix: the student starts from the teacher
 # the two best comparison methods on BCCD's old-protocol table (DeFeat 34.8, FGFI 34.6), so that
 # ICD's contribution on top of inheriting is measured against the same switch on other methods.
 INHERIT_METHODS = ("fitnet", "fgfi", "defeat")
-# Methods whose RetinaNet/FCOS form is this project's adaptation (docs/method.md): marked in tables.
-ADAPTED_ON_DENSE = {"mimic", "fgfi", "chen2017"}
-DENSE_FAMILIES = ("retinanet", "fcos")
 # A sweep's grid: every method's default weight x these (one meaning for every method);
 # weight_override below writes the key.
 WEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -610,10 +613,12 @@ def canonical_order(by_row: dict[str, Any]) -> dict[str, Any]:
 
 def row_label(name: str, meta: dict[str, Any]) -> str:
     """A table row's name and model; ``[ADAPT]`` where the method's form on this detector family is
-    this project's adaptation (Mimic, FGFI, Chen 2017 on RetinaNet/FCOS; docs/method.md)."""
+    this project's adaptation (the method's own declaration in the registry, e.g. Mimic, FGFI and
+    Chen 2017 on RetinaNet/FCOS; docs/method.md)."""
     model = meta["models"].get(name, "")
     method = STUDENTS[name].method if name in STUDENTS else name
-    adapted = method in ADAPTED_ON_DENSE and model.startswith(DENSE_FAMILIES)
+    family = model.split(" ", 1)[0]
+    adapted = method in method_names() and support_label(method_spec(method), family) == ADAPT
     return f"{name}{' [ADAPT]' if adapted else ''} ({model})"
 
 

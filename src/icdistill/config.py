@@ -454,7 +454,7 @@ class SolverConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"config key 'solver.ema_decay' must be in (0, 1), e.g. 0.9998, got {self.ema_decay!r}")
-        _require_number("solver", "ema_tau", self.ema_tau, positive=True)
+        require_number("solver", "ema_tau", self.ema_tau, positive=True)
         keep = self.keep_checkpoints
         if keep is not None and keep < 1:
             raise ConfigError(f"config key 'solver.keep_checkpoints' must be a positive integer or null "
