@@ -93,6 +93,7 @@ import yaml
 
 from icdistill.config import Config, load_config
 from icdistill.demo import demo_config_path
+from icdistill.detectors.families import FAMILIES
 from icdistill.distill.core.registry import ADAPT, method_names, method_spec, support_label
 from icdistill.teacher_vs_student import below_baseline, teacher_is_weaker
 
@@ -618,7 +619,8 @@ def row_label(name: str, meta: dict[str, Any]) -> str:
     model = meta["models"].get(name, "")
     method = STUDENTS[name].method if name in STUDENTS else name
     family = model.split(" ", 1)[0]
-    adapted = method in method_names() and support_label(method_spec(method), family) == ADAPT
+    adapted = (method in method_names() and family in FAMILIES
+               and support_label(method_spec(method), family) == ADAPT)
     return f"{name}{' [ADAPT]' if adapted else ''} ({model})"
 
 

@@ -228,7 +228,8 @@ def cell_step(cell: Cell, models: FamilyModels, batch: Batch, device: torch.devi
     cfg = models.cfg
     cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, amp=amp, channels_last=channels_last))
     method = NO_METHOD if cell.step in (STUDENT, WITH_TEACHER) else cell.step
-    dcfg = dataclasses.replace(cfg.distill, method=method, warmup_iters=0, decoder_warmup_iters=0)
+    dcfg = dataclasses.replace(cfg.distill, method=method, warmup_iters=0,
+                               icd=dataclasses.replace(cfg.distill.icd, decoder_warmup_iters=0))
     teacher = place(models.teacher, device, channels_last)
     batch = batch.to(device)
     student = copy.deepcopy(models.student_template)

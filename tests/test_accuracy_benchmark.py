@@ -236,12 +236,13 @@ def test_weights_from_a_sweep_set_each_rows_loss_weight(accuracy, tmp_path, bccd
 
 def test_sweep_grids_share_the_validation_runs(accuracy, sweep, tmp_path, bccd_root):
     args = sweep.parse_args(["--suite", "bccd", "--bccd-root", bccd_root, "--seeds", "0", "1"])
-    assert args.rows == ["fitnet", "icd", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017"]
+    assert args.rows == ["fitnet", "icd", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017",
+                         "cwd", "fgd", "mgd", "pkd", "crosskd"]
     plan = accuracy.make_plan(args, tmp_path / "out")
     table, runs = sweep.sweep_runs(plan, args.rows, args.seeds)
     assert table["icd"]["grid"] == [2, 4, 8, 16, 32] and table["icd"]["default"] == 8.0  # x 0.25 ... 4 like every row
     assert table["fgfi"]["grid"] == [0.75, 1.5, 3, 6, 12] and table["mimic"]["grid"] == [0.25, 0.5, 1, 2, 4]
-    assert len(runs) == 8 * 5 * 2  # the same budget for every method
+    assert len(runs) == 13 * 5 * 2  # the same budget for every method
     by_name = {(r.name, r.seed): r for r in runs}
     default, other = by_name[("icd@8", 1)], by_name[("icd@2", 1)]
     assert default.out == plan.student("icd", 1).out and default.cfg == plan.student("icd", 1).cfg
@@ -447,7 +448,7 @@ def test_variance_rules_run_on_the_validation_split(accuracy, variance, tmp_path
     ema = next(r for r in runs if r.name == "cosine_ema" and r.seed == 1)
     assert ema.cfg.solver.lr_schedule == "cosine" and ema.cfg.solver.ema and ema.cfg.solver.max_iter == 500
     assert ema.cfg.solver.ema_decay == pytest.approx(0.992) and ema.cfg.solver.ema_tau == 50
-    assert ema.cfg.data.test_splits == ("val",) and ema.cfg.distill.method == "none"
+    assert ema.cfg.data.voc.test_splits == ("val",) and ema.cfg.distill.method == "none"
     repeat = [r for r in runs if r.name == "step-repeat"]
     assert len(repeat) == 1 and repeat[0].seed == 0 and repeat[0].out.name == "seed0-repeat"
     assert repeat[0].cfg == next(r for r in runs if r.name == "step" and r.seed == 0).cfg

@@ -60,4 +60,4 @@ def test_the_accuracy_benchmark_has_the_rows_that_choose_the_defaults(accuracy, 
         "icd": (True, 200, 0.001), "icd_lr1x": (True, 200, None), "icd_nowarmup": (True, 0, 0.001),
         "icd_paper": (False, 200, 0.001), "icd_paper_lr1x": (False, 200, None), "icd_paper_nowarmup": (False, 0, 0.001),
     }
-    assert all(plan.student(row, 0).cfg.data.test_splits == ("val",) for row in accuracy.ICD_DEFAULT_ROWS)
+    assert all(plan.student(row, 0).cfg.data.voc.test_splits == ("val",) for row in accuracy.ICD_DEFAULT_ROWS)

@@ -2,7 +2,7 @@
 
 Images are augmented and resized once in the data pipeline, then normalised and padded here, so
 the frozen teacher and the training student see identical pixels on an identical padded grid
-(ICD_SPEC §1.1) and their feature maps align token for token.
+(docs/method.md, "Teacher tokens, mask, PE") and their feature maps align token for token.
 """
 
 from __future__ import annotations

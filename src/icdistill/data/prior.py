@@ -1,4 +1,4 @@
-"""The dataset prior used to sample fake instances (ICD_SPEC §3).
+"""The dataset prior used to sample fake instances (Kang et al., NeurIPS 2021, §3.2; docs/method.md, "Instances").
 
 Computed once from the training set actually used, from its annotations only (no image is
 decoded), and stored as a small json file next to the run.

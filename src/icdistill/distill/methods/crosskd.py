@@ -438,6 +438,10 @@ class CrossKDTwoStage(DistillMethod):
         with torch.enable_grad():
             cross_logits, cross_deltas = teacher_detector.box_head(features, samples.boxes, inputs.image_sizes)
         teacher_logits, teacher_deltas = inputs.box_head(TEACHER, samples.boxes)
+        # The losses in float32 whatever autocast ran the box heads in (bf16 / fp16 logits would
+        # put the KL's and the L1's sums in a low-precision dtype).
+        cross_logits, cross_deltas = cross_logits.float(), cross_deltas.float()
+        teacher_logits, teacher_deltas = teacher_logits.float(), teacher_deltas.float()
         cls = roi_kl_loss(cross_logits, teacher_logits, self.temperature).sum() / max(cross_logits.shape[0], 1)
         reg = roi_delta_l1_loss(cross_deltas, teacher_logits, teacher_deltas)
         return {f"distill/{NAME}/cls": self.cls_weight * cls, f"distill/{NAME}/reg": self.reg_weight * reg}
