@@ -45,8 +45,11 @@ demo-quick: $(STAMP)
 	$(BIN)/icdistill demo --quick --out $(DEMO_OUT)-quick
 
 # pytest exits 5 when it collects no test; make treats that as a failure, as it should.
+# Two pytest-xdist workers of one torch thread each: on 2 cores the suite's many small steps run
+# about 1.5x faster this way than in one process of two threads (10 vs 15 min, 2026-12-07).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # Build the wheel from a copy of the working tree (no stale build/, nothing written into the
 # checkout), install it with --target into a scratch folder and run `icdistill demo --quick` from

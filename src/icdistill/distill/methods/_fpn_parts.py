@@ -7,13 +7,17 @@ A module whose name starts with ``_`` is a shared part, not a method: the method
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from torch import Tensor
 
 from icdistill.detectors.families import FAMILY_TABLE, FamilyFacts
 from icdistill.distill.methods._parts import LevelAdapters
 from icdistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from icdistill.distill.core.inputs import DistillInputs
 
 # ``auto``: a 1x1 conv only where the widths differ (what the originals that have an adapter do:
 # pppppM's CWD, MGD's ``align``); ``1x1``: always; ``none``: equal widths required.
@@ -84,3 +88,19 @@ def build_adapters(section: str, choice: str, student_channels: int, teacher_cha
 def adapt(adapters: LevelAdapters | None, student_levels: Sequence[Tensor]) -> list[Tensor]:
     """The student's levels float[B, C_s, H, W] mapped to C_t channels (unchanged without adapters)."""
     return list(student_levels) if adapters is None else adapters(student_levels)
+
+
+@dataclass(frozen=True)
+class LevelWeight:
+    """An original's per-family setting of a feature method: the weight of every level and the levels."""
+
+    loss_weight: float
+    levels: tuple[str, ...]
+
+
+def adapted_student_levels(inputs: "DistillInputs", levels: Sequence[str],
+                           adapters: LevelAdapters | None) -> tuple[list[int], list[Tensor]]:
+    """The indices of ``levels`` among the distilled levels and the student's maps there, mapped to
+    the teacher's width (float[B, C_t, H, W] each)."""
+    index = [inputs.levels.index(name) for name in levels]
+    return index, adapt(adapters, [inputs.student_levels[i] for i in index])

@@ -41,7 +41,8 @@ from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs
 from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
-    ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
+    ADAPTER_CHOICES, LevelWeight, adapt, build_adapters, choose_levels, levels_on_family,
+    per_family, require_choice,
     require_positive,
 )
 from icdistill.distill.methods._parts import LevelAdapters, zero_loss
@@ -61,13 +62,7 @@ NEEDS = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 NATIVE = frozenset({"retinanet", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn"})
 
 
-@dataclass(frozen=True)
-class CWDDefaults:
-    """The original's per-family setting: the weight of every level and the levels."""
-
-    loss_weight: float
-    levels: tuple[str, ...]
-
+CWDDefaults = LevelWeight  # the original's per-family setting: the weight of every level and the levels
 
 FAMILY_DEFAULTS: dict[str, CWDDefaults] = per_family(
     CWDDefaults(5.0, ("p3", "p4", "p5", "p6")),

@@ -41,7 +41,8 @@ from icdistill.distill.core.inputs import DistillInputs
 from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
-    ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
+    ADAPTER_CHOICES, adapted_student_levels, build_adapters, choose_levels, levels_on_family,
+    per_family, require_choice,
     require_fraction, require_positive,
 )
 from icdistill.distill.methods._parts import LevelAdapters, zero_loss
@@ -168,8 +169,7 @@ class MGD(DistillMethod):
         """{"distill/mgd/gen"}: the weighted sum over levels; {} without a student."""
         if not inputs.has_student:
             return {}
-        index = [inputs.levels.index(name) for name in self.levels]
-        student = adapt(self.adapters, [inputs.student_levels[i] for i in index])
+        index, student = adapted_student_levels(inputs, self.levels, self.adapters)
         total = zero_loss(student)
         for i, s, generation in zip(index, student, self.generation):
             b, _, h, w = s.shape

@@ -36,7 +36,8 @@ from icdistill.distill.core.inputs import DistillInputs
 from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, register_method
 from icdistill.distill.methods._fpn_parts import (
-    ADAPTER_CHOICES, adapt, build_adapters, choose_levels, levels_on_family, per_family, require_choice,
+    ADAPTER_CHOICES, LevelWeight, adapted_student_levels, build_adapters, choose_levels, levels_on_family,
+    per_family, require_choice,
     require_positive,
 )
 from icdistill.distill.methods._parts import LevelAdapters, zero_loss
@@ -54,13 +55,7 @@ NEEDS = {ONE_STAGE: frozenset(), TWO_STAGE: frozenset()}
 NATIVE = frozenset({"retinanet", "faster_rcnn", "mask_rcnn", "cascade_rcnn", "cascade_mask_rcnn"})
 
 
-@dataclass(frozen=True)
-class PKDDefaults:
-    """The original's per-family setting: the weight of every level and the levels."""
-
-    loss_weight: float
-    levels: tuple[str, ...]
-
+PKDDefaults = LevelWeight  # the original's per-family setting: the weight of every level and the levels
 
 FAMILY_DEFAULTS: dict[str, PKDDefaults] = per_family(
     PKDDefaults(10.0, ("p3", "p4", "p5", "p6")),
@@ -157,8 +152,7 @@ class PKD(DistillMethod):
         """{"distill/pkd/pcc"}: the weighted sum over levels; {} without a student."""
         if not inputs.has_student:
             return {}
-        index = [inputs.levels.index(name) for name in self.levels]
-        student = adapt(self.adapters, [inputs.student_levels[i] for i in index])
+        index, student = adapted_student_levels(inputs, self.levels, self.adapters)
         total = zero_loss(student)
         for i, s in zip(index, student):
             valid = inputs.valid_masks[i]
