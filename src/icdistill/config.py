@@ -280,8 +280,8 @@ class DistillConfig:
     ``warmup_iters`` (the distillation warm-up: the method sees the student's features detached
     and trains only its own parts) null is the method's default. ``inherit``: at a fresh start
     the student's neck and heads start from the teacher's. ``lr``, ``weight_decay`` and
-    ``grad_clip_norm`` are the own AdamW of a method that trains its own parts with one (ICD,
-    FitNet's default adapter).
+    ``grad_clip_norm`` are the own AdamW of a method that trains its own parts with one (its
+    module says so).
 
     ``check_teacher`` (this project's pre-flight check, not the paper's): before the first step
     of a distillation run the teacher is evaluated on up to ``check_teacher_images`` test
@@ -341,7 +341,7 @@ def _distill_config_from_fields(values: dict[str, Any]) -> DistillConfig:
 
 def distill_config(**values: Any) -> DistillConfig:
     """The ``distill`` section from keyword values as a YAML file would give them (method
-    sections as dicts), validated: ``distill_config(method="icd", icd={"hidden_dim": 64})``."""
+    sections as dicts), validated: ``distill_config(method=NAME, NAME={"key": value})``."""
     return _build(distill_config_type(), _refuse_former_distill_keys(values), "distill.")
 
 
