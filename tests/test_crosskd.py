@@ -20,7 +20,9 @@ from icdistill.detectors.assign import assign
 from icdistill.detectors.extras import DENSE, HEAD_HOLD
 from icdistill.detectors.head_split import flat_tower, head_from, relu_positions, tower_depth
 from icdistill.distill.core.distiller import Distiller
+from icdistill.distill.methods.pkd import pearson_imitation_loss
 from icdistill.distill.methods.crosskd import (
+    WithPKD,
     CrossKDConfig, align_statistics, build_crosskd, fcos_weights, giou_distill_loss, iou_log_loss,
     kd_quality_focal_loss, retinanet_weights, roi_delta_l1_loss, roi_kl_loss, weighted_sum,
 )
@@ -28,7 +30,8 @@ from icdistill.errors import ConfigError
 
 
 def context(teacher, student, weight_scale: float = 1.0):
-    return SimpleNamespace(teacher=teacher, student=student, weight_scale=weight_scale)
+    return SimpleNamespace(teacher=teacher, student=student, weight_scale=weight_scale,
+                           levels=getattr(student, "level_names", ()))
 
 
 def pair(family: str, teacher_width: int = 32, student_width: int = 32, seed: int = 0, teacher_family: str | None = None):
@@ -250,10 +253,46 @@ def test_family_defaults_and_weight_scale():
 @pytest.mark.parametrize("section, key", [
     (dict(cross_layer=-1), "cross_layer"), (dict(cls_weight=-1.0), "cls_weight"), (dict(reg_loss="smooth_l1"), "reg_loss"),
     (dict(beta=0), "beta"), (dict(reg_weight=float("nan")), "reg_weight"),
+    (dict(pkd_weight=-1.0), "pkd_weight"), (dict(pkd_weight=float("inf")), "pkd_weight"),
 ])
 def test_bad_section_values_name_the_key(section, key):
     with pytest.raises(ConfigError, match=rf"distill\.crosskd\.{key}"):
         CrossKDConfig(**section)
+
+
+@pytest.mark.parametrize("family, teacher_width", [("fcos", 32), ("retinanet", 64), ("faster_rcnn", 32)])
+def test_pkd_addon_adds_pearson_imitation_on_every_level(family, teacher_width):
+    """``pkd_weight`` (the release's CrossKD + PKD): CrossKD's own terms are unchanged and one more
+    term is pkd_weight x weight_scale x the sum over every level of PKD's loss, computed here
+    from PKD's pure function on the same features (through the add-on's adapter when the widths
+    differ); with 0 the builder returns CrossKD alone."""
+    teacher, student = pair(family, teacher_width=teacher_width, seed=3)
+    images = torch.randn(2, 3, 64, 96)
+    plain = distiller_for(teacher, student)
+    assert not isinstance(plain.method, WithPKD)
+    ctx = context(teacher, student, weight_scale=0.5)
+    method = build_crosskd(CrossKDConfig(pkd_weight=2.0), ctx)
+    assert isinstance(method, WithPKD) and method.pkd.levels == tuple(student.level_names)
+    distiller = Distiller(student, method, levels=student.level_names, strides=student.strides).train()
+    seen = {}
+    method.pkd.register_forward_pre_hook(lambda module, args: seen.setdefault("inputs", args[0]))
+    torch.manual_seed(0)
+    losses = kd_losses(distiller, teacher, images)
+    torch.manual_seed(0)
+    alone = kd_losses(Distiller(student, method.base, levels=student.level_names, strides=student.strides).train(),
+                      teacher, images)
+    assert {k: float(v.detach()) for k, v in alone.items()} == pytest.approx(
+        {k: float(v.detach()) for k, v in losses.items() if k != "distill/crosskd/pkd"})
+    inputs, adapters = seen["inputs"], method.pkd.adapters
+    with torch.no_grad():
+        students = adapters(inputs.student_levels) if adapters is not None else inputs.student_levels
+        expected = sum(pearson_imitation_loss(t, s, v)
+                       for t, s, v in zip(inputs.teacher_levels, students, inputs.valid_masks))
+    assert len(inputs.teacher_levels) == len(student.level_names)
+    assert float(losses["distill/crosskd/pkd"]) > 0
+    assert float(losses["distill/crosskd/pkd"]) == pytest.approx(2.0 * 0.5 * float(expected), rel=1e-4)
+    losses["distill/crosskd/pkd"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_builder_refuses_other_heads_and_layers_past_the_towers():
@@ -335,16 +374,20 @@ def same_head_teachers(tiny_teacher, tmp_path_factory, tiny_overrides, empty_con
     return paths
 
 
-@pytest.mark.parametrize("family, student_width", [("retinanet", 32), ("fcos", 64), ("faster_rcnn", 32)])
-def test_crosskd_from_the_cli(family, student_width, same_head_teachers, tmp_path, tiny_overrides, empty_config):
+@pytest.mark.parametrize("family, student_width, pkd_weight", [("retinanet", 32, 0), ("fcos", 64, 2),
+                                                               ("faster_rcnn", 32, 0)])
+def test_crosskd_from_the_cli(family, student_width, pkd_weight, same_head_teachers, tmp_path, tiny_overrides,
+                              empty_config):
     """Two iterations of ``icdistill distill`` per family (FCOS with a student head wider than
-    the teacher's: the adapter path); the KD terms are logged and the run is evaluated."""
+    the teacher's: the adapter path, and the CrossKD + PKD variant); the KD terms are logged and
+    the run is evaluated."""
     metrics, log = cli_distill(tmp_path, same_head_teachers[family], tiny_overrides, empty_config, "crosskd",
                                f"teacher.family={family}", f"model.family={family}",
-                               f"model.fpn_channels={student_width}")
+                               f"model.fpn_channels={student_width}", f"distill.crosskd.pkd_weight={pkd_weight}")
+    terms = ("distill/crosskd/cls", "distill/crosskd/reg") + (("distill/crosskd/pkd",) if pkd_weight else ())
     assert "bbox/AP" in metrics
-    assert {"distill/crosskd/cls", "distill/crosskd/reg"} <= set(log[-1])
-    assert all(math.isfinite(log[-1][k]) for k in ("distill/crosskd/cls", "distill/crosskd/reg"))
+    assert set(terms) <= set(log[-1]) and ("distill/crosskd/pkd" in log[-1]) == bool(pkd_weight)
+    assert all(math.isfinite(log[-1][k]) for k in terms)
 
 
 def test_crosskd_options_from_the_command_line_reach_the_method(tiny_config):

@@ -64,6 +64,8 @@ from icdistill.distill.core.context import MethodContext
 from icdistill.distill.core.inputs import STUDENT, TEACHER, DistillInputs, valid_token_mask
 from icdistill.distill.core.method import STUDENT_SGD, DistillMethod, MethodOptim
 from icdistill.distill.core.registry import ONE_STAGE, TWO_STAGE, MethodSpec, family_kind, register_method
+from icdistill.distill.methods._fpn_parts import build_adapters
+from icdistill.distill.methods.pkd import PKD
 from icdistill.errors import ConfigError
 
 NAME = "crosskd"
@@ -122,7 +124,10 @@ class CrossKDConfig:
     ``beta``: the KD quality focal loss exponent. ``align``: the release's statistics alignment
     of the student's held features to the teacher's (false: none). ``faithful_padding``: the
     release's statistics over every position and FCOS's KD on padded points too (default: valid
-    positions only [ADAPT]). ``distill.weight_scale`` multiplies both weights."""
+    positions only [ADAPT]). ``pkd_weight``: the release's CrossKD + PKD variant, PKD (Pearson
+    imitation, ``distill.method: pkd``'s loss with batch statistics) on every distilled FPN level
+    at this weight (the release: 2 for RetinaNet and FCOS); 0 (default) is CrossKD alone.
+    ``distill.weight_scale`` multiplies every weight."""
 
     cross_layer: Optional[int] = None
     cls_weight: Optional[float] = None
@@ -132,8 +137,13 @@ class CrossKDConfig:
     beta: float = 1.0
     align: bool = True
     faithful_padding: bool = False
+    pkd_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if (isinstance(self.pkd_weight, bool) or not isinstance(self.pkd_weight, (int, float))
+                or not math.isfinite(self.pkd_weight) or self.pkd_weight < 0):
+            raise _config_error("pkd_weight", self.pkd_weight, "use a weight >= 0 (0: CrossKD alone; the release's "
+                                                               "CrossKD + PKD uses 2)")
         if self.cross_layer is not None and (isinstance(self.cross_layer, bool) or not isinstance(self.cross_layer, int)
                                              or self.cross_layer < 0):
             raise _config_error("cross_layer", self.cross_layer,
@@ -447,6 +457,39 @@ class CrossKDTwoStage(DistillMethod):
         return {f"distill/{NAME}/cls": self.cls_weight * cls, f"distill/{NAME}/reg": self.reg_weight * reg}
 
 
+class WithPKD(DistillMethod):
+    """CrossKD + PKD (the release's variant): ``base``'s terms plus PKD on every distilled level.
+
+    Args:
+        base: a :class:`CrossKD` or :class:`CrossKDTwoStage`.
+        pkd: the PKD loss (its ``loss_weight`` already the add-on's weight).
+    """
+
+    name = NAME
+
+    def __init__(self, base: DistillMethod, pkd: PKD) -> None:
+        super().__init__(base.optim)
+        self.base, self.pkd = base, pkd
+        self.requires = base.requires
+
+    def forward(self, inputs: DistillInputs) -> dict[str, Tensor]:
+        """``base``'s terms and ``distill/crosskd/pkd``; {} without a student."""
+        losses = self.base(inputs)
+        losses.update({f"distill/{NAME}/pkd": term for term in self.pkd(inputs).values()})
+        return losses
+
+
+def with_pkd_addon(method: DistillMethod, section: CrossKDConfig, ctx: MethodContext) -> DistillMethod:
+    """``method`` alone when ``pkd_weight`` is 0, else wrapped with PKD on every distilled level
+    (batch statistics, the padding rule of ``faithful_padding``, a 1x1 adapter when widths differ)."""
+    if section.pkd_weight == 0:
+        return method
+    adapters = build_adapters(NAME, "auto", ctx.student.out_channels, ctx.teacher.out_channels, len(ctx.levels))
+    pkd = PKD(levels=ctx.levels, loss_weight=float(section.pkd_weight) * float(ctx.weight_scale),
+              faithful_padding=section.faithful_padding, adapters=adapters)
+    return WithPKD(method, pkd)
+
+
 def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -477,10 +520,10 @@ def build_crosskd(section: CrossKDConfig, ctx: MethodContext) -> DistillMethod:
         if section.cross_layer is not None:
             raise _config_error("cross_layer", section.cross_layer,
                                 "two-stage students cross at the RoI head's input: leave it null")
-        return CrossKDTwoStage(
+        return with_pkd_addon(CrossKDTwoStage(
             level_names=ctx.student.level_names, cls_weight=cls_weight, reg_weight=reg_weight,
             temperature=float(_pick(section.temperature, defaults.temperature)),
-            student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels)
+            student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels), section, ctx)
     if section.temperature is not None:
         raise _config_error("temperature", section.temperature, "it applies to two-stage students only: leave it null")
     depth = tower_depth(ctx.student.model.head)
@@ -490,11 +533,11 @@ def build_crosskd(section: CrossKDConfig, ctx: MethodContext) -> DistillMethod:
     cross_layer = _pick(section.cross_layer, defaults.cross_layer)
     if cross_layer > depth:
         raise _config_error("cross_layer", cross_layer, f"the head towers have {depth} layers: use 0..{depth}")
-    return CrossKD(
+    return with_pkd_addon(CrossKD(
         head_kind=kind, cross_layer=cross_layer, cls_weight=cls_weight, reg_weight=reg_weight, reg_loss=reg_loss,
         beta=float(section.beta), align=section.align, faithful_padding=section.faithful_padding,
         student_channels=ctx.student.out_channels, teacher_channels=ctx.teacher.out_channels,
-    )
+    ), section, ctx)
 
 
 def kind_of(family: str, role: str) -> str:
