@@ -86,7 +86,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -122,6 +122,9 @@ INHERIT_METHODS = ("fitnet", "fgfi", "defeat")
 # A sweep's grid: every method's default weight x these (one meaning for every method);
 # weight_override below writes the key.
 WEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+# The candidate training rules (schedule, EMA of the student's weights); rule_sets writes them.
+RULES = ("step", "step_ema", "cosine", "cosine_ema")
+REFERENCES = ("baseline", "icd")  # every row's paired difference to these rows (--references)
 SEEDS = (0, 1, 2, 3, 4)  # at least five: a paired t interval over 2-3 seeds is too wide to resolve anything
 
 
@@ -305,6 +308,7 @@ class Plan:
     quick: bool
     period: int
     weights: dict[str, float]
+    student_sets: tuple[str, ...] = ()  # every student's training rule (--rule / --max-iter), not the teacher's
 
     @property
     def teacher_pt(self) -> Path:
@@ -324,7 +328,8 @@ class Plan:
         weight = self.weights.get(name, self.weights.get(STUDENTS[name].method))
         if sets is None:
             sets = [weight_override(load_config(recipe, extra), weight)] if weight is not None and STUDENTS[name].method != "none" else []
-        run_sets = [*self.common, *(QUICK[role] if self.quick else []), *extra, *sets, f"eval.period={self.period}"]
+        run_sets = [*self.common, *(QUICK[role] if self.quick else []), *extra, *sets, *self.student_sets,
+                    f"eval.period={self.period}"]
         run_sets += [f"teacher.weights={self.teacher_pt}"] if role == "distill" else []
         return Run(label or name, seed, recipe, [*run_sets, f"solver.seed={seed}", *self.user],
                    out or self.out / name / f"seed{seed}", self.teacher_pt if role == "distill" else None)
@@ -356,9 +361,45 @@ def data_overrides(args: argparse.Namespace, out: Path) -> list[str]:
 def make_plan(args: argparse.Namespace, out: Path) -> Plan:
     """The suite's shared overrides; the evaluation period defaults to the student's max_iter // 5."""
     common, user = data_overrides(args, out), list(args.set)
-    student_iters = load_config(suite_recipes(args.suite)["student"], [*common, *user]).solver.max_iter
+    # --quick keeps its smoke schedule; variance.py gives each run its rule itself (no args.rule)
+    rule = tuple(rule_sets(args.rule, None if args.quick else args.max_iter)) if getattr(args, "rule", None) else ()
+    student_iters = load_config(suite_recipes(args.suite)["student"], [*common, *rule, *user]).solver.max_iter
     period = args.eval_period or (4 if args.quick else max(1, student_iters // 5))
-    return Plan(args.suite, out, common, user, args.quick, period, read_weights(args.weights_from))
+    return Plan(args.suite, out, common, user, args.quick, period, read_weights(args.weights_from), rule)
+
+
+def rule_sets(rule: str, max_iter: int | None) -> list[str]:
+    """The student's ``--set`` values of a training rule (:data:`RULES`, benchmarks/variance.py
+    compares them); ``max_iter`` None keeps the recipe's schedule. The EMA rules average over about
+    a quarter of the schedule: decay ``1 - 4 / max_iter``, warm-up time constant ``max_iter / 10``."""
+    schedule, _, ema = rule.partition("_")
+    if schedule not in ("step", "cosine") or ema not in ("", "ema"):
+        raise SystemExit(f"unknown training rule {rule!r}; valid: {', '.join(RULES)}")
+    sets = [f"solver.lr_schedule={schedule}", f"solver.ema={'true' if ema else 'false'}"]
+    if ema and max_iter:
+        sets += [f"solver.ema_decay={1 - 4 / max_iter:g}", f"solver.ema_tau={max_iter / 10:g}"]
+    return sets + ([f"solver.max_iter={max_iter}"] if max_iter else [])
+
+
+def rule_clause(meta: dict[str, Any]) -> str:
+    """The sentence naming the students' training rule, or '' for the recipe's own."""
+    if not meta.get("rule"):
+        return ""
+    return f"Students' training rule `{meta['rule']}`: " + " ".join(f"`{s}`" for s in meta["student_sets"]) + ". "
+
+
+def check_rule_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.max_iter is not None and args.rule is None:
+        p.error("--max-iter sets a training rule's schedule: give --rule too (e.g. --rule step)")
+    if args.max_iter is not None and args.max_iter < 1:
+        p.error(f"--max-iter {args.max_iter}: use a positive number of iterations")
+
+
+def add_rule_args(p: argparse.ArgumentParser) -> None:
+    """``--rule`` / ``--max-iter``: the students' training rule (the teacher keeps its recipe's)."""
+    p.add_argument("--rule", choices=RULES, help="the students' training rule, as benchmarks/variance.py runs it "
+                                                 "(default: the recipe's schedule, no EMA)")
+    p.add_argument("--max-iter", type=int, help="with --rule: the students' iterations (default: the recipe's)")
 
 
 def read_weights(path: Path | None) -> dict[str, float]:
@@ -624,7 +665,7 @@ def row_label(name: str, meta: dict[str, Any]) -> str:
     return f"{name}{' [ADAPT]' if adapted else ''} ({model})"
 
 
-def paired_differences(students: dict[str, Any], references: tuple[str, ...] = ("baseline", "icd")) -> dict[str, Any]:
+def paired_differences(students: dict[str, Any], references: Sequence[str] = REFERENCES) -> dict[str, Any]:
     """Per row, per reference row: the paired box-AP difference over the seeds both ran (seed i of
     every row is the same seed: rows are aggregated in the seeds' order) with its 95 % interval."""
     ap = {n: [s.get("bbox/AP") for s in d["seeds"]] for n, d in students.items()}
@@ -642,7 +683,7 @@ def machine_types(meta: dict[str, Any]) -> list[str]:
 def paired_lines(data: dict[str, Any]) -> list[str]:
     """The paired-difference table (row − baseline, row − ICD) and the machine note."""
     paired, machines = data.get("paired") or {}, machine_types(data["meta"])
-    refs = [r for r in ("baseline", "icd") if r in data["students"]]
+    refs = [r for r in data["meta"].get("references", REFERENCES) if r in data["students"]]
     if not refs or len(data["meta"]["seeds"]) < 2:
         return []
     lines = ["", f"Paired differences in box AP, seed by seed (every row of one seed starts from the same weights "
@@ -688,8 +729,9 @@ def results_section(data: dict[str, Any], png: str) -> str:
     hw, lay = meta["hardware"], meta["layout"]
     columns = table_keys(data)
     split = meta.get("split", "test")
-    title = f"### {meta['suite']}" + (" — validation split (for choosing hyperparameters; not a test result)"
-                                      if split == "validation" else "")
+    named = meta.get("key") not in (None, meta["suite"], f"{meta['suite']}_validation")
+    title = (f"### {meta['suite']}" + (f" — {meta['key']}" if named else "")
+             + (" — validation split (for choosing hyperparameters; not a test result)" if split == "validation" else ""))
     splits = meta.get("splits")
     lines = [title, "", *([f"Trained on {splits['train']}, evaluated on {splits['evaluated on']}."] if splits else []),
              f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
@@ -698,7 +740,7 @@ def results_section(data: dict[str, Any], png: str) -> str:
              f"Wall time {meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, "
              f"{meta['runs_cached']} reused). {recorded_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; "
              f"recipes {', '.join(f'`{v}`' for v in meta['recipes'].values())}; "
-             f"evaluator `{meta['evaluator']}`. Mean ± sample std over seeds. s/iter = training seconds of the "
+             f"evaluator `{meta['evaluator']}`. {rule_clause(meta)}Mean ± sample std over seeds. s/iter = training seconds of the "
              "student's iterations / their number, evaluation excluded; a method-only stage (ICD's decoder "
              "warm-up, no student step) is in its own column, stage s. [ADAPT]: the method's form on this "
              "detector family is this project's adaptation (docs/method.md).", "",
@@ -763,13 +805,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="validation: train on a training part, evaluate on held-out training images")
     p.add_argument("--weights-from", type=Path, metavar="SWEEP_JSON", help="the distillation weight per row from a sweep")
+    p.add_argument("--references", nargs="+", choices=list(STUDENTS), default=list(REFERENCES),
+                   help="the rows every row is paired against (a column each; default: baseline icd)")
+    add_rule_args(p)
+    p.add_argument("--key", help="the name of the RESULTS section and plot (default: the suite[_validation]); "
+                                 "another name keeps a separate comparison beside the suite's table")
     add_run_args(p)
     add_record_args(p)
     args = p.parse_args(argv)
+    check_rule_args(p, args)
     suite = SUITES[args.suite]
     args.students = args.students or list(suite.rows)
     args.seeds = args.seeds or ([0, 1] if args.quick and len(suite.seeds) > 1 else list(suite.seeds))
-    args.key = args.suite + "_validation" * (args.split == "validation")  # the JSON / RESULTS / PNG name
+    if args.key is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.key):
+        p.error(f"--key {args.key!r}: use letters, digits, '_', '.', '-' (it names a file and a RESULTS marker)")
+    args.key = args.key or args.suite + "_validation" * (args.split == "validation")  # the RESULTS / PNG name
     return args
 
 
@@ -840,7 +890,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     done = [r for r in students if r.name not in res["skipped"]]
     plot(png, args.key, done, res["teacher"].get("bbox/AP"))
     compare = compare_page(out, [teacher, *done])
-    meta = {"suite": args.suite, "split": args.split, "splits": split_names(teacher),
+    meta = {"suite": args.suite, "key": args.key, "references": args.references, "split": args.split,
+            "rule": args.rule, "student_sets": list(plan.student_sets),
+            "splits": split_names(teacher),
             "command": shlex.join(["python", "benchmarks/accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": hardware(), "layout": res["layout"], "seeds": args.seeds,
             "recipes": {k: str(r.relative_to(RECIPES.parent)) for k, r in suite_recipes(args.suite).items()},
@@ -851,7 +903,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "provenance": res["provenance"], "recorded_on": recorded_on(res["provenance"]),
             "wall_s": round(time.perf_counter() - started, 1), "plot": str(png), "compare": str(compare)}
     data = {"meta": meta, "teacher": res["teacher"], "students": res["students"],
-            "paired": paired_differences(res["students"])}
+            "paired": paired_differences(res["students"], args.references)}
     warn_about_machines(meta)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))

@@ -132,7 +132,7 @@ def section(data: dict[str, Any], png: str) -> str:
              f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}. Wall time "
              f"{meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, {meta['runs_cached']} reused). "
-             f"{accuracy.recorded_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; teacher box AP on the validation images "
+             f"{accuracy.recorded_clause(meta)}{accuracy.rule_clause(meta)}Seeds {', '.join(map(str, meta['seeds']))}; teacher box AP on the validation images "
              f"{_ap(data['teacher'].get('bbox/AP'))}. Cells: λ → validation box AP, mean ± sample std over seeds; "
              "the chosen λ is the best mean (ties: the default).", "",
              "| row | default λ | " + " | ".join(f"point {i + 1}" for i in range(points)) + " | chosen λ |",
@@ -142,7 +142,9 @@ def section(data: dict[str, Any], png: str) -> str:
                  for p in e["points"]]
         chosen = "n/a" if e["chosen"] is None else f"**{e['chosen']:g}**"
         lines.append(f"| {row} | {e['default']:g} | " + " | ".join(cells + [""] * (points - len(cells))) + f" | {chosen} |")
-    lines += ["", f"Use: `python benchmarks/accuracy.py --suite {meta['suite']} --weights-from "
+    rule = f" --rule {meta['rule']}" + (f" --max-iter {meta['max_iter']}" if meta.get("max_iter") else "") \
+        if meta.get("rule") else ""
+    lines += ["", f"Use: `python benchmarks/accuracy.py --suite {meta['suite']}{rule} --weights-from "
                   f"docs/sweep_{meta['suite']}.json` (the test split with these weights).", "", f"![sweep]({png})"]
     return "\n".join(lines) + "\n"
 
@@ -158,9 +160,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--multipliers", nargs="+", type=float,
                    help="every row's grid = default x these (default: 0.25 0.5 1 2 4)")
+    accuracy.add_rule_args(p)
     accuracy.add_run_args(p)
     accuracy.add_record_args(p)
     args = p.parse_args(argv)
+    accuracy.check_rule_args(p, args)
     suite = accuracy.SUITES[args.suite]
     args.rows = args.rows or [n for n in suite.students if n in SWEEPABLE and n not in accuracy.ABLATION_ROWS]
     args.split, args.weights_from = "validation", None  # what accuracy.py's planning reads
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {"suite": args.suite, "split": "validation", "splits": accuracy.split_names(plan.teacher()),
             "command": shlex.join(["python", "benchmarks/sweep.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": accuracy.hardware(), "seeds": args.seeds,
+            "rule": args.rule, "max_iter": args.max_iter, "student_sets": list(plan.student_sets),
             "multipliers": args.multipliers or list(MULTIPLIERS), "grids": {k: v["grid"] for k, v in table.items()},
             "quick": args.quick, "runs_trained": res["counts"]["trained"], "runs_cached": res["counts"]["cached"],
             "provenance": res["provenance"], "recorded_on": accuracy.recorded_on(res["provenance"]),

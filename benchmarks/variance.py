@@ -43,19 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # accuracy.py beside t
 
 import accuracy  # noqa: E402
 
-RULES = ("step", "step_ema", "cosine", "cosine_ema")
+RULES = accuracy.RULES
 REPEAT = "-repeat"
-
-
-def rule_sets(rule: str, max_iter: int | None) -> list[str]:
-    """The ``--set`` values of a candidate rule; ``max_iter`` None keeps the recipe's schedule."""
-    schedule, _, ema = rule.partition("_")
-    if schedule not in ("step", "cosine") or ema not in ("", "ema"):
-        raise SystemExit(f"variance.py: unknown rule {rule!r}; valid: {', '.join(RULES)}")
-    sets = [f"solver.lr_schedule={schedule}", f"solver.ema={'true' if ema else 'false'}"]
-    if ema and max_iter:
-        sets += [f"solver.ema_decay={1 - 4 / max_iter:g}", f"solver.ema_tau={max_iter / 10:g}"]
-    return sets + ([f"solver.max_iter={max_iter}"] if max_iter else [])
+rule_sets = accuracy.rule_sets  # the --set values of a rule (shared with accuracy.py's and sweep.py's --rule)
 
 
 def variance_runs(plan: accuracy.Plan, rules: list[str], seeds: list[int], max_iter: int | None) -> list[accuracy.Run]:

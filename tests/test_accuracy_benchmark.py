@@ -411,6 +411,52 @@ def test_results_section_says_which_rows_are_resolved_and_marks_adaptations(accu
     assert "one machine type: Intel Xeon" in text and "WARNING" not in text
 
 
+def test_a_training_rule_sets_every_student_and_leaves_the_teacher(accuracy, variance, tmp_path, bccd_root):
+    """``--rule``/``--max-iter``: the students train with the rule variance.py chose, exactly as
+    variance.py's runs do; the teacher (shared by every benchmark of the split) keeps its recipe."""
+    args, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root, "--split", "validation",
+                          "--rule", "cosine_ema", "--max-iter", "500")
+    teacher, recipe_teacher = plan.teacher().cfg.solver, accuracy.load_config(accuracy.suite_recipes("bccd")["teacher"])
+    assert teacher.max_iter == recipe_teacher.solver.max_iter and not teacher.ema
+    for row in ("baseline", "icd", "pkd"):
+        solver = plan.student(row, 3).cfg.solver
+        assert (solver.lr_schedule, solver.ema, solver.max_iter, solver.seed) == ("cosine", True, 500, 3)
+        assert solver.ema_decay == pytest.approx(0.992) and solver.ema_tau == 50
+    assert plan.student("baseline", 0).cfg.eval.period == 100  # max_iter // 5 of the rule's schedule
+    assert variance.rule_sets("cosine_ema", 500) == accuracy.rule_sets("cosine_ema", 500) == list(plan.student_sets)
+    meta = {"rule": args.rule, "student_sets": list(plan.student_sets)}
+    assert accuracy.rule_clause(meta).startswith("Students' training rule `cosine_ema`: `solver.lr_schedule=cosine`")
+    assert accuracy.rule_clause({"rule": None}) == ""
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--suite", "bccd", "--max-iter", "500"])  # a schedule without a rule
+    sweep = load_benchmark("sweep")
+    assert sweep.parse_args(["--suite", "bccd", "--rule", "step", "--max-iter", "500"]).rule == "step"
+
+
+def test_other_references_give_their_own_columns_and_section(accuracy, tmp_path):
+    """ICD's defaults are compared against the paper's design (``--references``), in a RESULTS
+    section of their own (``--key``) beside the suite's table."""
+    data = section_data(accuracy, ["Intel Xeon"])
+    data["meta"].update(references=["baseline", "mimic"], key="bccd_icd_defaults", split="validation")
+    data["paired"] = accuracy.paired_differences(data["students"], ["baseline", "mimic"])
+    text = accuracy.results_section(data, "x.png")
+    assert "### bccd — bccd_icd_defaults — validation split" in text
+    assert "| row | − baseline | − mimic |" in text
+    # icd − mimic per seed 5, 2, 4, 7, 0: mean 3.6, sd 2.70, t(4) 2.776 -> ± 3.35
+    assert "| icd | +4.0 [+3.1, +4.9] resolved | +3.6 [+0.2, +7.0] resolved |" in text
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Not measured here\n")
+    accuracy.write_results("table A\n", "bccd_validation", results)
+    accuracy.write_results("table B\n", "bccd_icd_defaults", results)
+    assert "table A" in results.read_text() and "table B" in results.read_text()
+    args = accuracy.parse_args(["--suite", "bccd", "--split", "validation", "--references", "baseline",
+                                "icd_paper_lr1x", "--key", "bccd_icd_defaults"])
+    assert args.key == "bccd_icd_defaults" and args.references == ["baseline", "icd_paper_lr1x"]
+    assert accuracy.parse_args(["--suite", "bccd", "--split", "validation"]).key == "bccd_validation"
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--suite", "bccd", "--key", "../x y"])
+
+
 def test_results_section_warns_when_rows_come_from_different_machines(accuracy, capsys):
     data = section_data(accuracy, ["Intel Xeon", "AMD EPYC"])
     assert "**WARNING: these rows were trained on different machine types (AMD EPYC; Intel Xeon).**" in \
@@ -452,7 +498,7 @@ def test_variance_rules_run_on_the_validation_split(accuracy, variance, tmp_path
     repeat = [r for r in runs if r.name == "step-repeat"]
     assert len(repeat) == 1 and repeat[0].seed == 0 and repeat[0].out.name == "seed0-repeat"
     assert repeat[0].cfg == next(r for r in runs if r.name == "step" and r.seed == 0).cfg
-    with pytest.raises(SystemExit, match="unknown rule"):
+    with pytest.raises(SystemExit, match="unknown training rule"):
         variance.rule_sets("linear", 100)
 
 
