@@ -57,10 +57,14 @@ Runs of one seed are paired (the same initial student weights, the same student 
 method-only stage on its own stream: engine/setup.py); the table gives per row the paired
 difference to the baseline and to ICD with a 95 % interval (paired t over seeds, benchmarks/paired.py)
 and calls a row better only when its interval excludes 0; five seeds by default. It names the
-machine type and warns loudly when its runs come from several.
+machine type and warns loudly when its runs come from several: sittings get different machines,
+and the same recipe and seed give other numbers on another CPU, so a seed is a pair only where
+both runs share a machine type (a cell names its pairs when fewer than the seeds). Runs go
+seed-major (every row of seed 0, then seed 1, ...), and a seed some of whose rows were trained on
+another machine type waits until the others are done (``schedule``).
 
 Writes ``--json`` (teacher metrics; per student the seeds' metrics, their mean and sample std;
-``paired``: per row the intervals; ``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
+``machines``: per seed the machine type of its run; ``paired``: per row the intervals; ``meta``), an AP-vs-iteration plot, ``<out>/compare.html`` (``icdistill compare`` of the runs),
 and (unless ``--no-results``; ``--quick`` only with
 ``--results``) the suite's section of docs/RESULTS.md with the PNG in docs/.
 ``--quick`` is a smoke run on tiny data and schedules: the numbers mean nothing.
@@ -86,7 +90,7 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -335,6 +339,12 @@ class Plan:
                    out or self.out / name / f"seed{seed}", self.teacher_pt if role == "distill" else None)
 
 
+def student_runs(plan: Plan, rows: Sequence[str], seeds: Sequence[int]) -> list[Run]:
+    """Every (row, seed) run, seed-major: a sitting completes whole seeds (every row of seed 0,
+    then seed 1, ...), so a suite that spans sittings has complete pairs at every stage."""
+    return [plan.student(name, seed) for seed in seeds for name in rows]
+
+
 def split_names(run: Run) -> dict[str, str]:
     """What a run trains and is evaluated on, from its config (``--quick`` changes it)."""
     data = run.cfg.data
@@ -413,12 +423,6 @@ def read_weights(path: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in chosen.items() if v is not None}
 
 
-def suite_runs(args: argparse.Namespace, out: Path) -> tuple[Run, list[Run]]:
-    """The teacher run and every (student, seed) run of the suite, with their overrides."""
-    plan = make_plan(args, out)
-    return plan.teacher(), [plan.student(name, seed) for name in args.students for seed in args.seeds]
-
-
 def prepare(run: Run, records: Records | None = None) -> str:
     """'cached', 'record' (cached, restored from its record into an empty folder), 'resume' or
     'fresh'; a run directory made with another config is deleted."""
@@ -495,9 +499,12 @@ def thread_layout(jobs: int) -> dict[str, int]:
     return {"jobs": jobs, "threads_per_job": max(1, total // jobs), "teacher_threads": total}
 
 
-def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started: float) -> dict[str, Any]:
+def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started: float,
+            group: Callable[[Run], Any] = lambda run: run.seed) -> dict[str, Any]:
     """Train (or reuse) the teacher alone, then the students (``--jobs`` at a time), printing one
-    line per run; returns the teacher's metrics, the students' aggregates and what was skipped."""
+    line per run; returns the teacher's metrics, the students' aggregates (with the machine type
+    of each seed's run) and what was skipped. ``group``: which runs are compared with each other
+    (:func:`schedule`)."""
     layout, counts, progress = thread_layout(args.jobs), {"cached": 0, "trained": 0}, sys.stderr.isatty()
 
     def report(run: Run, state: str) -> None:
@@ -533,7 +540,7 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
     for r in (r for r in runs if states[r.out] not in TRAINED):
         report(r, states[r.out])
         keep(r, states[r.out])
-    todo = [r for r in runs if states[r.out] in TRAINED]
+    todo = schedule([r for r in runs if states[r.out] in TRAINED], runs, states, records, machine, group)
     if args.jobs == 1:
         for r in todo:
             train_run(*call(r, states[r.out], layout["threads_per_job"]), progress)
@@ -555,9 +562,44 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
     names = list(dict.fromkeys(r.name for r in runs))
     provenance = {} if records is None else {
         str(r.out.relative_to(teacher.out.parent)): records.provenance(r.out) for r in [teacher, *runs]}
+    students = {}
+    for n in names:
+        mine = [r for r in runs if r.name == n]
+        students[n] = {**aggregate([read_metrics(r) for r in mine]),
+                       "machines": [run_machine(r, records, machine) for r in mine]}
     return {"teacher": read_metrics(teacher), "skipped": skipped, "layout": layout, "counts": counts,
-            "provenance": provenance,
-            "students": {n: aggregate([read_metrics(r) for r in runs if r.name == n]) for n in names}}
+            "provenance": provenance, "students": students}
+
+
+def machine_type(hardware: dict[str, Any]) -> str:
+    """The machine type a run's numbers depend on: the GPU's name, else the CPU model."""
+    return str(hardware.get("gpu") or hardware.get("processor"))
+
+
+def run_machine(run: Run, records: Records | None, here: dict[str, Any]) -> str:
+    """The machine type a finished run was trained on: its record's, else this machine's."""
+    rec = records.provenance(run.out) if records is not None else None
+    return machine_type(rec["hardware"] if rec else here)
+
+
+def schedule(todo: list[Run], runs: list[Run], states: dict[Path, str], records: Records | None,
+             here: dict[str, Any], group: Callable[[Run], Any]) -> list[Run]:
+    """The runs to train, those of a group (runs compared with each other: one seed of every row
+    for accuracy.py) already trained on another machine type last, and said so.
+
+    A suite spans sittings, and sittings get different machines: a run trained here beside a
+    group trained elsewhere cannot be paired with it, so the groups that can still be completed
+    on this machine type go first and the mixed ones wait (a later sitting on their machine type
+    finds them still to do, or they run last here)."""
+    if records is None:
+        return todo
+    this = machine_type(here)
+    elsewhere = {group(r) for r in runs if states[r.out] not in TRAINED and run_machine(r, records, here) != this}
+    late = [r for r in todo if group(r) in elsewhere]
+    if late:
+        print(f"{len(late)} run(s) belong to groups already trained on another machine type than this one ({this}); "
+              "they run last, and their pairs count only where both runs share a machine type", flush=True)
+    return [r for r in todo if group(r) not in elsewhere] + late
 
 
 def curves(runs: list[Run]) -> dict[int, list[float]]:
@@ -667,17 +709,33 @@ def row_label(name: str, meta: dict[str, Any]) -> str:
 
 def paired_differences(students: dict[str, Any], references: Sequence[str] = REFERENCES) -> dict[str, Any]:
     """Per row, per reference row: the paired box-AP difference over the seeds both ran (seed i of
-    every row is the same seed: rows are aggregated in the seeds' order) with its 95 % interval."""
+    every row is the same seed: rows are aggregated in the seeds' order) with its 95 % interval.
+
+    A seed is a pair only where both runs were trained on one machine type (``machines``, when
+    the aggregates have them): the same recipe and seed give other numbers on another CPU, so a
+    cross-machine difference would mix the machine into the method. ``n`` counts the pairs used."""
     ap = {n: [s.get("bbox/AP") for s in d["seeds"]] for n, d in students.items()}
-    return {n: {ref: paired_interval(ap[n], ap[ref]) for ref in references if ref in ap and ref != n} for n in ap}
+    machines = {n: d.get("machines") or [None] * len(d["seeds"]) for n, d in students.items()}
+
+    def same_machine(row: str, ref: str) -> list[float | None]:
+        return [a if ma == mb else None for a, ma, mb in zip(ap[row], machines[row], machines[ref])]
+
+    return {n: {ref: paired_interval(same_machine(n, ref), ap[ref]) for ref in references if ref in ap and ref != n}
+            for n in ap}
 
 
 def machine_types(meta: dict[str, Any]) -> list[str]:
     """The CPU models (or GPUs) the table's runs were trained on: the records' where runs come
     from records, else this machine's."""
-    seen = {(rec["hardware"].get("gpu") or rec["hardware"].get("processor"))
-            for rec in (meta.get("provenance") or {}).values() if rec}
-    return sorted(str(m) for m in seen) or [str(meta["hardware"].get("gpu") or meta["hardware"]["processor"])]
+    seen = {machine_type(rec["hardware"]) for rec in (meta.get("provenance") or {}).values() if rec}
+    return sorted(seen) or [machine_type(meta["hardware"])]
+
+
+def pair_cell(result: dict[str, Any], seeds: int) -> str:
+    """An interval, and how many pairs it rests on when fewer than the seeds (pairs on different
+    machine types or missing runs dropped)."""
+    text = describe_interval(result)
+    return text + (f" ({result['n']} of {seeds} pairs)" if result["n"] < seeds and result["mean"] is not None else "")
 
 
 def paired_lines(data: dict[str, Any]) -> list[str]:
@@ -690,14 +748,15 @@ def paired_lines(data: dict[str, Any]) -> list[str]:
                  f"and sees the same student batches), mean and 95 % interval (paired t, {len(data['meta']['seeds'])} "
                  "seeds); a row is better or worse only where its interval excludes 0 (\"resolved\").", "",
              "| row | " + " | ".join(f"− {r}" for r in refs) + " |", "| --- |" + " --- |" * len(refs)]
+    seeds = len(data["meta"]["seeds"])
     for name in canonical_order(data["students"]):
-        cells = [describe_interval(paired[name][r]) if r in paired.get(name, {}) else "" for r in refs]
+        cells = [pair_cell(paired[name][r], seeds) if r in paired.get(name, {}) else "" for r in refs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(machines) > 1:
         lines += ["", f"**WARNING: these rows were trained on different machine types ({'; '.join(machines)}).** "
-                      "The same recipe and seed give other numbers on another machine, so a paired difference "
-                      "across machines mixes the machine into the method: rerun every row on one machine type "
-                      "before reading the intervals."]
+                      "The same recipe and seed give other numbers on another machine, so a seed counts as a "
+                      "pair only where both runs share a machine type (a cell says how many pairs it has when "
+                      "that is fewer than the seeds); rerun the mixed seeds on one machine type to use them."]
     else:
         lines += ["", f"Every run on one machine type: {machines[0]}."]
     return lines
@@ -883,7 +942,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out, started = default_out(args), time.perf_counter()
     plan = make_plan(args, out)
-    teacher, students = plan.teacher(), [plan.student(n, seed) for n in args.students for seed in args.seeds]
+    teacher, students = plan.teacher(), student_runs(plan, args.students, args.seeds)
     res = execute(args, teacher, students, started)
     to_docs = not args.no_results and (args.results or not args.quick)
     png = (ROOT / "docs" if to_docs else out) / f"accuracy_{args.key}.png"

@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out, started = accuracy.default_out(args), time.perf_counter()
     plan = accuracy.make_plan(args, out)
     table, runs = sweep_runs(plan, args.rows, args.seeds, args.multipliers)
-    res = accuracy.execute(args, plan.teacher(), runs, started)
+    # a row's grid points are compared with each other: they go on one machine type where they can
+    res = accuracy.execute(args, plan.teacher(), runs, started, group=lambda run: run.name.split("@")[0])
     chosen = fill(table, runs, res["students"])
     to_docs = not args.no_results and (args.results or not args.quick)
     png = plot((accuracy.ROOT / "docs" if to_docs else out) / f"sweep_{args.suite}.png", args.suite, table)

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out, started = accuracy.default_out(args), time.perf_counter()
     plan = accuracy.make_plan(args, out)
     runs = variance_runs(plan, args.rules, args.seeds, args.max_iter)
-    res = accuracy.execute(args, plan.teacher(), runs, started)
+    # a rule's seeds are compared with each other: they go on one machine type where they can
+    res = accuracy.execute(args, plan.teacher(), runs, started, group=lambda run: run.name.removesuffix(REPEAT))
     meta = {"suite": args.suite, "split": "validation", "splits": accuracy.split_names(plan.teacher()),
             "command": shlex.join(["python", "benchmarks/variance.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": date.today().isoformat(), "hardware": accuracy.hardware(), "seeds": args.seeds,

@@ -75,7 +75,8 @@ def test_quick_synthetic_suite_writes_the_json_and_reuses_its_runs(accuracy, tmp
     assert data["meta"]["seeds"] == [0, 1] and data["meta"]["layout"]["jobs"] == 1
     assert {"bbox/AP", "time/iter_s", "time/eval_s"} <= set(data["teacher"])
     for name, student in data["students"].items():
-        assert set(student) == {"seeds", "mean", "std"} and len(student["seeds"]) == 2
+        assert set(student) == {"seeds", "mean", "std", "machines"} and len(student["seeds"]) == 2
+        assert len(student["machines"]) == 2 and len(set(student["machines"])) == 1  # both seeds here
         saved = json.loads((out / name / "seed0" / "metrics.json").read_text())
         assert student["seeds"][0] == saved and set(student["mean"]) == set(saved)
         for key in METRICS:
@@ -431,6 +432,45 @@ def test_a_training_rule_sets_every_student_and_leaves_the_teacher(accuracy, var
         accuracy.parse_args(["--suite", "bccd", "--max-iter", "500"])  # a schedule without a rule
     sweep = load_benchmark("sweep")
     assert sweep.parse_args(["--suite", "bccd", "--rule", "step", "--max-iter", "500"]).rule == "step"
+
+
+def test_pairs_count_only_where_both_runs_share_a_machine_type(accuracy):
+    """A suite that spans sittings gets other machines: seed 3 of the ICD row trained on another
+    CPU than the baseline's seed 3 is no pair, and the cell says how many pairs it rests on."""
+    data = section_data(accuracy, ["AMD EPYC"])
+    for name, d in data["students"].items():
+        d["machines"] = ["AMD EPYC"] * 5
+    data["students"]["icd"]["machines"][3] = "Intel Xeon"
+    data["meta"]["provenance"]["icd/seed3"]["hardware"]["processor"] = "Intel Xeon"
+    data["paired"] = accuracy.paired_differences(data["students"])
+    # icd − baseline without seed 3: 4, 4, 4, 3 -> mean 3.75
+    assert data["paired"]["icd"]["baseline"]["n"] == 4 and data["paired"]["icd"]["baseline"]["mean"] == 3.75
+    assert data["paired"]["mimic"]["baseline"]["n"] == 5
+    text = accuracy.results_section(data, "x.png")
+    assert "| icd | +3.8 [" in text and "(4 of 5 pairs)" in text.split("| icd |")[1].splitlines()[0]
+    assert "a seed counts as a pair only where both runs share a machine type" in text
+
+
+def test_runs_of_a_group_trained_elsewhere_wait_and_rows_run_seed_major(accuracy, tmp_path, bccd_root):
+    """Seed-major order completes whole seeds per sitting; a seed whose other rows were trained
+    on another machine type goes last, so this machine completes the seeds it can pair."""
+    _, plan = plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root)
+    runs = accuracy.student_runs(plan, ["baseline", "icd"], [0, 1, 2])
+    assert [(r.name, r.seed) for r in runs[:3]] == [("baseline", 0), ("icd", 0), ("baseline", 1)]
+    out = plan.out
+    records = accuracy.Records(tmp_path / "records", out, {})
+    here = {"processor": "AMD EPYC", "gpu": None}
+    elsewhere = records.record_dir(out / "baseline" / "seed1")  # seed 1's baseline came from an Intel sitting
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "record.json").write_text('{"recorded": "2026-12-08", "hardware": {"processor": "Intel Xeon"}}')
+    states = {r.out: "fresh" for r in runs}
+    states[out / "baseline" / "seed1"] = "record"
+    todo = [r for r in runs if states[r.out] == "fresh"]
+    order = accuracy.schedule(todo, runs, states, records, here, lambda r: r.seed)
+    assert [(r.name, r.seed) for r in order] == [("baseline", 0), ("icd", 0), ("baseline", 2), ("icd", 2), ("icd", 1)]
+    assert accuracy.run_machine(runs[2], records, here) == "Intel Xeon"
+    assert accuracy.run_machine(runs[0], records, here) == "AMD EPYC"
+    assert accuracy.schedule(todo, runs, states, None, here, lambda r: r.seed) == todo
 
 
 def test_other_references_give_their_own_columns_and_section(accuracy, tmp_path):
