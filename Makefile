@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q 'setuptools>=64'
+	$(BIN)/python -m pip install -q 'setuptools>=77'
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)

@@ -95,7 +95,8 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from icdistill.config import Config, load_config
+from icdistill.config import Config, config_from_dict, load_config
+from icdistill.errors import ConfigError
 from icdistill.demo import demo_config_path
 from icdistill.detectors.families import FAMILIES
 from icdistill.distill.core.registry import ADAPT, method_names, method_spec, support_label
@@ -423,13 +424,26 @@ def read_weights(path: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in chosen.items() if v is not None}
 
 
+def same_config(saved: dict[str, Any] | None, cfg: Config) -> bool:
+    """Whether a run folder's saved ``config.yaml`` describes the run ``cfg`` would train.
+
+    The saved config is read back through the current schema first, so an option added after the
+    run was made counts as unchanged while it sits at its default (the default keeps the old
+    behaviour): adding ``distill.crosskd.pkd_weight`` must not retrain every recorded run. A saved
+    key the schema no longer has, or any value that differs, means another run."""
+    try:
+        return config_from_dict(saved or {}).to_dict() == cfg.to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return False
+
+
 def prepare(run: Run, records: Records | None = None) -> str:
     """'cached', 'record' (cached, restored from its record into an empty folder), 'resume' or
     'fresh'; a run directory made with another config is deleted."""
     restored = records is not None and records.restore(run.out)
     saved, stamp = run.out / "config.yaml", run.out / "benchmark_stamp.json"
     if saved.is_file():
-        same = (yaml.safe_load(saved.read_text()) == run.cfg.to_dict() and stamp.is_file()
+        same = (same_config(yaml.safe_load(saved.read_text()), run.cfg) and stamp.is_file()
                 and json.loads(stamp.read_text()) == run.stamp())
         if same and (run.out / "metrics.json").is_file():
             return "record" if restored else "cached"

@@ -555,3 +555,25 @@ def test_quick_variance_is_deterministic_and_resumable(variance, tmp_path, capsy
     capsys.readouterr()
     variance.main(argv)
     assert len(re.findall(r": cached ", capsys.readouterr().out)) == 4  # teacher + 2 seeds + the repeat
+
+
+def test_same_config_keeps_a_record_when_only_a_default_option_was_added(accuracy):
+    from icdistill.config import load_config
+
+    cfg = load_config(None, ["distill.method=icd", "solver.max_iter=7"])
+    saved = cfg.to_dict()
+    assert accuracy.same_config(saved, cfg)
+    # a run recorded before distill.crosskd.pkd_weight existed: the key is missing, its default is 0
+    older = yaml.safe_load(yaml.safe_dump(saved))
+    del older["distill"]["crosskd"]["pkd_weight"]
+    assert accuracy.same_config(older, cfg)
+    # ... but not when the current run sets the new option away from its default
+    assert not accuracy.same_config(older, load_config(None, ["distill.method=icd", "solver.max_iter=7",
+                                                            "distill.crosskd.pkd_weight=1.0"]))
+    changed = yaml.safe_load(yaml.safe_dump(saved))
+    changed["solver"]["max_iter"] = 8
+    assert not accuracy.same_config(changed, cfg)
+    unknown = yaml.safe_load(yaml.safe_dump(saved))
+    unknown["solver"]["no_such_option"] = 1
+    assert not accuracy.same_config(unknown, cfg)
+    assert not accuracy.same_config(None, cfg)  # an empty file is the default config, not this run
