@@ -22,15 +22,24 @@ smoke schedule. The EMA rules average over about a quarter of the schedule: deca
 ``1 - 4 / max_iter`` with the warm-up time constant ``max_iter / 10`` (a long schedule's 0.9998 and
 2000 would average nothing in 500 iterations): this benchmark's choice.
 
-Writes ``--json`` (per rule the seeds' AP, mean, sample std, the repeat's difference; ``meta``)
-and (unless ``--no-results``; ``--quick`` only with ``--results``) the ``variance_<suite>``
-section of docs/RESULTS.md.
+Per rule it reports the seeds' AP, mean, the sample std with its 95 % interval (chi-square: five
+seeds pin a std down only to about 0.6-2.9 times its value), the repeat's difference, and the
+paired difference to ``step`` (the recipe's own rule; seed by seed, as accuracy.py pairs rows).
+It then names the rule the other benchmarks' ``--rule`` should use (:func:`choose`): a rule that
+is not deterministic is out, so is one whose seed std is resolved higher than another's; of the
+rest, a rule resolved better than ``step`` in paired AP, else ``step`` itself - the status quo
+stays unless the evidence says otherwise.
+
+Writes ``--json`` (``rules``: per rule the numbers above; ``chosen``; ``meta``) and (unless
+``--no-results``; ``--quick`` only with ``--results``) the ``variance_<suite>`` section of
+docs/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -45,6 +54,10 @@ import accuracy  # noqa: E402
 
 RULES = accuracy.RULES
 REPEAT = "-repeat"
+REFERENCE_RULE = "step"  # the recipe's own schedule, no EMA: what stays unless another rule is resolved better
+# chi-square quantiles (2.5 %, 97.5 %) for df = 1..10; beyond, the Wilson-Hilferty approximation
+CHI2_95 = {1: (0.000982, 5.024), 2: (0.0506, 7.378), 3: (0.2158, 9.348), 4: (0.4844, 11.143), 5: (0.8312, 12.833),
+           6: (1.2373, 14.449), 7: (1.6899, 16.013), 8: (2.1797, 17.535), 9: (2.7004, 19.023), 10: (3.2470, 20.483)}
 rule_sets = accuracy.rule_sets  # the --set values of a rule (shared with accuracy.py's and sweep.py's --rule)
 
 
@@ -59,18 +72,65 @@ def variance_runs(plan: accuracy.Plan, rules: list[str], seeds: list[int], max_i
     return runs
 
 
+def chi2_quantiles(df: int) -> tuple[float, float]:
+    """The 2.5 % and 97.5 % quantiles of chi-square with ``df`` degrees of freedom."""
+    if df in CHI2_95:
+        return CHI2_95[df]
+    cube = lambda z: df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3  # noqa: E731
+    return cube(-1.959964), cube(1.959964)
+
+
+def std_interval(std: float | None, n: int) -> list[float] | None:
+    """95 % interval of a normal sample's std ``std`` over ``n`` values, [low, high]; None below 2."""
+    if std is None or n < 2:
+        return None
+    low_q, high_q = chi2_quantiles(n - 1)
+    return [math.sqrt((n - 1) * std ** 2 / high_q), math.sqrt((n - 1) * std ** 2 / low_q)]
+
+
 def summarise(rules: list[str], seeds: list[int], students: dict[str, Any]) -> dict[str, Any]:
-    """Per rule: AP per seed, mean, sample std over seeds, and repeat − first run of the first seed."""
+    """Per rule: AP per seed, mean, sample std over seeds with its 95 % interval, repeat − first
+    run of the first seed, and the paired difference to :data:`REFERENCE_RULE` (when it ran)."""
+    by_rule = {rule: students[rule] for rule in rules}
+    paired = accuracy.paired_differences(by_rule, references=[REFERENCE_RULE])
     table = {}
     for rule in rules:
         aps = [m.get("bbox/AP") for m in students[rule]["seeds"]]
         repeat = students[rule + REPEAT]["seeds"][0].get("bbox/AP")
         finite = [a for a in aps if a is not None]
+        std = statistics.stdev(finite) if len(finite) > 1 else None
         table[rule] = {"bbox/AP": dict(zip(map(str, seeds), aps)),
                        "mean": statistics.fmean(finite) if finite else None,
-                       "seed_std": statistics.stdev(finite) if len(finite) > 1 else None,
-                       "repeat_diff": None if None in (repeat, aps[0]) else repeat - aps[0]}
+                       "seed_std": std, "seed_std_95": std_interval(std, len(finite)),
+                       "repeat_diff": None if None in (repeat, aps[0]) else repeat - aps[0],
+                       "minus_reference": paired[rule].get(REFERENCE_RULE)}
     return table
+
+
+def choose(table: dict[str, Any]) -> dict[str, str]:
+    """The rule the other benchmarks should run, and why.
+
+    Out: a rule whose repeat differs from its first run (not deterministic), and one whose seed std
+    is resolved higher than another remaining rule's (its interval's bottom above the other's top).
+    Of the rest, the rule resolved best against :data:`REFERENCE_RULE` in paired AP; where none is,
+    the reference itself when it remains (the recipe's rule stays unless the evidence says
+    otherwise), else the remaining rule with the lowest seed std."""
+    deterministic = [r for r, row in table.items() if row["repeat_diff"] == 0] or list(table)
+    out_std = [r for r in deterministic if any(
+        table[o]["seed_std_95"] and table[r]["seed_std_95"] and table[o]["seed_std_95"][1] < table[r]["seed_std_95"][0]
+        for o in deterministic if o != r)]
+    left = [r for r in deterministic if r not in out_std]
+    gone = [r for r in table if r not in left]
+    because = f" ({', '.join(gone)} out: not deterministic or seed std resolved higher)" if gone else ""
+    better = [r for r in left if (table[r]["minus_reference"] or {}).get("resolved") and table[r]["minus_reference"]["mean"] > 0]
+    if better:
+        best = max(better, key=lambda r: table[r]["minus_reference"]["mean"])
+        return {"rule": best, "reason": f"the deterministic rule resolved best against {REFERENCE_RULE} in paired AP{because}"}
+    if REFERENCE_RULE in left:
+        return {"rule": REFERENCE_RULE, "reason": "no rule is resolved better than the recipe's own in paired AP, "
+                                                  f"nor steadier in seed std, so the recipe's rule stays{because}"}
+    best = min(left, key=lambda r: table[r]["seed_std"] if table[r]["seed_std"] is not None else math.inf)
+    return {"rule": best, "reason": f"the lowest seed std of the rules left{because}"}
 
 
 def section(data: dict[str, Any]) -> str:
@@ -83,14 +143,22 @@ def section(data: dict[str, Any]) -> str:
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}. Wall time "
              f"{meta['wall_s'] / 60:.1f} min ({meta['runs_trained']} runs trained, {meta['runs_cached']} reused). "
              f"{accuracy.recorded_clause(meta)}Baseline student, seeds {', '.join(map(str, meta['seeds']))}, "
-             f"{meta['max_iter'] or 'the recipe'}'s iterations. Seed std: sample std of box AP over the seeds; "
-             "repeat: a second run of the first seed minus the first (0 = deterministic).", "",
-             "| rule | settings | AP per seed | mean | seed std | repeat |", "| --- | --- | --- | ---: | ---: | ---: |"]
+             f"{meta['max_iter'] or 'the recipe'}'s iterations. Seed std: sample std of box AP over the seeds, "
+             "[95 % interval] (chi-square); repeat: a second run of the first seed minus the first (0 = "
+             f"deterministic); − {REFERENCE_RULE}: the paired difference to the recipe's rule, seed by seed (95 % "
+             "interval, paired t).", "",
+             f"| rule | settings | AP per seed | mean | seed std [95 %] | repeat | − {REFERENCE_RULE} (paired) |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    seeds = len(meta["seeds"])
     for rule, row in data["rules"].items():
         per_seed = " / ".join(fmt(v) for v in row["bbox/AP"].values())
         settings = " ".join(f"`{s}`" for s in meta["settings"][rule])
-        lines.append(f"| {rule} | {settings} | {per_seed} | {fmt(row['mean'])} | {fmt(row['seed_std'])} | "
-                     f"{fmt(row['repeat_diff'], '+')} |")
+        spread = fmt(row["seed_std"]) + (" [{:.2f}, {:.2f}]".format(*row["seed_std_95"]) if row.get("seed_std_95") else "")
+        paired = accuracy.pair_cell(row["minus_reference"], seeds) if row.get("minus_reference") else ""
+        lines.append(f"| {rule} | {settings} | {per_seed} | {fmt(row['mean'])} | {spread} | "
+                     f"{fmt(row['repeat_diff'], '+')} | {paired} |")
+    if data.get("chosen"):
+        lines += ["", f"Chosen rule: **{data['chosen']['rule']}**: {data['chosen']['reason']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "provenance": res["provenance"], "recorded_on": accuracy.recorded_on(res["provenance"]),
             "machines": accuracy.machine_types({"provenance": res["provenance"], "hardware": accuracy.hardware()}),
             "wall_s": round(time.perf_counter() - started, 1), "out": str(out)}
-    data = {"meta": meta, "rules": summarise(args.rules, args.seeds, res["students"])}
+    table = summarise(args.rules, args.seeds, res["students"])
+    data = {"meta": meta, "rules": table, "chosen": choose(table)}
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))
     if not args.no_results and (args.results or not args.quick):

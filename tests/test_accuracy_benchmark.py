@@ -577,3 +577,55 @@ def test_same_config_keeps_a_record_when_only_a_default_option_was_added(accurac
     unknown["solver"]["no_such_option"] = 1
     assert not accuracy.same_config(unknown, cfg)
     assert not accuracy.same_config(None, cfg)  # an empty file is the default config, not this run
+
+
+def test_variance_std_interval_is_the_chi_square_one(variance):
+    low, high = variance.std_interval(1.0, 5)  # df 4: sqrt(4 / 11.143), sqrt(4 / 0.4844)
+    assert low == pytest.approx(0.5991, abs=1e-4) and high == pytest.approx(2.8736, abs=1e-4)
+    q_low, q_high = variance.chi2_quantiles(20)  # beyond the table: Wilson-Hilferty, exact 9.591 / 34.170
+    assert q_low == pytest.approx(9.591, rel=0.01) and q_high == pytest.approx(34.170, rel=0.01)
+    assert variance.std_interval(None, 5) is None and variance.std_interval(1.0, 1) is None
+
+
+def _variance_students(aps_by_rule, repeats):
+    students = {}
+    for rule, aps in aps_by_rule.items():
+        students[rule] = {"seeds": [{"bbox/AP": a} for a in aps]}
+        students[rule + "-repeat"] = {"seeds": [{"bbox/AP": aps[0] + repeats.get(rule, 0.0)}]}
+    return students
+
+
+def test_variance_keeps_the_recipes_rule_unless_another_is_resolved_better(variance):
+    step = [37.0, 37.8, 30.9, 36.4, 34.4]
+    worse = [a - d for a, d in zip(step, [1.4, 1.0, 1.4, 0.9, 2.7])]  # every seed below step: resolved worse
+    noisy = [a + d for a, d in zip(step, [2.0, -1.5, 0.5, -0.5, 0.2])]  # not resolved either way
+    seeds = [0, 1, 2, 3, 4]
+    table = variance.summarise(["step", "step_ema", "cosine"], seeds,
+                               _variance_students({"step": step, "step_ema": worse, "cosine": noisy}, {}))
+    assert table["step"]["minus_reference"] is None
+    assert table["step_ema"]["minus_reference"]["resolved"] and table["step_ema"]["minus_reference"]["mean"] < 0
+    assert not table["cosine"]["minus_reference"]["resolved"]
+    assert table["step"]["seed_std_95"][0] < table["step"]["seed_std"] < table["step"]["seed_std_95"][1]
+    assert variance.choose(table)["rule"] == "step"
+
+    better = [a + d for a, d in zip(step, [1.0, 0.8, 1.2, 0.9, 1.1])]
+    table = variance.summarise(["step", "cosine"], seeds, _variance_students({"step": step, "cosine": better}, {}))
+    assert variance.choose(table)["rule"] == "cosine"
+    # ... but not when its repeat differs: a rule that is not deterministic is out
+    table = variance.summarise(["step", "cosine"], seeds,
+                               _variance_students({"step": step, "cosine": better}, {"cosine": 0.3}))
+    chosen = variance.choose(table)
+    assert chosen["rule"] == "step" and "cosine out" in chosen["reason"]
+    # a rule whose seed std is resolved higher than another's is out too, better mean or not
+    wild = [60.0, 20.0, 70.0, 10.0, 80.0]
+    steady = [35.0, 35.1, 34.9, 35.0, 35.05]
+    table = variance.summarise(["step", "cosine"], seeds, _variance_students({"step": wild, "cosine": steady}, {}))
+    assert variance.choose(table)["rule"] == "cosine"
+    section = variance.section({"meta": {"suite": "bccd", "splits": {"train": "train", "evaluated on": "val"},
+                                         "command": "python benchmarks/variance.py --suite bccd", "date": "2026-12-07",
+                                         "hardware": {"machine": "x86_64", "processor": "AMD EPYC", "cpu_count": 2,
+                                                      "gpu": None, "torch": "2"},
+                                         "wall_s": 60.0, "runs_trained": 12, "runs_cached": 0, "seeds": seeds,
+                                         "max_iter": 500, "settings": {"step": [], "cosine": []}},
+                                "rules": table, "chosen": variance.choose(table)})
+    assert "Chosen rule: **cosine**" in section and "| − step (paired) |" in section
