@@ -130,6 +130,7 @@ WEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 # The candidate training rules (schedule, EMA of the student's weights); rule_sets writes them.
 RULES = ("step", "step_ema", "cosine", "cosine_ema")
 REFERENCES = ("baseline", "icd")  # every row's paired difference to these rows (--references)
+TEACHER_FOLDER = "teacher"  # the suite's teacher run, <out>/teacher (shared by every benchmark of the split)
 SEEDS = (0, 1, 2, 3, 4)  # at least five: a paired t interval over 2-3 seeds is too wide to resolve anything
 
 
@@ -317,12 +318,12 @@ class Plan:
 
     @property
     def teacher_pt(self) -> Path:
-        return self.out / "teacher" / "detector.pt"
+        return self.out / TEACHER_FOLDER / "detector.pt"
 
     def teacher(self) -> Run:
         quick = QUICK["teacher"] if self.quick else []
         return Run("teacher", None, suite_recipes(self.suite)["teacher"],
-                   [*self.common, *quick, "eval.period=0", *self.user], self.out / "teacher")
+                   [*self.common, *quick, "eval.period=0", *self.user], self.out / TEACHER_FOLDER)
 
     def student(self, name: str, seed: int, sets: list[str] | None = None, label: str | None = None,
                 out: Path | None = None) -> Run:
@@ -550,7 +551,16 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             skipped[name] = reason
             print(f"skipping {name}: {reason}")
     runs = [r for r in students if r.name not in skipped]
-    states = {r.out: prepare(r, records) for r in runs}
+    elsewhere = set()
+    if records is not None and getattr(args, "redo_elsewhere", False):
+        elsewhere = {r.out for r in runs if records.provenance(r.out) is not None
+                     and run_machine(r, records, machine) != machine_type(machine)}
+        for out in elsewhere:
+            shutil.rmtree(out, ignore_errors=True)  # a restored copy would count as cached
+        if elsewhere:
+            print(f"--redo-elsewhere: {len(elsewhere)} student run(s) recorded on another machine type than this "
+                  f"one ({machine_type(machine)}) train again here; their records are replaced", flush=True)
+    states = {r.out: prepare(r, None if r.out in elsewhere else records) for r in runs}
     for r in (r for r in runs if states[r.out] not in TRAINED):
         report(r, states[r.out])
         keep(r, states[r.out])
@@ -586,8 +596,15 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
 
 
 def machine_type(hardware: dict[str, Any]) -> str:
-    """The machine type a run's numbers depend on: the GPU's name, else the CPU model."""
-    return str(hardware.get("gpu") or hardware.get("processor"))
+    """The machine type a run's numbers depend on: the GPU's name, else the CPU's name with its
+    family/model numbers and torch's instruction set. Two sittings both called "AMD EPYC" gave
+    35.7 and 36.4 AP from one recipe and seed (docs/RESULTS.md), so the name alone is not a type;
+    a record made before these details were kept is of a type of its own."""
+    if hardware.get("gpu"):
+        return str(hardware["gpu"])
+    if "cpu_id" not in hardware:
+        return f"{hardware.get('processor')} (details not recorded)"
+    return f"{hardware.get('processor')} ({hardware.get('cpu_id') or 'unknown family'}, {hardware.get('cpu_isa')})"
 
 
 def run_machine(run: Run, records: Records | None, here: dict[str, Any]) -> str:
@@ -675,14 +692,20 @@ def describe(run: Run) -> str:
 
 
 def hardware() -> dict[str, Any]:
-    """The machine, for the JSON and RESULTS.md."""
-    cpu = platform.processor()
+    """The machine, for the JSON and RESULTS.md: besides the CPU's name, its family and model
+    numbers (``cpu_id``; cloud VMs name every AMD generation "AMD EPYC") and the instruction set
+    torch dispatches its kernels to (``cpu_isa``, e.g. AVX512), which decide the float results."""
+    cpu, cpu_id = platform.processor(), None
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
+        fields = dict(ln.split(":", 1) for ln in cpuinfo.read_text().split("\n\n")[0].splitlines() if ":" in ln)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        cpu = fields.get("model name", cpu)
+        if "cpu family" in fields and "model" in fields:
+            cpu_id = f"family {fields['cpu family']} model {fields['model']}"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"machine": platform.machine(), "processor": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+    return {"machine": platform.machine(), "processor": cpu, "cpu_id": cpu_id,
+            "cpu_isa": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(), "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -739,9 +762,11 @@ def paired_differences(students: dict[str, Any], references: Sequence[str] = REF
 
 
 def machine_types(meta: dict[str, Any]) -> list[str]:
-    """The CPU models (or GPUs) the table's runs were trained on: the records' where runs come
-    from records, else this machine's."""
-    seen = {machine_type(rec["hardware"]) for rec in (meta.get("provenance") or {}).values() if rec}
+    """The machine types (:func:`machine_type`) the table's student runs were trained on: the
+    records' where runs come from records, else this machine's. The teacher is left out: its
+    weights are one input of every row, so its machine does not enter the pairs."""
+    seen = {machine_type(rec["hardware"]) for name, rec in (meta.get("provenance") or {}).items()
+            if rec and name != TEACHER_FOLDER}
     return sorted(seen) or [machine_type(meta["hardware"])]
 
 
@@ -868,6 +893,9 @@ def add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--records", type=Path, metavar="DIR",
                    help="run records to reuse and write (default: benchmarks/records/<out folder>; none with --quick)")
     p.add_argument("--no-records", action="store_true", help="neither reuse nor write run records")
+    p.add_argument("--redo-elsewhere", action="store_true",
+                   help="train again here every student run whose record was made on another machine type (its "
+                        "record is replaced), so the table comes from this machine type; the teacher is kept")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -901,7 +929,7 @@ def recorded_on(provenance: dict[str, Any]) -> list[str]:
     seen: dict[str, int] = {}
     for rec in provenance.values():
         if rec:
-            key = f"{rec['recorded']}, {rec['hardware'].get('processor')}"
+            key = f"{rec['recorded']}, {machine_type(rec['hardware'])}"
             seen[key] = seen.get(key, 0) + 1
     return [f"{k} ({n} run{'s' * (n > 1)})" for k, n in sorted(seen.items())]
 

@@ -16,8 +16,9 @@ test) and lives in ``<out>/variance/<rule>/seed<k>[-repeat]``, cached, resumed a
 over several sittings). The accuracy benchmark's planning trains (or reuses) the validation
 teacher first, shared with the sweep.
 
-``--max-iter`` (default 500: about 9 minutes per run on one core of the machines in
-docs/RESULTS.md at ~1.06 s per iteration) sets every rule's schedule; ``--quick`` keeps the
+``--max-iter`` (default 500: about 17 minutes per run, evaluations included, at ~2 s per
+iteration with two runs of ``--jobs 2`` sharing the 2 cores of the AMD EPYC machine in
+docs/RESULTS.md) sets every rule's schedule; ``--quick`` keeps the
 smoke schedule. The EMA rules average over about a quarter of the schedule: decay
 ``1 - 4 / max_iter`` with the warm-up time constant ``max_iter / 10`` (a long schedule's 0.9998 and
 2000 would average nothing in 500 iterations): this benchmark's choice.

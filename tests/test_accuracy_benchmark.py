@@ -468,8 +468,8 @@ def test_runs_of_a_group_trained_elsewhere_wait_and_rows_run_seed_major(accuracy
     todo = [r for r in runs if states[r.out] == "fresh"]
     order = accuracy.schedule(todo, runs, states, records, here, lambda r: r.seed)
     assert [(r.name, r.seed) for r in order] == [("baseline", 0), ("icd", 0), ("baseline", 2), ("icd", 2), ("icd", 1)]
-    assert accuracy.run_machine(runs[2], records, here) == "Intel Xeon"
-    assert accuracy.run_machine(runs[0], records, here) == "AMD EPYC"
+    assert accuracy.run_machine(runs[2], records, here) == "Intel Xeon (details not recorded)"
+    assert accuracy.run_machine(runs[0], records, here) == "AMD EPYC (details not recorded)"
     assert accuracy.schedule(todo, runs, states, None, here, lambda r: r.seed) == todo
 
 
@@ -499,7 +499,8 @@ def test_other_references_give_their_own_columns_and_section(accuracy, tmp_path)
 
 def test_results_section_warns_when_rows_come_from_different_machines(accuracy, capsys):
     data = section_data(accuracy, ["Intel Xeon", "AMD EPYC"])
-    assert "**WARNING: these rows were trained on different machine types (AMD EPYC; Intel Xeon).**" in \
+    assert ("**WARNING: these rows were trained on different machine types (AMD EPYC (details not recorded); "
+            "Intel Xeon (details not recorded)).**") in \
         accuracy.results_section(data, "x.png")
     accuracy.warn_about_machines(data["meta"])
     assert "different machine types" in capsys.readouterr().err
@@ -629,3 +630,42 @@ def test_variance_keeps_the_recipes_rule_unless_another_is_resolved_better(varia
                                          "max_iter": 500, "settings": {"step": [], "cosine": []}},
                                 "rules": table, "chosen": variance.choose(table)})
     assert "Chosen rule: **cosine**" in section and "| − step (paired) |" in section
+
+
+def test_machine_type_tells_cpu_generations_apart(accuracy):
+    """Two sittings both named "AMD EPYC" gave 35.7 and 36.4 AP from one recipe and seed: the
+    type includes the family/model numbers and torch's instruction set; a record made before
+    they were kept is a type of its own, and the teacher's machine does not enter the pairs."""
+    here = accuracy.hardware()
+    assert {"cpu_id", "cpu_isa"} <= set(here) and here["cpu_isa"]
+    zen5 = {"processor": "AMD EPYC", "cpu_id": "family 26 model 2", "cpu_isa": "AVX512", "gpu": None}
+    zen3 = {**zen5, "cpu_id": "family 25 model 1", "cpu_isa": "AVX2"}
+    assert accuracy.machine_type(zen5) == "AMD EPYC (family 26 model 2, AVX512)"
+    assert accuracy.machine_type(zen5) != accuracy.machine_type(zen3)
+    assert accuracy.machine_type({"processor": "AMD EPYC", "gpu": None}) == "AMD EPYC (details not recorded)"
+    assert accuracy.machine_type({**zen5, "gpu": "NVIDIA H100"}) == "NVIDIA H100"
+    meta = {"hardware": zen5, "provenance": {"teacher": {"hardware": zen3}, "baseline/seed0": {"hardware": zen5}}}
+    assert accuracy.machine_types(meta) == [accuracy.machine_type(zen5)]
+
+
+def test_redo_elsewhere_retrains_the_students_recorded_on_another_machine_type(accuracy, tmp_path, capsys):
+    out, records = tmp_path / "out", tmp_path / "records"
+    args = ["--suite", "synthetic", "--quick", "--seeds", "0", "1", "--students", "baseline",
+            "--out", str(out), "--records", str(records), "--no-results"]
+    first = accuracy.main(args)
+    assert capsys.readouterr().out.count(": trained ") == 3
+    for run in ("teacher", "baseline/seed1"):  # pretend these two were trained in an older sitting
+        record = records / run / "record.json"
+        record.write_text(json.dumps({"recorded": "2026-12-01", "hardware": {"processor": "Old CPU", "gpu": None}}))
+    again = accuracy.main(args)  # without the flag: every record is reused, the table says so
+    assert capsys.readouterr().out.count(": cached ") == 3
+    assert len(accuracy.machine_types(again["meta"])) == 2  # seed 1 from "Old CPU"; the teacher does not count
+    redone = accuracy.main([*args, "--redo-elsewhere"])
+    printed = capsys.readouterr().out
+    assert "--redo-elsewhere: 1 student run(s)" in printed
+    assert re.search(r"baseline +seed 1: trained", printed) and re.search(r"baseline +seed 0: cached", printed)
+    assert re.search(r"teacher +seed -: cached", printed)  # the teacher is kept: students are stamped with it
+    assert json.loads((records / "baseline" / "seed1" / "record.json").read_text())["hardware"]["processor"] != "Old CPU"
+    assert accuracy.machine_types(redone["meta"]) == [accuracy.machine_type(accuracy.hardware())]
+    ap = lambda res: [s["bbox/AP"] for s in res["students"]["baseline"]["seeds"]]  # noqa: E731
+    assert ap(redone) == ap(first)  # the same machine: the same AP
