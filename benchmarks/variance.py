@@ -3,7 +3,7 @@ run-to-run difference of one recipe and seed, per candidate rule, on the VALIDAT
 
     python benchmarks/variance.py --suite bccd [--rules step step_ema cosine cosine_ema]
             [--seeds 0 1 2 3 4] [--max-iter 500] [--jobs 2] [--json docs/variance_bccd.json]
-            [--quick] [--no-results] [--set KEY=VALUE]
+            [--key NAME] [--quick] [--no-results] [--set KEY=VALUE]
 
 A method can only be told apart from the baseline when the baseline's own noise is smaller than
 the effect. This benchmark measures that noise for each candidate rule (``RULES``): the baseline
@@ -27,8 +27,8 @@ Per rule it reports the seeds' AP, mean, the sample std with its 95 % interval (
 seeds pin a std down only to about 0.6-2.9 times its value), the repeat's difference, and the
 paired difference to ``step`` (the recipe's own rule; seed by seed, as accuracy.py pairs rows).
 It then names the rule the other benchmarks' ``--rule`` should use (:func:`choose`): a rule that
-is not deterministic is out, so is one whose seed std is resolved higher than another's; of the
-rest, a rule resolved better than ``step`` in paired AP, else ``step`` itself - the status quo
+is not deterministic is out, so is one whose seed std is resolved higher than another's (F test
+of the two variances, two-sided 5 %); of the rest, a rule resolved better than ``step`` in paired AP, else ``step`` itself - the status quo
 stays unless the evidence says otherwise.
 
 Writes ``--json`` (``rules``: per rule the numbers above; ``chosen``; ``meta``) and (unless
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 import sys
@@ -56,6 +57,10 @@ import accuracy  # noqa: E402
 RULES = accuracy.RULES
 REPEAT = "-repeat"
 REFERENCE_RULE = "step"  # the recipe's own schedule, no EMA: what stays unless another rule is resolved better
+# F_{0.975}(df, df): a two-sided 5 % test that two rules' seed variances differ; between entries the
+# next smaller df's (the conservative value), as paired.t975 does
+F975_EQUAL_DF = {1: 647.79, 2: 39.00, 3: 15.44, 4: 9.605, 5: 7.146, 6: 5.820, 7: 4.995, 8: 4.433, 9: 4.026,
+                 10: 3.717, 12: 3.277, 15: 2.862, 20: 2.464, 24: 2.269, 30: 2.074, 40: 1.875, 60: 1.667, 120: 1.433}
 # chi-square quantiles (2.5 %, 97.5 %) for df = 1..10; beyond, the Wilson-Hilferty approximation
 CHI2_95 = {1: (0.000982, 5.024), 2: (0.0506, 7.378), 3: (0.2158, 9.348), 4: (0.4844, 11.143), 5: (0.8312, 12.833),
            6: (1.2373, 14.449), 7: (1.6899, 16.013), 8: (2.1797, 17.535), 9: (2.7004, 19.023), 10: (3.2470, 20.483)}
@@ -89,6 +94,24 @@ def std_interval(std: float | None, n: int) -> list[float] | None:
     return [math.sqrt((n - 1) * std ** 2 / high_q), math.sqrt((n - 1) * std ** 2 / low_q)]
 
 
+def f975(df: int) -> float:
+    """The 0.975 quantile of F(df, df); between table entries the next smaller df's."""
+    if df < 1:
+        raise ValueError(f"an F test needs at least 1 degree of freedom (2 seeds), got {df}")
+    return F975_EQUAL_DF[max(k for k in F975_EQUAL_DF if k <= df)]
+
+
+def steadier(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether rule ``a``'s seed std is resolved lower than ``b``'s: the ratio of their variances
+    exceeds F_{0.975}(df, df) with df from the fewer seeds (two-sided 5 % F test). It treats the
+    seeds as independent samples; a seed's runs under two rules share initial weights and batches,
+    and where that makes them correlate positively the test is conservative."""
+    n = min(len([v for v in row["bbox/AP"].values() if v is not None]) for row in (a, b))
+    if n < 2 or not a["seed_std"] or b["seed_std"] is None:
+        return False
+    return (b["seed_std"] / a["seed_std"]) ** 2 > f975(n - 1)
+
+
 def summarise(rules: list[str], seeds: list[int], students: dict[str, Any]) -> dict[str, Any]:
     """Per rule: AP per seed, mean, sample std over seeds with its 95 % interval, repeat − first
     run of the first seed, and the paired difference to :data:`REFERENCE_RULE` (when it ran)."""
@@ -112,14 +135,12 @@ def choose(table: dict[str, Any]) -> dict[str, str]:
     """The rule the other benchmarks should run, and why.
 
     Out: a rule whose repeat differs from its first run (not deterministic), and one whose seed std
-    is resolved higher than another remaining rule's (its interval's bottom above the other's top).
+    is resolved higher than another remaining rule's (:func:`steadier`).
     Of the rest, the rule resolved best against :data:`REFERENCE_RULE` in paired AP; where none is,
     the reference itself when it remains (the recipe's rule stays unless the evidence says
     otherwise), else the remaining rule with the lowest seed std."""
     deterministic = [r for r, row in table.items() if row["repeat_diff"] == 0] or list(table)
-    out_std = [r for r in deterministic if any(
-        table[o]["seed_std_95"] and table[r]["seed_std_95"] and table[o]["seed_std_95"][1] < table[r]["seed_std_95"][0]
-        for o in deterministic if o != r)]
+    out_std = [r for r in deterministic if any(steadier(table[o], table[r]) for o in deterministic if o != r)]
     left = [r for r in deterministic if r not in out_std]
     gone = [r for r in table if r not in left]
     because = f" ({', '.join(gone)} out: not deterministic or seed std resolved higher)" if gone else ""
@@ -138,7 +159,7 @@ def section(data: dict[str, Any]) -> str:
     """The Markdown section for docs/RESULTS.md."""
     meta, hw = data["meta"], data["meta"]["hardware"]
     fmt = lambda v, sign="": "n/a" if v is None else f"{v:{sign}.2f}"  # noqa: E731
-    lines = [f"### {meta['suite']} — training-rule variance (validation split: trained on "
+    lines = [f"### {meta['suite']} — training-rule variance, {len(meta['seeds'])} seeds (validation split: trained on "
              f"{meta['splits']['train']}, evaluated on {meta['splits']['evaluated on']}; never test)", "",
              f"Command: `{meta['command']}` on {hw['machine']} {hw['processor']}, {hw['cpu_count']} CPUs, "
              f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}, torch {hw['torch']}, {meta['date']}. Wall time "
@@ -169,9 +190,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
     p.add_argument("--seeds", nargs="+", type=int, default=list(accuracy.SEEDS))
     p.add_argument("--max-iter", type=int, default=500, help="every rule's schedule (ignored with --quick)")
+    p.add_argument("--key", help="the RESULTS section's name (default: variance_<suite>), e.g. for a follow-up "
+                                 "with more seeds on fewer rules beside the first table")
     accuracy.add_run_args(p)
     accuracy.add_record_args(p)
     args = p.parse_args(argv)
+    if args.key is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.key):
+        p.error(f"--key {args.key!r}: letters, digits, '_', '.' and '-' only (it names a RESULTS marker)")
     args.split, args.weights_from = "validation", None  # what accuracy.py's planning reads
     args.max_iter = None if args.quick else args.max_iter
     return args
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(data, indent=2, allow_nan=False))
     if not args.no_results and (args.results or not args.quick):
-        accuracy.write_results(section(data), f"variance_{args.suite}")
+        accuracy.write_results(section(data), args.key or f"variance_{args.suite}")
     print(f"\n{section(data)}")
     return data
 

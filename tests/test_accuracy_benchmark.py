@@ -669,3 +669,19 @@ def test_redo_elsewhere_retrains_the_students_recorded_on_another_machine_type(a
     assert accuracy.machine_types(redone["meta"]) == [accuracy.machine_type(accuracy.hardware())]
     ap = lambda res: [s["bbox/AP"] for s in res["students"]["baseline"]["seeds"]]  # noqa: E731
     assert ap(redone) == ap(first)  # the same machine: the same AP
+
+
+def test_variance_calls_a_std_lower_only_past_the_f_quantile(variance):
+    assert variance.f975(4) == 9.605 and variance.f975(9) == 4.026 and variance.f975(11) == 3.717  # conservative
+    with pytest.raises(ValueError):
+        variance.f975(0)
+
+    def row(std, n):
+        return {"seed_std": std, "bbox/AP": {str(k): 30.0 for k in range(n)}}
+
+    # 1.71 against 0.73 (the BCCD step / cosine stds of 2026-12-07): variance ratio 5.49
+    assert not variance.steadier(row(0.73, 5), row(1.71, 5))  # F(4, 4) 9.605: not resolved with 5 seeds
+    assert variance.steadier(row(0.73, 10), row(1.71, 10))  # F(9, 9) 4.026: resolved with 10
+    assert not variance.steadier(row(1.71, 10), row(0.73, 10))  # and only in that direction
+    assert not variance.steadier(row(0.73, 10), row(1.71, 5))  # the fewer seeds set df
+    assert not variance.steadier(row(None, 1), row(1.0, 5))
