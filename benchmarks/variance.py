@@ -140,10 +140,13 @@ def choose(table: dict[str, Any]) -> dict[str, str]:
     the reference itself when it remains (the recipe's rule stays unless the evidence says
     otherwise), else the remaining rule with the lowest seed std."""
     deterministic = [r for r, row in table.items() if row["repeat_diff"] == 0] or list(table)
-    out_std = [r for r in deterministic if any(steadier(table[o], table[r]) for o in deterministic if o != r)]
-    left = [r for r in deterministic if r not in out_std]
-    gone = [r for r in table if r not in left]
-    because = f" ({', '.join(gone)} out: not deterministic or seed std resolved higher)" if gone else ""
+    why_out = {r: "its repeat differs" for r in table if r not in deterministic}
+    for r in deterministic:
+        steadier_ones = [o for o in deterministic if o != r and steadier(table[o], table[r])]
+        if steadier_ones:
+            why_out[r] = f"seed std resolved higher than {' and '.join(steadier_ones)}'s"
+    left = [r for r in deterministic if r not in why_out]
+    because = f" (out: {'; '.join(f'{r}, {why}' for r, why in why_out.items())})" if why_out else ""
     better = [r for r in left if (table[r]["minus_reference"] or {}).get("resolved") and table[r]["minus_reference"]["mean"] > 0]
     if better:
         best = max(better, key=lambda r: table[r]["minus_reference"]["mean"])
