@@ -551,15 +551,15 @@ def execute(args: argparse.Namespace, teacher: Run, students: list[Run], started
             skipped[name] = reason
             print(f"skipping {name}: {reason}")
     runs = [r for r in students if r.name not in skipped]
-    elsewhere = set()
+    elsewhere, this = set(), machine_type(machine)
     if records is not None and getattr(args, "redo_elsewhere", False):
-        elsewhere = {r.out for r in runs if records.provenance(r.out) is not None
-                     and run_machine(r, records, machine) != machine_type(machine)}
+        # run_machine is this machine's type for a run without a record, so only recorded runs qualify
+        elsewhere = {r.out for r in runs if run_machine(r, records, machine) != this}
         for out in elsewhere:
             shutil.rmtree(out, ignore_errors=True)  # a restored copy would count as cached
         if elsewhere:
             print(f"--redo-elsewhere: {len(elsewhere)} student run(s) recorded on another machine type than this "
-                  f"one ({machine_type(machine)}) train again here; their records are replaced", flush=True)
+                  f"one ({this}) train again here; their records are replaced", flush=True)
     states = {r.out: prepare(r, None if r.out in elsewhere else records) for r in runs}
     for r in (r for r in runs if states[r.out] not in TRAINED):
         report(r, states[r.out])
@@ -898,6 +898,12 @@ def add_record_args(p: argparse.ArgumentParser) -> None:
                         "record is replaced), so the table comes from this machine type; the teacher is kept")
 
 
+def check_key(p: argparse.ArgumentParser, key: str | None) -> None:
+    """``--key`` (shared with variance.py) names a file and a RESULTS marker: a plain word only."""
+    if key is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
+        p.error(f"--key {key!r}: use letters, digits, '_', '.', '-' (it names a file and a RESULTS marker)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=sorted(SUITES), required=True)
@@ -918,8 +924,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     suite = SUITES[args.suite]
     args.students = args.students or list(suite.rows)
     args.seeds = args.seeds or ([0, 1] if args.quick and len(suite.seeds) > 1 else list(suite.seeds))
-    if args.key is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.key):
-        p.error(f"--key {args.key!r}: use letters, digits, '_', '.', '-' (it names a file and a RESULTS marker)")
+    check_key(p, args.key)
     args.key = args.key or args.suite + "_validation" * (args.split == "validation")  # the RESULTS / PNG name
     return args
 

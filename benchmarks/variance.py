@@ -16,9 +16,9 @@ test) and lives in ``<out>/variance/<rule>/seed<k>[-repeat]``, cached, resumed a
 over several sittings). The accuracy benchmark's planning trains (or reuses) the validation
 teacher first, shared with the sweep.
 
-``--max-iter`` (default 500: about 17 minutes per run, evaluations included, at ~2 s per
-iteration with two runs of ``--jobs 2`` sharing the 2 cores of the AMD EPYC machine in
-docs/RESULTS.md) sets every rule's schedule; ``--quick`` keeps the
+``--max-iter`` (default 500: about 7 minutes per run, evaluations included, at ~0.7 s per
+iteration with two runs of ``--jobs 2`` sharing the 2 cores of AMD EPYC family 26; ~17 minutes on
+an earlier sitting's machine; docs/RESULTS.md) sets every rule's schedule; ``--quick`` keeps the
 smoke schedule. The EMA rules average over about a quarter of the schedule: decay
 ``1 - 4 / max_iter`` with the warm-up time constant ``max_iter / 10`` (a long schedule's 0.9998 and
 2000 would average nothing in 500 iterations): this benchmark's choice.
@@ -28,12 +28,12 @@ seeds pin a std down only to about 0.6-2.9 times its value), the repeat's differ
 paired difference to ``step`` (the recipe's own rule; seed by seed, as accuracy.py pairs rows).
 It then names the rule the other benchmarks' ``--rule`` should use (:func:`choose`): a rule that
 is not deterministic is out, so is one whose seed std is resolved higher than another's (F test
-of the two variances, two-sided 5 %); of the rest, a rule resolved better than ``step`` in paired AP, else ``step`` itself - the status quo
-stays unless the evidence says otherwise.
+of the two variances, two-sided 5 %); of the rest, a rule resolved better than ``step`` in paired
+AP, else ``step`` itself - the status quo stays unless the evidence says otherwise.
 
 Writes ``--json`` (``rules``: per rule the numbers above; ``chosen``; ``meta``) and (unless
 ``--no-results``; ``--quick`` only with ``--results``) the ``variance_<suite>`` section of
-docs/RESULTS.md.
+docs/RESULTS.md (``--key NAME``: the section ``NAME`` instead).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shlex
 import statistics
 import sys
@@ -198,8 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     accuracy.add_run_args(p)
     accuracy.add_record_args(p)
     args = p.parse_args(argv)
-    if args.key is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.key):
-        p.error(f"--key {args.key!r}: letters, digits, '_', '.' and '-' only (it names a RESULTS marker)")
+    accuracy.check_key(p, args.key)
     args.split, args.weights_from = "validation", None  # what accuracy.py's planning reads
     args.max_iter = None if args.quick else args.max_iter
     return args
