@@ -27,11 +27,12 @@ Inheriting is a protocol switch for every row: ``baseline_inherit`` (the ICD rec
 tensors and trains without any distillation loss), ``icd_inherit`` and ``<method>_inherit`` (the
 suite's ``inherit_methods``: FitNet, FGFI, DeFeat on bccd), each skipped when no neck/head tensor of
 the teacher fits the student; the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
-``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_paper`` = ICD recipe +
-``distill.icd.position_prior=false`` (the paper's attention); the rows that choose ICD's defaults on
-the student (``ICD_DEFAULT_ROWS``, docs/method.md): ``icd_paper_lr1x`` (the paper's decoder at
-``distill.lr``, the paper's design), ``icd_paper_nowarmup``, ``icd_lr1x``, ``icd_nowarmup`` (no decoder
-warm-up stage). Each run can be repeated by hand with
+``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_prior`` = ICD recipe + this
+project's position prior and 10x decoder warm-up LR; the rows that chose ICD's defaults on the
+student (``ICD_DEFAULT_ROWS``, docs/method.md): ``icd_{prior,paper}{,_lr1x,_nowarmup}`` (decoder:
+this project's position prior or the paper's; decoder warm-up at LR 1e-3, at ``distill.lr``, or
+none), each stating its decoder and warm-up LR; ``icd_paper_lr1x`` is the paper's design, the
+ICD recipe's since that comparison. Each run can be repeated by hand with
 the command in ``<run>/command.txt``.
 
 ``--split validation`` is the protocol for choosing hyperparameters (never the test split): every
@@ -118,7 +119,7 @@ PAPER_ORDER = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017", "
 METHODS = (*(m for m in PAPER_ORDER if m in method_names()),
            *sorted(set(method_names()) - set(PAPER_ORDER) - {"icd"}))
 BASE_ROWS = ("baseline", "fitnet", "icd", "baseline_inherit", "icd_inherit")
-ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_paper")
+ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_prior")
 INHERIT = "_inherit"  # a row name's suffix: the student starts from the teacher's neck/head tensors
 # The comparison methods of a suite that also run with inheriting (Suite.inherit_methods): FitNet and
 # the two best comparison methods on BCCD's old-protocol table (DeFeat 34.8, FGFI 34.6), so that
@@ -175,6 +176,14 @@ SUITES = {
 }
 
 
+# The two decoders and three warm-ups of the comparison that chose ICD's defaults (docs/method.md):
+# this project's position prior [ADAPT] or the paper's decoder; the recipe's decoder warm-up
+# (200 iterations on BCCD) at LR 1e-3 (10x distill.lr), at distill.lr (the paper's), or none.
+ICD_DECODERS = {"prior": ("distill.icd.position_prior=true",), "paper": ("distill.icd.position_prior=false",)}
+ICD_WARMUPS = {"": ("distill.icd.decoder_warmup_lr=0.001",), "_lr1x": ("distill.icd.decoder_warmup_lr=null",),
+               "_nowarmup": ("distill.icd.decoder_warmup_iters=0", "distill.icd.decoder_warmup_lr=0.001")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """A student row: its base recipe (``student``, ``icd``, or ``method``: the method's own recipe
@@ -194,15 +203,12 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             **{m + INHERIT: Row("method", ("distill.inherit=true",), method=m) for m in METHODS},
             "icd_uniform": Row("icd", ("distill.icd.ablation_weights=uniform",)),
             "icd_gtbox": Row("icd", ("distill.icd.ablation_weights=gt_box",)),
-            "icd_paper": Row("icd", ("distill.icd.position_prior=false",)),
-            # Choosing ICD's defaults on the student (docs/method.md): decoder, warm-up length, warm-up LR.
-            "icd_paper_lr1x": Row("icd", ("distill.icd.position_prior=false", "distill.icd.decoder_warmup_lr=null")),
-            "icd_paper_nowarmup": Row("icd", ("distill.icd.position_prior=false",
-                                              "distill.icd.decoder_warmup_iters=0")),
-            "icd_lr1x": Row("icd", ("distill.icd.decoder_warmup_lr=null",)),
-            "icd_nowarmup": Row("icd", ("distill.icd.decoder_warmup_iters=0",))}
-# The rows of that comparison; with --split validation and the λ sweep (benchmarks/sweep.py --rows).
-ICD_DEFAULT_ROWS = ("icd", "icd_lr1x", "icd_nowarmup", "icd_paper", "icd_paper_lr1x", "icd_paper_nowarmup")
+            # Choosing ICD's defaults on the student (docs/method.md): decoder x warm-up LR x warm-up
+            # length. Each row states its decoder and warm-up LR, so it stays the same run whatever
+            # the ICD recipe sets (the recipe runs the default the comparison chose).
+            **{f"icd_{decoder}{warmup}": Row("icd", (*decoder_sets, *warmup_sets))
+               for decoder, decoder_sets in ICD_DECODERS.items() for warmup, warmup_sets in ICD_WARMUPS.items()}}
+ICD_DEFAULT_ROWS = tuple(f"icd_{d}{w}" for d in ICD_DECODERS for w in ICD_WARMUPS)
 BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
 MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
 TIME_COLUMNS = ("time/iter_s", "time/method_stage_s", "time/train_s")

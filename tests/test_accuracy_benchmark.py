@@ -141,9 +141,9 @@ def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, 
         assert run.recipe.name == f"bccd_{method}.yaml" and run.cfg.distill.method == method
         assert run.teacher_pt == tmp_path / "out" / "teacher" / "detector.pt"
         assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.voc.train_splits == ("trainval",)
-    ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_paper")}
+    ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_prior")}
     assert [d.icd.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
-    assert [d.icd.position_prior for d in ablation.values()] == [True, True, True, False]
+    assert [d.icd.position_prior for d in ablation.values()] == [False, False, False, True]
     assert plan.student("icd", 1).out == tmp_path / "out" / "icd" / "seed1"  # existing rows keep their names
     meta = accuracy.row_meta(plan, [plan.student(n, 0) for n in ("baseline", "mimic", "icd_gtbox")])
     assert meta["mimic"] == {"recipe": "configs/voc/bccd_mimic.yaml", "sets": [], "source": "the method's own recipe",
@@ -229,7 +229,7 @@ def test_weights_from_a_sweep_set_each_rows_loss_weight(accuracy, tmp_path, bccd
               for n in ("baseline", "fitnet", "icd", "icd_uniform", "icd_inherit", "gid", "fgfi")}
     assert weight == {"baseline": None, "fitnet": 0.5, "icd": 4.0, "icd_uniform": 4.0, "icd_inherit": 4.0,
                       "gid": 1.0, "fgfi": 3.0}
-    assert accuracy.row_meta(plan, [plan.student("icd_paper", 0)])["icd_paper"]["loss_weight_from"] == "sweep"
+    assert accuracy.row_meta(plan, [plan.student("icd_prior", 0)])["icd_prior"]["loss_weight_from"] == "sweep"
     chosen.write_text("{}")
     with pytest.raises(SystemExit, match="not a sweep's JSON"):
         plan_for(accuracy, tmp_path, "--suite", "bccd", "--bccd-root", bccd_root, "--weights-from", str(chosen))
