@@ -182,6 +182,10 @@ SUITES = {
 ICD_DECODERS = {"prior": ("distill.icd.position_prior=true",), "paper": ("distill.icd.position_prior=false",)}
 ICD_WARMUPS = {"": ("distill.icd.decoder_warmup_lr=0.001",), "_lr1x": ("distill.icd.decoder_warmup_lr=null",),
                "_nowarmup": ("distill.icd.decoder_warmup_iters=0", "distill.icd.decoder_warmup_lr=0.001")}
+# Each row of that comparison and its overrides of the ICD recipe.
+ICD_DEFAULT_SETS = {f"icd_{decoder}{warmup}": (*decoder_sets, *warmup_sets)
+                    for decoder, decoder_sets in ICD_DECODERS.items() for warmup, warmup_sets in ICD_WARMUPS.items()}
+ICD_DEFAULT_ROWS = tuple(ICD_DEFAULT_SETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +210,7 @@ STUDENTS = {"baseline": Row("student", method="none"), "fitnet": Row("method", m
             # Choosing ICD's defaults on the student (docs/method.md): decoder x warm-up LR x warm-up
             # length. Each row states its decoder and warm-up LR, so it stays the same run whatever
             # the ICD recipe sets (the recipe runs the default the comparison chose).
-            **{f"icd_{decoder}{warmup}": Row("icd", (*decoder_sets, *warmup_sets))
-               for decoder, decoder_sets in ICD_DECODERS.items() for warmup, warmup_sets in ICD_WARMUPS.items()}}
-ICD_DEFAULT_ROWS = tuple(f"icd_{d}{w}" for d in ICD_DECODERS for w in ICD_WARMUPS)
+            **{row: Row("icd", sets) for row, sets in ICD_DEFAULT_SETS.items()}}
 BOX_COLUMNS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "bbox/APl")
 MASK_COLUMNS = ("segm/AP", "segm/AP50", "segm/AP75")  # only when the teacher has mask AP
 TIME_COLUMNS = ("time/iter_s", "time/method_stage_s", "time/train_s")
