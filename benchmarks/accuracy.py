@@ -28,11 +28,11 @@ tensors and trains without any distillation loss), ``icd_inherit`` and ``<method
 suite's ``inherit_methods``: FitNet, FGFI, DeFeat on bccd), each skipped when no neck/head tensor of
 the teacher fits the student; the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
 ``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_prior`` = ICD recipe + this
-project's position prior and 10x decoder warm-up LR; the rows that chose ICD's defaults on the
+project's position prior and 10x decoder warm-up LR; the rows that choose ICD's defaults on the
 student (``ICD_DEFAULT_ROWS``, docs/method.md): ``icd_{prior,paper}{,_lr1x,_nowarmup}`` (decoder:
 this project's position prior or the paper's; decoder warm-up at LR 1e-3, at ``distill.lr``, or
 none), each stating its decoder and warm-up LR; ``icd_paper_lr1x`` is the paper's design, the
-ICD recipe's since that comparison. Each run can be repeated by hand with
+ICD recipe's. Each run can be repeated by hand with
 the command in ``<run>/command.txt``.
 
 ``--split validation`` is the protocol for choosing hyperparameters (never the test split): every

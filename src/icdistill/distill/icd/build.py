@@ -56,8 +56,8 @@ class ICDConfig:
     one-stage, 100 two-stage. ``hidden_dim``, ``num_heads``, ``num_layers``: the decoder;
     ``fake_ratio``: fake instances per real one; ``jitter``: the auxiliary task's box jitter.
 
-    The defaults are the paper's design: on the student, on BCCD validation with 5 paired seeds,
-    no other design was resolved better (docs/method.md, "Choosing ICD's defaults"). ``position_prior`` (this
+    The defaults are the paper's design, until a validation comparison on the student resolves
+    another better (docs/method.md, "Choosing ICD's defaults"). ``position_prior`` (this
     project's design [ADAPT], off by default; false is the paper's decoder) adds the query's
     position to the attention logits, a kernel of fixed per-head width ``position_scale``;
     ``decoder_warmup_iters`` iterations train the decoder alone before the main stage, at
