@@ -448,10 +448,14 @@ def same_config(saved: dict[str, Any] | None, cfg: Config) -> bool:
 
 def prepare(run: Run, records: Records | None = None) -> str:
     """'cached', 'record' (cached, restored from its record into an empty folder), 'resume' or
-    'fresh'; a run directory made with another config is deleted."""
-    restored = records is not None and records.restore(run.out)
+    'fresh'; a run directory made with another config is deleted, and then its record is tried:
+    a stale local folder (e.g. the run of an earlier teacher) must not hide a record that
+    matches, or a checkout would retrain what git already holds."""
     saved, stamp = run.out / "config.yaml", run.out / "benchmark_stamp.json"
-    if saved.is_file():
+    while True:
+        restored = records is not None and records.restore(run.out)
+        if not saved.is_file():
+            break
         same = (same_config(yaml.safe_load(saved.read_text()), run.cfg) and stamp.is_file()
                 and json.loads(stamp.read_text()) == run.stamp())
         if same and (run.out / "metrics.json").is_file():
@@ -459,6 +463,8 @@ def prepare(run: Run, records: Records | None = None) -> str:
         if same and (run.out / "checkpoints" / "last.pt").is_file():
             return "resume"
         shutil.rmtree(run.out)
+        if restored or records is None:  # the record itself is stale (or there is none): train
+            break
     run.out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(run.stamp()))
     (run.out / "command.txt").write_text(run.command() + "\n")

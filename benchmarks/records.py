@@ -16,7 +16,8 @@ Layout: ``benchmarks/records/<suite folder>/<run folder relative to the suite's 
 ``record.json`` (when and on what machine the run was trained).
 
 A record is restored into an empty run folder before the benchmark decides whether a run is
-cached; if its config is not what would run now (an option added since, left at its default,
+cached (a local folder made with another config is cleared first, so it cannot hide a record
+that matches); if its config is not what would run now (an option added since, left at its default,
 is no change: ``accuracy.same_config``), the benchmark deletes it and trains afresh, as
 for any stale run folder, and the new run's record replaces the old one.
 """

@@ -346,6 +346,14 @@ def test_records_let_a_fresh_checkout_reuse_finished_runs(accuracy, tmp_path, ca
     assert printed.count(": record ") == 2 and printed.count(": trained ") == 1  # only icd retrained
     assert "old_loss_weight" not in stale.read_text()  # its record replaced by the new run's
 
+    # a stale local run folder (here: made with another loss weight) does not hide a matching record
+    local = out / "icd" / "seed0" / "config.yaml"
+    local.write_text(local.read_text().replace("loss_weight:", "loss_weight: 123.0\n  old_loss_weight:", 1))
+    accuracy.main(args)
+    printed = capsys.readouterr().out
+    assert ": trained " not in printed and printed.count(": cached ") == 2 and printed.count(": record ") == 1
+    assert "old_loss_weight" not in local.read_text()  # the folder holds the record's run again
+
 
 def test_results_table_lists_rows_in_the_canonical_order_not_the_command_line_order(accuracy):
     agg = accuracy.aggregate([{"bbox/AP": 1.0}])
