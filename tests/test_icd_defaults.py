@@ -52,6 +52,7 @@ def test_the_accuracy_benchmark_has_the_rows_that_choose_the_defaults(accuracy, 
     assert {row: (c.position_prior, c.decoder_warmup_iters, c.decoder_warmup_lr) for row, c in got.items()} == {
         "icd_prior": (True, 200, 0.001), "icd_prior_lr1x": (True, 200, None), "icd_prior_nowarmup": (True, 0, 0.001),
         "icd_paper": (False, 200, 0.001), "icd_paper_lr1x": (False, 200, None), "icd_paper_nowarmup": (False, 0, 0.001),
+        "icd_paper_warm6k": (False, 6000, None), "icd_paper_warm3k": (False, 3000, 0.001),
     }
     assert all(plan.student(row, 0).cfg.data.voc.test_splits == ("val",) for row in accuracy.ICD_DEFAULT_ROWS)
     # the recipe's ICD is the paper's design, the row the comparison measured it with
