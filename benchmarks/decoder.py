@@ -28,6 +28,8 @@ import argparse
 import copy
 import json
 import platform
+import shlex
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -165,7 +167,8 @@ one seed.
     RESULTS.write_text(page)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=tuple(RECIPES), default="synthetic")
     parser.add_argument("--teacher", required=True, help="the suite's teacher (a detector.pt)")
@@ -180,7 +183,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-results", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(ROOT / RECIPES[args.suite], [f"teacher.weights={args.teacher}", *args.set])
     train_set, test_set = build_datasets(cfg.data, with_masks=False, progress=False)
     train_idx, val_idx = split_training_set(train_set, args.validation_fraction, args.seed)
@@ -192,9 +195,7 @@ def main() -> None:
     result = {
         "suite": args.suite, "date": date.today().isoformat(), "torch": torch.__version__,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, no GPU",
-        "command": "python benchmarks/decoder.py " + " ".join(
-            [f"--suite {args.suite}", f"--teacher {args.teacher}", f"--iters {args.iters}"]
-            + [f"--set {s}" for s in args.set]),
+        "command": "python benchmarks/decoder.py " + shlex.join(argv),  # as typed, every option
         "teacher": args.teacher, "train_images": len(train_idx), "validation_images": len(val_idx),
         "batches": len(cached), "batch_size": cfg.solver.ims_per_batch, "diagnostic_images": args.diagnostic_images,
         "variants": {},
