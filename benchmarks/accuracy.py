@@ -458,25 +458,33 @@ def same_config(saved: dict[str, Any] | None, cfg: Config) -> bool:
         return False
 
 
-def prepare(run: Run, records: Records | None = None) -> str:
-    """'cached', 'record' (cached, restored from its record into an empty folder), 'resume' or
-    'fresh'; a run directory made with another config is deleted, and then its record is tried:
-    a stale local folder (e.g. the run of an earlier teacher) must not hide a record that
-    matches, or a checkout would retrain what git already holds."""
+def reusable_state(run: Run) -> str | None:
+    """'cached' or 'resume' when ``run.out`` holds this very run (finished, or with a checkpoint
+    to resume from); otherwise None, and a folder made with another config is deleted."""
     saved, stamp = run.out / "config.yaml", run.out / "benchmark_stamp.json"
-    while True:
-        restored = records is not None and records.restore(run.out)
-        if not saved.is_file():
-            break
-        same = (same_config(yaml.safe_load(saved.read_text()), run.cfg) and stamp.is_file()
-                and json.loads(stamp.read_text()) == run.stamp())
-        if same and (run.out / "metrics.json").is_file():
-            return "record" if restored else "cached"
-        if same and (run.out / "checkpoints" / "last.pt").is_file():
-            return "resume"
-        shutil.rmtree(run.out)
-        if restored or records is None:  # the record itself is stale (or there is none): train
-            break
+    if not saved.is_file():
+        return None
+    same = (same_config(yaml.safe_load(saved.read_text()), run.cfg) and stamp.is_file()
+            and json.loads(stamp.read_text()) == run.stamp())
+    if same and (run.out / "metrics.json").is_file():
+        return "cached"
+    if same and (run.out / "checkpoints" / "last.pt").is_file():
+        return "resume"
+    shutil.rmtree(run.out)
+    return None
+
+
+def prepare(run: Run, records: Records | None = None) -> str:
+    """'cached', 'record' (cached, restored from its record), 'resume' or 'fresh'. The local
+    folder is checked first and cleared when stale, then the record is tried: a stale local
+    folder (e.g. the run of an earlier teacher) must not hide a record that matches, or a
+    checkout would retrain what git already holds."""
+    state = reusable_state(run)
+    if state is None and records is not None and records.restore(run.out):
+        state = "record" if reusable_state(run) == "cached" else None  # a record holds no checkpoint
+    if state is not None:
+        return state
+    stamp = run.out / "benchmark_stamp.json"
     run.out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(run.stamp()))
     (run.out / "command.txt").write_text(run.command() + "\n")
