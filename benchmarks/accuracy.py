@@ -28,7 +28,8 @@ tensors and trains without any distillation loss), ``icd_inherit`` and ``<method
 suite's ``inherit_methods``: FitNet, FGFI, DeFeat on bccd), each skipped when no neck/head tensor of
 the teacher fits the student; the ICD ablation (docs/method.md) ``icd_uniform`` / ``icd_gtbox`` = ICD recipe +
 ``distill.icd.ablation_weights=uniform`` / ``gt_box``, ``icd_prior`` = ICD recipe + this
-project's position prior and 10x decoder warm-up LR; the rows that choose ICD's defaults on the
+project's position prior and 10x decoder warm-up LR, ``icd_paper_warm3k`` (below: the paper's
+decoder, instance-conditional after its 3000-iteration warm-up); the rows that choose ICD's defaults on the
 student (``ICD_DEFAULT_ROWS``, docs/method.md): ``icd_{prior,paper}{,_lr1x,_nowarmup}`` (decoder:
 this project's position prior or the paper's; decoder warm-up at LR 1e-3, at ``distill.lr``, or
 none) and the paper's decoder with a long warm-up, ``icd_paper_warm6k`` (6000 iterations at
@@ -121,7 +122,10 @@ PAPER_ORDER = ("fitnet", "mimic", "fgfi", "fbkd", "gid", "defeat", "chen2017", "
 METHODS = (*(m for m in PAPER_ORDER if m in method_names()),
            *sorted(set(method_names()) - set(PAPER_ORDER) - {"icd"}))
 BASE_ROWS = ("baseline", "fitnet", "icd", "baseline_inherit", "icd_inherit")
-ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_prior")
+# ICD's ablation on the test split: uniform / GT-box token weights, this project's prior, and (added
+# 2026-12-08 after step 2b, before any test run) the paper's decoder with a warm-up long enough to
+# become instance-conditional, so the test table shows what instance-conditional attention adds.
+ABLATION_ROWS = ("icd_uniform", "icd_gtbox", "icd_prior", "icd_paper_warm3k")
 INHERIT = "_inherit"  # a row name's suffix: the student starts from the teacher's neck/head tensors
 # The comparison methods of a suite that also run with inheriting (Suite.inherit_methods): FitNet and
 # the two best comparison methods on BCCD's old-protocol table (DeFeat 34.8, FGFI 34.6), so that

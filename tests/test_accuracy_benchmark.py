@@ -141,9 +141,12 @@ def test_rows_use_the_methods_own_recipes_or_the_icd_recipe(accuracy, tmp_path, 
         assert run.recipe.name == f"bccd_{method}.yaml" and run.cfg.distill.method == method
         assert run.teacher_pt == tmp_path / "out" / "teacher" / "detector.pt"
         assert run.cfg.teacher.weights == str(run.teacher_pt) and run.cfg.data.voc.train_splits == ("trainval",)
-    ablation = {n: plan.student(n, 1).cfg.distill for n in ("icd", "icd_uniform", "icd_gtbox", "icd_prior")}
-    assert [d.icd.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None]
-    assert [d.icd.position_prior for d in ablation.values()] == [False, False, False, True]
+    ablation = {n: plan.student(n, 1).cfg.distill
+                for n in ("icd", "icd_uniform", "icd_gtbox", "icd_prior", "icd_paper_warm3k")}
+    assert set(ablation) - {"icd"} == set(accuracy.ABLATION_ROWS) and set(accuracy.ABLATION_ROWS) <= set(args.students)
+    assert [d.icd.ablation_weights for d in ablation.values()] == [None, "uniform", "gt_box", None, None]
+    assert [d.icd.position_prior for d in ablation.values()] == [False, False, False, True, False]
+    assert [d.icd.decoder_warmup_iters for d in ablation.values()] == [200, 200, 200, 200, 3000]
     assert plan.student("icd", 1).out == tmp_path / "out" / "icd" / "seed1"  # existing rows keep their names
     meta = accuracy.row_meta(plan, [plan.student(n, 0) for n in ("baseline", "mimic", "icd_gtbox")])
     assert meta["mimic"] == {"recipe": "configs/voc/bccd_mimic.yaml", "sets": [], "source": "the method's own recipe",
