@@ -82,6 +82,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -455,11 +456,17 @@ def same_config(saved: dict[str, Any] | None, cfg: Config) -> bool:
     The saved config is read back through the current schema first, so an option added after the
     run was made counts as unchanged while it sits at its default (the default keeps the old
     behaviour): adding ``distill.crosskd.pkd_weight`` must not retrain every recorded run. A saved
-    key the schema no longer has, or any value that differs, means another run."""
+    key the schema no longer has, or any value that differs, means another run. A key that was
+    only renamed (``data.root`` -> ``data.voc.root``) is read under its new name, silently: this is
+    a comparison, not a run, so the renaming notice meant for a user's config is not printed."""
+    config_log = logging.getLogger("icdistill.config")
+    was_disabled, config_log.disabled = config_log.disabled, True
     try:
         return config_from_dict(saved or {}).to_dict() == cfg.to_dict()
     except (ConfigError, TypeError, ValueError):
         return False
+    finally:
+        config_log.disabled = was_disabled
 
 
 def reusable_state(run: Run) -> str | None:

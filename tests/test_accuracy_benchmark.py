@@ -591,6 +591,27 @@ def test_same_config_keeps_a_record_when_only_a_default_option_was_added(accurac
     assert not accuracy.same_config(None, cfg)  # an empty file is the default config, not this run
 
 
+def test_same_config_reads_a_renamed_key_silently(accuracy, monkeypatch, caplog):
+    """A record saved with the flat data keys of before 2026-12-07 is the same run, and checking
+    it prints no renaming notice (the notice is for a user's config, not for a record lookup)."""
+    import logging
+
+    import icdistill.config as config
+    from icdistill.config import load_config
+
+    monkeypatch.setattr(config, "_WARNED", set())  # the notice is printed once per process
+    cfg = load_config(None, ["data.format=voc", "data.voc.root=/data/bccd", "solver.max_iter=7"])
+    legacy = cfg.to_dict()
+    legacy["data"]["root"] = legacy["data"]["voc"].pop("root")
+    with caplog.at_level(logging.WARNING, logger="icdistill.config"):
+        assert accuracy.same_config(legacy, cfg)
+    assert not [r for r in caplog.records if "is now" in r.getMessage()]
+    monkeypatch.setattr(config, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="icdistill.config"):
+        config.config_from_dict(legacy)  # a user's config still gets the notice
+    assert [r for r in caplog.records if "is now 'data.voc.root'" in r.getMessage()]
+
+
 def test_variance_std_interval_is_the_chi_square_one(variance):
     low, high = variance.std_interval(1.0, 5)  # df 4: sqrt(4 / 11.143), sqrt(4 / 0.4844)
     assert low == pytest.approx(0.5991, abs=1e-4) and high == pytest.approx(2.8736, abs=1e-4)
