@@ -82,7 +82,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import math
 import multiprocessing
 import os
@@ -459,14 +458,10 @@ def same_config(saved: dict[str, Any] | None, cfg: Config) -> bool:
     key the schema no longer has, or any value that differs, means another run. A key that was
     only renamed (``data.root`` -> ``data.voc.root``) is read under its new name, silently: this is
     a comparison, not a run, so the renaming notice meant for a user's config is not printed."""
-    config_log = logging.getLogger("icdistill.config")
-    was_disabled, config_log.disabled = config_log.disabled, True
     try:
-        return config_from_dict(saved or {}).to_dict() == cfg.to_dict()
+        return config_from_dict(saved or {}, rename_notice=False).to_dict() == cfg.to_dict()
     except (ConfigError, TypeError, ValueError):
         return False
-    finally:
-        config_log.disabled = was_disabled
 
 
 def reusable_state(run: Run) -> str | None:

@@ -202,12 +202,13 @@ _FLAT_DATA_KEYS: dict[str, tuple[Any, tuple[str, ...]]] = {
 }
 
 
-def _move_flat_data_keys(values: dict[str, Any]) -> dict[str, Any]:
+def _move_flat_data_keys(values: dict[str, Any], notice: bool = True) -> dict[str, Any]:
     """The ``data`` mapping with each older flat key (``root``, ``train_ann`` ...) moved into
     the section of ``data.format`` (``data.voc.root`` ...), so that older configs and saved
     runs still load. A flat key left at its old default is dropped (it meant "not given");
     one the format does not read, or one set both flat and in the section, is a ConfigError
-    naming the new key."""
+    naming the new key. ``notice``: log each move once per process (off for a comparison with
+    a saved run, which is not the user's config)."""
     fmt = values.get("format", DataConfig.format)
     out = dict(values)
     for key in [k for k in values if k in _FLAT_DATA_KEYS]:
@@ -226,7 +227,7 @@ def _move_flat_data_keys(values: dict[str, Any]) -> dict[str, Any]:
                               f"keep 'data.{fmt}.{key}' (the flat key is the older spelling)")
         section[key] = value
         out[fmt] = section
-        if (key, fmt) not in _WARNED:
+        if notice and (key, fmt) not in _WARNED:
             _WARNED.add((key, fmt))
             log.warning("config key 'data.%s' is now 'data.%s.%s' (moved there for this run)",
                         key, fmt, key)
@@ -564,8 +565,6 @@ def _coerce(key: str, value: Any, tp: Any, choices: Optional[tuple[str, ...]] = 
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    if cls is DataConfig:
-        values = _move_flat_data_keys(values)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in names]
@@ -606,8 +605,13 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values or {})
+def config_from_dict(values: dict[str, Any], rename_notice: bool = True) -> Config:
+    """Validate a config mapping. Older flat ``data`` keys are moved into their format's section
+    first, with a notice unless ``rename_notice`` is false (a saved run read back to compare)."""
+    values = dict(values or {})
+    if isinstance(values.get("data"), dict):
+        values["data"] = _move_flat_data_keys(values["data"], notice=rename_notice)
+    return _build(Config, values)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
